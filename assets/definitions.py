@@ -1,0 +1,16 @@
+"""The Dagster code location: every asset, the resource, and the job that materializes the graph."""
+
+import dagster as dg
+
+from assets.datasets import manifests
+from assets.image_features import image_features
+from assets.language_model import language_model
+from assets.linear_map import linear_map
+from assets.resources import Limber
+
+ALL_ASSETS = [manifests, image_features, language_model, linear_map]
+
+# One job per asset: a Dagster job spans one partitions definition, and each stage has its own.
+JOBS = [dg.define_asset_job(f"{asset.key.to_user_string()}_job", selection=[asset]) for asset in ALL_ASSETS]
+
+defs = dg.Definitions(assets=ALL_ASSETS, jobs=JOBS, resources={"limber": Limber()})

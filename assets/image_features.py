@@ -1,0 +1,74 @@
+"""Frozen image features per backbone x dataset split, streamed into Zarr and resumable."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.config import ExtractionConfig
+from assets.datasets import manifests
+from assets.partitions import dataset_split, feature_partitions
+from assets.resources import Limber
+from pipeline.encoders import backbone_spec, create_backbone
+from pipeline.image_features import extract_image_features
+from storage import FeatureArray
+
+FEATURES_VALID = "features_valid"
+
+
+def feature_checks(features: FeatureArray, manifest_ids: list[str]) -> dg.AssetCheckResult:
+    """Finite values, one row per manifest image, ids in manifest order, every row finished."""
+    ids_aligned = len(features.ids) == len(manifest_ids) and bool((features.ids == np.asarray(manifest_ids)).all())
+    finite = all(np.isfinite(features.features[features.chunk_slice(c)]).all() for c in range(features.num_chunks()))
+    complete = features.is_complete()
+    return dg.AssetCheckResult(
+        check_name=FEATURES_VALID,
+        passed=ids_aligned and finite and complete,
+        metadata={"ids_aligned": ids_aligned, "finite": finite, "complete": complete, "rows": len(features.ids)},
+    )
+
+
+@dg.asset(
+    partitions_def=feature_partitions,
+    deps=[manifests],
+    group_name="features",
+    kinds={"pytorch", "zarr"},
+    check_specs=[dg.AssetCheckSpec(FEATURES_VALID, asset="image_features", blocking=True)],
+)
+def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, limber: Limber):
+    """One frozen backbone's features for every image of one split (float16, one Zarr array)."""
+    keys = context.partition_key.keys_by_dimension
+    backbone_name = keys["backbone"]
+    dataset, split = dataset_split(keys["split"])
+    manifest = pd.read_parquet(limber.layout.manifest(dataset, split))
+    spec = backbone_spec(backbone_name)
+    path = limber.layout.image_features(backbone_name, dataset, split)
+    store = FeatureArray.open(
+        str(path), manifest["image_id"].tolist(), spec.layout.positions, spec.feature_dim, config.chunk_rows
+    )
+    pending = len(store.pending_chunks())
+    context.log.info(f"{backbone_name} on {dataset}/{split}: {pending} of {store.num_chunks()} chunks to compute")
+    stats = None
+    if pending:
+        backbone = create_backbone(backbone_name, limber.torch_device())
+        stats = extract_image_features(
+            backbone, manifest["image_path"].tolist(), store,
+            device=limber.torch_device(), batch_size=config.batch_size,
+            on_chunk=lambda done, total: context.log.info(f"chunk {done}/{total}"),
+        )
+    skipped = store.skipped
+    yield dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "rows": len(manifest),
+            "shape": str(tuple(store.features.shape)),
+            "dtype": str(store.features.dtype),
+            "layer": spec.layer,
+            "weights": spec.weights,
+            "chunks_computed": stats.chunks_computed if stats else 0,
+            "chunks_reused": store.num_chunks() - pending,
+            "images_per_second": round(stats.images_per_second, 2) if stats else 0.0,
+            "skipped_images": len(skipped),
+            "skip_reasons": dg.MetadataValue.json({str(k): v for k, v in list(skipped.items())[:100]}),
+        }
+    )
+    yield feature_checks(store, manifest["image_id"].tolist())

@@ -1,0 +1,17 @@
+"""The frozen language model, prepared once as a fast-loading checkpoint under the storage root."""
+
+import dagster as dg
+
+from assets.resources import Limber
+from pipeline.language_models import prepare_language_model
+
+
+@dg.asset(group_name="models", kinds={"pytorch"})
+def language_model(context: dg.AssetExecutionContext, limber: Limber) -> dg.MaterializeResult:
+    """The frozen causal LM the linear map writes into (SmolLM2-135M on the embedded default)."""
+    directory = limber.layout.language_model(limber.language_model)
+    context.log.info(f"preparing {limber.language_model} in {directory}")
+    description = prepare_language_model(limber.language_model, directory)
+    return dg.MaterializeResult(
+        metadata={"path": dg.MetadataValue.path(str(directory)), **description}
+    )

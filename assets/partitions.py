@@ -1,0 +1,21 @@
+"""Partitions of the asset graph: backbone, dataset split, and their product."""
+
+import dagster as dg
+
+from assets.config import PROFILE
+
+DATASET = PROFILE["dataset"]["name"]
+
+backbone_partitions = dg.StaticPartitionsDefinition(PROFILE["models"]["backbones"])
+split_partitions = dg.StaticPartitionsDefinition([f"{DATASET}.{s}" for s in PROFILE["dataset"]["splits"]])
+feature_partitions = dg.MultiPartitionsDefinition({"backbone": backbone_partitions, "split": split_partitions})
+
+
+def dataset_split(split_key: str) -> tuple[str, str]:
+    """'easy_vqa.train' -> ('easy_vqa', 'train')."""
+    dataset, split = split_key.split(".", 1)
+    return dataset, split
+
+
+def split_key(split: str) -> str:
+    return f"{DATASET}.{split}"

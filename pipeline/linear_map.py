@@ -1,0 +1,53 @@
+"""LiMBeR's only trained part: one linear layer from image features to LM input embeddings."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.encoders import TokenLayout
+
+
+class LinearMap(nn.Module):
+    """(B, positions, feature_dim) -> (B, positions * tokens_per_position, lm_dim).
+
+    A grid backbone uses one token per position (the same layer at every position); a pooled one
+    maps its single vector to k tokens. Dropout 0.1 on the projected embeddings, no LayerNorm.
+    """
+
+    def __init__(self, feature_dim: int, lm_dim: int, layout: TokenLayout, dropout: float = 0.1):
+        super().__init__()
+        self.layout = layout
+        self.lm_dim = lm_dim
+        self.proj = nn.Linear(feature_dim, lm_dim * layout.tokens_per_position)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch = features.shape[0]
+        tokens = self.proj(features).reshape(batch, self.layout.num_tokens, self.lm_dim)
+        return self.dropout(tokens)
+
+    def config(self) -> dict:
+        return {
+            "feature_dim": self.proj.in_features,
+            "lm_dim": self.lm_dim,
+            "layout": vars(self.layout),
+            "dropout": self.dropout.p,
+        }
+
+    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
+                  directory / "linear_map.safetensors")
+        (directory / "config.json").write_text(json.dumps({**self.config(), **(extra or {})}, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "LinearMap":
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        linear_map = cls(config["feature_dim"], config["lm_dim"], TokenLayout(**config["layout"]), config["dropout"])
+        linear_map.load_state_dict(load_file(directory / "linear_map.safetensors"))
+        return linear_map

@@ -1,0 +1,170 @@
+"""Training the linear map on cached features (nanoGPT style: one explicit loop, no framework).
+
+Input per example: ``[image tokens, caption tokens, EOS, EOS padding]``; no text prompt. Loss is
+the LM's causal cross-entropy on the caption tokens and the first EOS only: image positions and
+everything after the first EOS are masked to -100. Only the linear map has gradients.
+"""
+
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.linear_map import LinearMap
+
+IGNORE = -100
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then linear decay to zero at ``total_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    return lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def caption_tokens(tokenizer, captions: list[str], max_tokens: int) -> torch.Tensor:
+    """Token ids (B, L): each caption, then EOS, padded with EOS to the longest (at most max_tokens)."""
+    eos = tokenizer.eos_token_id
+    rows = [tokenizer(c, add_special_tokens=False).input_ids[: max_tokens - 1] + [eos] for c in captions]
+    length = max(len(r) for r in rows)
+    return torch.tensor([r + [eos] * (length - len(r)) for r in rows], dtype=torch.long)
+
+
+def caption_labels(caption_ids: torch.Tensor, num_image_tokens: int, eos_id: int) -> torch.Tensor:
+    """Labels (B, num_image_tokens + L): caption tokens up to and including the first EOS."""
+    is_eos = caption_ids == eos_id
+    # Position of the first EOS per row (the row's length if it has none).
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), caption_ids.shape[1])
+    after_first_eos = torch.arange(caption_ids.shape[1]).unsqueeze(0) > first_eos.unsqueeze(1)
+    labels = caption_ids.masked_fill(after_first_eos, IGNORE)
+    image = torch.full((caption_ids.shape[0], num_image_tokens), IGNORE, dtype=torch.long)
+    return torch.cat([image, labels], dim=1)
+
+
+def batch_plan(rows: np.ndarray, chunk_rows: int, batch_size: int, buffer_chunks: int, seed: int) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Endless shuffled batches of row indices that never need the whole array in memory.
+
+    Each epoch visits the storage chunks in a seeded random order, ``buffer_chunks`` at a time, and
+    shuffles rows within that buffer. Yields (buffer's chunk ids, row indices). The sequence depends
+    only on the seed, so a resumed run skips ahead to the same batches.
+    """
+    by_chunk: dict[int, np.ndarray] = {}
+    for chunk in np.unique(rows // chunk_rows):
+        by_chunk[int(chunk)] = rows[rows // chunk_rows == chunk]
+    chunks = np.array(sorted(by_chunk))
+    for epoch in itertools.count():
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(chunks)
+        for start in range(0, len(order), buffer_chunks):
+            buffer = tuple(int(c) for c in sorted(order[start : start + buffer_chunks]))
+            buffer_rows = rng.permutation(np.concatenate([by_chunk[c] for c in buffer]))
+            for b in range(0, len(buffer_rows) - batch_size + 1, batch_size):
+                yield buffer, np.sort(buffer_rows[b : b + batch_size])
+
+
+@dataclass
+class TrainingResult:
+    losses: list[float] = field(default_factory=list)
+    steps_run: int = 0
+    resumed_from: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def train_linear_map(
+    linear_map: LinearMap,
+    lm,
+    tokenizer,
+    features,
+    captions: list[str],
+    rows: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+    betas: tuple[float, float],
+    grad_clip: float,
+    max_caption_tokens: int,
+    buffer_chunks: int,
+    seed: int,
+    checkpoint_every: int,
+    checkpoint_dir: str | Path,
+    device: str,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainingResult:
+    """Trains ``linear_map`` in place on ``features[rows]`` (any array with numpy slicing, e.g. Zarr)
+    with ``captions`` (aligned with ``features``). Resumes from ``checkpoint_dir/state.pt``."""
+    checkpoint = Path(checkpoint_dir) / "state.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    linear_map.to(device).train()
+    optimizer = torch.optim.AdamW(linear_map.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    result = TrainingResult()
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        linear_map.load_state_dict(state["linear_map"])
+        optimizer.load_state_dict(state["optimizer"])
+        result.losses = state["losses"]
+        result.resumed_from = len(result.losses)
+    chunk_rows = features.chunks[0] if hasattr(features, "chunks") else len(features)
+
+    @lru_cache(maxsize=1)
+    def load_buffer(buffer: tuple[int, ...]) -> dict[int, np.ndarray]:
+        return {c: np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in buffer}
+
+    amp = device.startswith("cuda")
+    embed = lm.get_input_embeddings()
+    plan = itertools.islice(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed), result.resumed_from, steps)
+    started = time.perf_counter()
+    progress = tqdm(plan, total=steps, initial=result.resumed_from, desc="linear map", unit="step")
+    for step, (buffer, batch_rows) in enumerate(progress, start=result.resumed_from):
+        chunks = load_buffer(buffer)
+        batch = np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in batch_rows])
+        ids = caption_tokens(tokenizer, [captions[r] for r in batch_rows], max_caption_tokens)
+        labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
+        torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            image_tokens = linear_map(torch.from_numpy(batch).float().to(device))
+            inputs = torch.cat([image_tokens.to(embed.weight.dtype), embed(ids.to(device))], dim=1)
+            loss = lm(inputs_embeds=inputs, labels=labels.to(device)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)
+        optimizer.step()
+
+        result.losses.append(loss.item())
+        result.steps_run += 1
+        result.samples += len(batch_rows)
+        progress.set_postfix(loss=f"{result.losses[-1]:.3f}")
+        if on_step:
+            on_step(step + 1, result.losses[-1])
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            _save_state(checkpoint, {"linear_map": linear_map.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "losses": result.losses})
+    result.seconds = time.perf_counter() - started
+    linear_map.eval()
+    if not math.isfinite(result.losses[-1] if result.losses else 0.0):
+        raise FloatingPointError(f"training diverged: last loss {result.losses[-1]}")
+    return result

@@ -1,0 +1,102 @@
+"""Image features in Zarr: one group per (backbone, split) partition, written chunk by chunk.
+
+Layout of a partition group:
+
+- ``features``: float16 (rows, positions, dim), chunked by ``chunk_rows`` rows, zstd-compressed.
+- ``ids``: str (rows,), the manifest's image ids in manifest order.
+- ``status``: int8 (rows,), same chunking: 0 pending, 1 ok, 2 skipped. A chunk's status is
+  written last, after its features and skip reasons, so it marks the chunk as finished: a
+  process killed mid-chunk leaves status 0 there and a rerun recomputes only that chunk.
+- attribute ``skipped``: {row: reason} for rows whose image could not be read.
+
+Exactly one process writes a partition, and chunks are whole-array chunks (no sharding), so no
+two writers ever share a chunk.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+PENDING, OK, SKIPPED = 0, 1, 2
+
+
+@dataclass
+class FeatureArray:
+    group: zarr.Group
+
+    @classmethod
+    def open(cls, path: str, ids: list[str], positions: int, dim: int, chunk_rows: int) -> "FeatureArray":
+        """Opens the partition at ``path``, creating it (or recreating it if its ids changed)."""
+        try:
+            group = zarr.open_group(path, mode="r+")
+            same = (
+                group["features"].shape == (len(ids), positions, dim)
+                and group["features"].chunks[0] == chunk_rows
+                and list(group["ids"][:]) == list(ids)
+            )
+            if same:
+                return cls(group)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            pass
+        group = zarr.open_group(path, mode="w")
+        rows = len(ids)
+        group.create_array(
+            "features", shape=(rows, positions, dim), chunks=(chunk_rows, positions, dim), dtype="float16",
+            fill_value=0,
+        )
+        group.create_array("ids", shape=(rows,), chunks=(max(rows, 1),), dtype=str)
+        group.create_array("status", shape=(rows,), chunks=(chunk_rows,), dtype="int8", fill_value=PENDING)
+        if rows:
+            group["ids"][:] = np.asarray(ids, dtype=str)
+        group.attrs["skipped"] = {}
+        return cls(group)
+
+    @classmethod
+    def read(cls, path: str) -> "FeatureArray":
+        return cls(zarr.open_group(path, mode="r"))
+
+    @property
+    def features(self) -> zarr.Array:
+        return self.group["features"]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.group["ids"][:]
+
+    @property
+    def status(self) -> np.ndarray:
+        return self.group["status"][:]
+
+    @property
+    def chunk_rows(self) -> int:
+        return self.features.chunks[0]
+
+    @property
+    def skipped(self) -> dict[int, str]:
+        return {int(row): reason for row, reason in self.group.attrs["skipped"].items()}
+
+    def chunk_slice(self, chunk: int) -> slice:
+        start = chunk * self.chunk_rows
+        return slice(start, min(start + self.chunk_rows, self.features.shape[0]))
+
+    def num_chunks(self) -> int:
+        return -(-self.features.shape[0] // self.chunk_rows)
+
+    def pending_chunks(self) -> list[int]:
+        status = self.status
+        return [c for c in range(self.num_chunks()) if (status[self.chunk_slice(c)] == PENDING).any()]
+
+    def write_chunk(self, chunk: int, features: np.ndarray, reasons: dict[int, str]) -> None:
+        """Writes one chunk: features, then skip reasons, then status (the commit marker)."""
+        rows = self.chunk_slice(chunk)
+        self.features[rows] = features.astype(np.float16)
+        if reasons:
+            self.group.attrs["skipped"] = {**self.group.attrs["skipped"], **{str(r): m for r, m in reasons.items()}}
+        status = np.full(rows.stop - rows.start, OK, dtype=np.int8)
+        for row in reasons:
+            status[row - rows.start] = SKIPPED
+        self.group["status"][rows] = status
+
+    def is_complete(self) -> bool:
+        return bool((self.status != PENDING).all())

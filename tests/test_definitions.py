@@ -1,0 +1,30 @@
+import dagster as dg
+
+from assets.definitions import ALL_ASSETS, defs
+from assets.linear_map import linear_map
+from assets.partitions import backbone_partitions, feature_partitions
+
+
+def test_definitions_load_and_validate():
+    dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"manifests", "image_features", "language_model", "linear_map"}
+    assert len(ALL_ASSETS) == 4
+
+
+def test_feature_partitions_are_backbone_by_split():
+    keys = feature_partitions.get_partition_keys()
+    assert len(keys) == 2 * 3
+    key = dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": "easy_vqa.train"})
+    assert key in keys
+    assert key.keys_by_dimension == {"backbone": "efficientnet_lite0", "split": "easy_vqa.train"}
+
+
+def test_linear_map_depends_on_its_backbones_features_only():
+    mapping = linear_map.get_partition_mapping(dg.AssetKey("image_features"))
+    downstream = backbone_partitions.subset_with_partition_keys(["efficientnet_lite0"])
+    upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+        downstream, backbone_partitions, feature_partitions
+    ).partitions_subset.get_partition_keys()
+    assert {k.keys_by_dimension["backbone"] for k in upstream} == {"efficientnet_lite0"}
+    assert len(list(upstream)) == 3

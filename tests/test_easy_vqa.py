@@ -1,0 +1,79 @@
+import pandas as pd
+import pytest
+
+from pipeline.datasets import DatasetError, read_manifest, split_off_validation
+from pipeline.datasets.easy_vqa import _read_package_split, attributes_from_pixels, derive_attributes
+
+
+@pytest.fixture(scope="module")
+def package_splits():
+    return {split: _read_package_split(split) for split in ("train", "test")}
+
+
+def test_every_image_gets_a_caption(package_splits, capsys):
+    counts = {}
+    for split, manifest in package_splits.items():
+        from_questions = [
+            derive_attributes([(q["question"], q["answers"][0]) for q in questions])
+            for questions in manifest["questions"]
+        ]
+        counts[split] = {
+            "images": len(manifest),
+            "colour undetermined by questions": sum(a["colour"] is None for a in from_questions),
+            "shape undetermined by questions": sum(a["shape"] is None for a in from_questions),
+            "without caption after pixels": int((manifest["captions"].str.len() == 0).sum()),
+        }
+    with capsys.disabled():
+        print(f"\neasy-vqa caption derivation: {counts}")
+    assert {split: c["images"] for split, c in counts.items()} == {"train": 4000, "test": 1000}
+    assert all(c["without caption after pixels"] == 0 for c in counts.values())
+
+
+def test_captions_of_known_images(package_splits):
+    train = package_splits["train"].set_index("image_id")
+    # Read off the package's own questions: image 0 "what is the blue shape? -> rectangle",
+    # image 2 "what color is the triangle? -> red", image 3 "what color is the rectangle? -> brown".
+    assert train.loc["0", "captions"] == ["a blue rectangle"]
+    assert train.loc["2", "captions"] == ["a red triangle"]
+    assert train.loc["3", "captions"] == ["a brown rectangle"]
+
+
+def test_pixel_rule_agrees_with_questions_wherever_both_apply(package_splits):
+    checked = disagreements = 0
+    for manifest in package_splits.values():
+        for path, questions in zip(manifest["image_path"], manifest["questions"]):
+            known = derive_attributes([(q["question"], q["answers"][0]) for q in questions])
+            pixels = attributes_from_pixels(path)
+            for name, value in known.items():
+                if value is not None:
+                    checked += 1
+                    disagreements += value != pixels[name]
+    assert checked > 9000
+    assert disagreements == 0
+
+
+def test_negated_yes_no_questions_rule_values_out():
+    attributes = derive_attributes([
+        ("what shape is present?", "circle"),
+        *[(f"is there not a {c} shape?", "yes") for c in ("red", "green", "blue", "black", "gray", "teal", "brown")],
+    ])
+    assert attributes == {"colour": "yellow", "shape": "circle"}
+
+
+def test_contradictory_answers_raise():
+    with pytest.raises(DatasetError, match="contradictory colour"):
+        derive_attributes([("what color is the shape?", "red"), ("is there a red shape?", "no")])
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    train = read_manifest("easy_vqa", "train", val_size=500, seed=0)
+    val = read_manifest("easy_vqa", "val", val_size=500, seed=0)
+    again = read_manifest("easy_vqa", "val", val_size=500, seed=0)
+    assert (len(train), len(val)) == (3500, 500)
+    assert set(train["image_id"]).isdisjoint(val["image_id"])
+    assert val["image_id"].tolist() == again["image_id"].tolist()
+
+
+def test_split_off_validation_rejects_bad_size():
+    with pytest.raises(ValueError, match="validation size"):
+        split_off_validation(pd.DataFrame({"image_id": ["a", "b"]}), size=2, seed=0)

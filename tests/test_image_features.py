@@ -1,0 +1,107 @@
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.encoders import create_backbone
+from pipeline.image_features import extract_image_features
+from storage import FeatureArray
+from storage.feature_store import OK, PENDING, SKIPPED
+
+ROWS, CHUNK = 160, 16
+
+EXTRACT = textwrap.dedent(
+    """
+    import sys, pandas as pd
+    from pipeline.encoders import create_backbone
+    from pipeline.image_features import extract_image_features
+    from storage import FeatureArray
+    manifest = pd.read_parquet(sys.argv[1])
+    store = FeatureArray.open(sys.argv[2], manifest["image_id"].tolist(), 1, 1280, int(sys.argv[3]))
+    extract_image_features(create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(), store,
+                           device="cpu", batch_size=8)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def subset(easy_vqa_val, tmp_path_factory):
+    """160 easy-vqa images, one of them missing and one corrupt, saved as a manifest file."""
+    directory = tmp_path_factory.mktemp("images")
+    manifest = easy_vqa_val.head(ROWS).copy()
+    corrupt = directory / "corrupt.png"
+    corrupt.write_bytes(open(manifest.loc[20, "image_path"], "rb").read()[:60])  # truncated PNG
+    manifest.loc[5, "image_path"] = str(directory / "missing.png")
+    manifest.loc[20, "image_path"] = str(corrupt)
+    path = directory / "manifest.parquet"
+    manifest.to_parquet(path)
+    return manifest, path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(subset, tmp_path_factory):
+    manifest, _ = subset
+    store = FeatureArray.open(str(tmp_path_factory.mktemp("a") / "f.zarr"), manifest["image_id"].tolist(), 1, 1280, CHUNK)
+    stats = extract_image_features(create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(),
+                                   store, device="cpu", batch_size=8)
+    return store, stats
+
+
+def test_bad_images_are_skipped_and_counted(uninterrupted):
+    store, stats = uninterrupted
+    assert set(stats.skipped) == {5, 20}
+    assert "missing file" in stats.skipped[5] and "missing.png" in stats.skipped[5]
+    assert "corrupt" in stats.skipped[20] or "not an image" in stats.skipped[20]
+    assert store.skipped == stats.skipped
+    status = store.status
+    assert status[5] == SKIPPED and status[20] == SKIPPED and (np.delete(status, [5, 20]) == OK).all()
+    assert stats.images_encoded == ROWS - 2
+    assert np.isfinite(store.features[:]).all() and np.abs(store.features[:6]).sum() > 0
+
+
+def test_killed_extraction_resumes_without_recomputing_and_matches(subset, uninterrupted, tmp_path):
+    _, manifest_path = subset
+    path = tmp_path / "killed.zarr"
+    process = subprocess.Popen([sys.executable, "-c", EXTRACT, str(manifest_path), str(path), str(CHUNK)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    done = 0
+    while time.time() < deadline and process.poll() is None:
+        try:
+            done = int((FeatureArray.read(str(path)).status != PENDING).sum() // CHUNK)
+        except Exception:  # the group is still being created
+            done = 0
+        if done >= 3:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
+
+    manifest, _ = subset
+    store = FeatureArray.open(str(path), manifest["image_id"].tolist(), 1, 1280, CHUNK)
+    pending_before = store.pending_chunks()
+    assert 0 < len(pending_before) < ROWS // CHUNK
+    stats = extract_image_features(create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(),
+                                   store, device="cpu", batch_size=8)
+    assert stats.chunks_computed == len(pending_before)  # finished chunks were not recomputed
+    reference, _ = uninterrupted
+    assert store.is_complete()
+    np.testing.assert_array_equal(store.features[:], reference.features[:])
+    np.testing.assert_array_equal(store.ids, reference.ids)
+    assert store.skipped == reference.skipped
+
+
+def test_changed_ids_recreate_the_partition(uninterrupted, tmp_path):
+    store, _ = uninterrupted
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store.group.store.root, copy)
+    ids = store.ids.tolist()
+    assert FeatureArray.open(str(copy), ids, 1, 1280, CHUNK).is_complete()
+    reopened = FeatureArray.open(str(copy), ids[:-1], 1, 1280, CHUNK)
+    assert len(reopened.pending_chunks()) == reopened.num_chunks()
