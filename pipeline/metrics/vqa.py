@@ -1,0 +1,106 @@
+"""VQA accuracy exactly as the official VQAv2 evaluator computes it, quirks included.
+
+- Newlines and tabs become spaces, then answers are stripped.
+- Punctuation, digit words, articles and contractions are normalised ONLY when the ten
+  ground-truth answers are not all identical.
+- Accuracy for a question: for each GT answer, min(1, matches among the other nine / 3), averaged;
+  so 3 of 10 agreeing gives 0.9, 2 gives 0.6, 1 gives 0.3. Reported x100, rounded to 2 decimals.
+- The period-stripping regex is applied with ``count=re.UNICODE`` (32) and its look-behind is
+  written ``(?!<=\\d)``; both are the official code's behaviour and are kept.
+"""
+
+import re
+from collections import defaultdict
+
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
+    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
+    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
+    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's",
+    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll",
+    "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
+    "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll",
+    "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+DIGITS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+ARTICLES = {"a", "an", "the"}
+PUNCTUATION = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
+               "?", "!"]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+
+
+def process_punctuation(text: str) -> str:
+    out = text
+    for p in PUNCTUATION:
+        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_STRIP.sub("", out, re.UNICODE)  # count=32, as the official code passes it
+
+
+def process_digit_article(text: str) -> str:
+    words = [DIGITS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+
+
+def _clean(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def question_accuracy(prediction: str, gt_answers: list[str]) -> float:
+    """Accuracy in [0, 1] of one predicted answer against the (usually ten) ground-truth answers."""
+    gt = [_clean(a) for a in gt_answers]
+    prediction = _clean(prediction)
+    if len(set(gt)) > 1:
+        gt = [process_digit_article(process_punctuation(a)) for a in gt]
+        prediction = process_digit_article(process_punctuation(prediction))
+    scores = []
+    for i in range(len(gt)):
+        others = gt[:i] + gt[i + 1 :]
+        scores.append(min(1.0, sum(a == prediction for a in others) / 3))
+    return sum(scores) / len(scores)
+
+
+def vqa_accuracy(predictions: dict, gt_answers: dict, answer_types: dict) -> dict:
+    """Official-style report: {"overall", "perAnswerType", "perQuestion"}, values x100, 2 decimals.
+
+    ``predictions``, ``gt_answers`` and ``answer_types`` are keyed by question id.
+    """
+    missing = set(gt_answers) - set(predictions)
+    if missing:
+        raise ValueError(f"{len(missing)} questions have no predicted answer, e.g. {sorted(missing, key=str)[:3]}")
+    per_question = {q: question_accuracy(predictions[q], gt_answers[q]) for q in gt_answers}
+    by_type = defaultdict(list)
+    for q, accuracy in per_question.items():
+        by_type[answer_types[q]].append(accuracy)
+    return {
+        "overall": round(100 * sum(per_question.values()) / len(per_question), 2),
+        "perAnswerType": {t: round(100 * sum(v) / len(v), 2) for t, v in by_type.items()},
+        "perQuestion": {q: round(100 * a, 2) for q, a in per_question.items()},
+    }
