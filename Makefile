@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+# No model hub is reachable from the project's machines: fail fast instead of retrying downloads.
+# On a machine with network, `make demo HF_HUB_OFFLINE=0` lets Hugging Face fetch what is missing.
+export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup demo test ui clean
 

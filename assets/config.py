@@ -21,6 +21,11 @@ PROFILES: dict[str, dict[str, dict]] = {
             "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
             "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50, "sample_captions": 8,
         },
+        # A 135M LM continues "A picture of" with its own prior and mostly ignores the image tokens
+        # (see the linear_map asset's validation captions, which show both prompts), so the embedded
+        # demo captions from the image tokens alone, as it was trained.
+        "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
+        "vqa": {"questions": 200, "seed": 0, "batch_size": 25, "max_new_tokens": 4},
     },
     "paper": {
         # LiMBeR's training recipe. Its encoders, GPT-J and CC3M/COCO readers are not registered yet,
@@ -34,6 +39,8 @@ PROFILES: dict[str, dict[str, dict]] = {
             "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 64,
             "buffer_chunks": 16, "seed": 0, "checkpoint_every": 500, "sample_captions": 8,
         },
+        "captioning": {"prompt": "A picture of", "max_new_tokens": 30, "batch_size": 64},
+        "vqa": {"questions": 0, "seed": 0, "batch_size": 32, "max_new_tokens": 10},
     },
 }
 
@@ -76,3 +83,20 @@ class TrainingConfig(dg.Config):
     seed: int = PROFILE["training"]["seed"]
     checkpoint_every: int = PROFILE["training"]["checkpoint_every"]
     sample_captions: int = Field(PROFILE["training"]["sample_captions"], description="validation captions in metadata")
+
+
+class CaptioningConfig(dg.Config):
+    prompt: str = Field(PROFILE["captioning"]["prompt"], description="text after the image tokens")
+    max_new_tokens: int = PROFILE["captioning"]["max_new_tokens"]
+    batch_size: int = PROFILE["captioning"]["batch_size"]
+
+
+class VqaConfig(dg.Config):
+    questions: int = Field(PROFILE["vqa"]["questions"], description="fixed random subset of eval questions (0: all)")
+    seed: int = Field(PROFILE["vqa"]["seed"], description="seed of the subset and of the solved examples")
+    batch_size: int = PROFILE["vqa"]["batch_size"]
+    max_new_tokens: int = PROFILE["vqa"]["max_new_tokens"]
+
+
+class CaptionMetricsConfig(dg.Config):
+    clip_weights: str = Field("", description="local file of open_clip ViT-B-32-quickgelu OpenAI weights (else HF cache)")

@@ -2,13 +2,19 @@
 
 import dagster as dg
 
+from assets.captions import caption_metrics, captions
 from assets.datasets import manifests
 from assets.image_features import image_features
 from assets.language_model import language_model
 from assets.linear_map import linear_map
+from assets.metric_tables import metric_tables
 from assets.resources import Limber
+from assets.vqa import vqa_answers, vqa_metrics
 
-ALL_ASSETS = [manifests, image_features, language_model, linear_map]
+ALL_ASSETS = [
+    manifests, image_features, language_model, linear_map,
+    captions, caption_metrics, vqa_answers, vqa_metrics, metric_tables,
+]
 
 # One job per asset: a Dagster job spans one partitions definition, and each stage has its own.
 JOBS = [dg.define_asset_job(f"{asset.key.to_user_string()}_job", selection=[asset]) for asset in ALL_ASSETS]

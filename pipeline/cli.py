@@ -13,6 +13,7 @@ def demo(args: argparse.Namespace) -> int:
 
     instance = dg.DagsterInstance.get()
     resources = defs.resources
+    overrides = _read_overrides(args.config)
     steps = []
     for asset in ALL_ASSETS:
         keys = asset.partitions_def.get_partition_keys() if asset.partitions_def else [None]
@@ -23,6 +24,7 @@ def demo(args: argparse.Namespace) -> int:
             result = dg.materialize(
                 ALL_ASSETS, selection=[asset], partition_key=key, instance=instance, resources=resources,
                 raise_on_error=False, tags={"limber/command": "demo"},
+                run_config={"ops": {name: cfg for name, cfg in overrides.items() if name == asset.key.to_user_string()}},
             )
             seconds = time.perf_counter() - started
             metadata = {}
@@ -39,16 +41,31 @@ def demo(args: argparse.Namespace) -> int:
     for label, status, seconds, metadata in steps:
         work = {k: metadata[k] for k in ("reused", "chunks_computed", "chunks_reused", "final_loss") if k in metadata}
         print(f"  {label:55s} {status:6s} {seconds:7.1f}s  {work}")
+    computed = [label for label, _, _, metadata in steps if metadata.get("reused") is False
+                or metadata.get("chunks_computed", 0) > 0]
+    print(f"\nComputed (not reused from cache): {', '.join(computed) or 'nothing'}")
     for label, status, seconds, metadata in steps:
         if "validation_captions" in metadata:
             print(f"\n{label} validation captions:\n{metadata['validation_captions']}")
+        if "comparison" in metadata:
+            print(f"\nMetric comparison ({metadata['path']}):\n{metadata['comparison']}")
     return 0 if all(status == "ok" for _, status, _, _ in steps) else 1
+
+
+def _read_overrides(path: str | None) -> dict:
+    """Per-asset run config from a YAML file: {asset name: {"config": {...}}}, as in the launchpad's ops."""
+    if not path:
+        return {}
+    import yaml
+
+    return yaml.safe_load(open(path))["ops"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="limber", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="materialize every asset, every partition, on the active profile")
+    demo_parser = commands.add_parser("demo", help="materialize every asset, every partition, on the active profile")
+    demo_parser.add_argument("--config", help="YAML run config with an 'ops' section, e.g. a new linear_map lr")
     args = parser.parse_args(argv)
     return {"demo": demo}[args.command](args)
 

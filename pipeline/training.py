@@ -6,7 +6,6 @@ everything after the first EOS are masked to -100. Only the linear map has gradi
 """
 
 import itertools
-import json
 import math
 import os
 import time

@@ -22,7 +22,22 @@ class StorageLayout:
         return self.root / "features" / dataset / split / f"{backbone}.zarr"
 
     def language_model(self, name: str) -> Path:
-        return self.root / "language_models" / name.replace("/", "--")
+        return self.root / "language_models" / _safe(name)
 
     def linear_map(self, backbone: str, language_model: str, settings_hash: str) -> Path:
-        return self.root / "linear_maps" / language_model.replace("/", "--") / backbone / settings_hash
+        return self.root / "linear_maps" / _safe(language_model) / backbone / settings_hash
+
+    def evaluation(self, task: str, system: str, language_model: str, inputs_hash: str, partition: str) -> Path:
+        """Captions / answers / scores of one system, keyed by the hash of everything they depend on."""
+        return self.root / task / _safe(language_model) / system / inputs_hash / f"{partition}.parquet"
+
+    def metrics_table(self) -> Path:
+        """The tidy metric table analysts read with pandas."""
+        return self.root / "metrics" / "metrics.parquet"
+
+    def comparison_table(self) -> Path:
+        return self.root / "metrics" / "comparison.parquet"
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "--")

@@ -3,7 +3,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from pipeline.encoders import BACKBONES, backbone_spec, create_backbone
+from pipeline.encoders import backbone_spec, create_backbone
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -158,3 +158,15 @@ def read_manifest(split: str, *, val_size: int, seed: int) -> pd.DataFrame:
         return _read_package_split("test")
     train, val = split_off_validation(_read_package_split("train"), size=val_size, seed=seed)
     return train if split == "train" else val
+
+
+def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
+    """Share of captions that name the image's colour, its shape, and both (x100)."""
+    hits = {"colour": 0, "shape": 0, "colour+shape": 0}
+    for image_id, caption in candidates.items():
+        words = set(_WORD.findall(caption.lower()))
+        _, colour, shape = references[image_id][0].split()
+        hits["colour"] += colour in words
+        hits["shape"] += shape in words
+        hits["colour+shape"] += colour in words and shape in words
+    return {f"names {k} (%)": 100 * v / len(candidates) for k, v in hits.items()}

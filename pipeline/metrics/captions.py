@@ -6,7 +6,6 @@ site-packages); `ptb_tokenize` runs the same jar with the temp file in a temp di
 works from a read-only install.
 """
 
-import os
 import shutil
 import subprocess
 import tempfile

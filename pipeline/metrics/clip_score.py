@@ -14,6 +14,24 @@ CLIP_MODEL = "ViT-B-32-quickgelu"
 CLIP_PRETRAINED = "openai"
 
 
+HF_REPO = "timm/vit_base_patch32_clip_224.openai"
+HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _cached_openai_weights() -> str | None:
+    """The cached weights file, if any (checked first: building the model only to fail costs seconds)."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in HF_FILES:
+        found = try_to_load_from_cache(HF_REPO, filename)
+        if isinstance(found, str):
+            return found
+    # Online, open_clip may still download them.
+    return None if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else "download"
+
+
 class ClipUnavailable(RuntimeError):
     """The CLIP ViT-B/32 weights are not on this machine."""
 
@@ -45,6 +63,12 @@ class ClipScorer:
         import open_clip
         import torch
 
+        if not weights and not _cached_openai_weights():
+            raise ClipUnavailable(
+                f"CLIP-S needs the OpenAI CLIP ViT-B/32 weights ({CLIP_MODEL}, '{CLIP_PRETRAINED}'), which are not in "
+                f"the Hugging Face cache ({HF_REPO}, {' or '.join(HF_FILES)}); fetch them there on a machine with "
+                "network, or pass a local weights file"
+            )
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 CLIP_MODEL, pretrained=weights or CLIP_PRETRAINED, device=device

@@ -1,0 +1,137 @@
+"""Captions per system x eval split, and their metrics (CIDEr-D, BLEU, METEOR, ROUGE-L, CLIP-S)."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import torch
+
+from assets.config import CaptioningConfig, CaptionMetricsConfig
+from assets.datasets import manifests
+from assets.image_features import image_features
+from assets.language_model import language_model
+from assets.linear_map import linear_map
+from assets.partitions import caption_partitions, dataset_split
+from assets.resources import Limber
+from assets.systems import System, load_lm, upstream_path
+from pipeline.decoding import greedy_captions
+from pipeline.metrics.captions import caption_metrics as score_captions
+from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s
+from pipeline.datasets import dataset_caption_metrics, load_image
+from storage import config_hash
+
+
+def _system_and_split(context) -> tuple[str, str, str]:
+    keys = context.partition_key.keys_by_dimension
+    dataset, split = dataset_split(keys["split"])
+    return keys["system"], dataset, split
+
+
+def _captions_path(limber: Limber, system: System, config: CaptioningConfig, split: str):
+    inputs = config_hash({"linear_map": system.linear_map_hash, "captioning": config.model_dump(), "split": split})
+    return limber.layout.evaluation("captions", system.name, limber.language_model, inputs, split)
+
+
+@dg.asset(
+    partitions_def=caption_partitions,
+    # Dagster has no mapping from (system x ...) to backbone partitions that leaves "blind" without
+    # upstream, so these deps are coarse; results are keyed by the hash of what they really read.
+    deps=[
+        dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(image_features, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(manifests, partition_mapping=dg.AllPartitionMapping()),
+        language_model,
+    ],
+    group_name="evaluation",
+    kinds={"parquet"},
+)
+def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber: Limber) -> dg.MaterializeResult:
+    """Greedy captions from [image tokens, prompt]; the blind system gets the prompt alone."""
+    name, dataset, split = _system_and_split(context)
+    system = System.resolve(context, name)
+    path = _captions_path(limber, system, config, split)
+    manifest = pd.read_parquet(limber.layout.manifest(dataset, split))
+    reused = path.exists()
+    if not reused:
+        lm, tokenizer, _ = load_lm(limber)
+        mapping = system.linear_map()
+        features = None if mapping is None else system.features(limber, split).features
+        prompt = config.prompt if (config.prompt or mapping is not None) else tokenizer.bos_token or tokenizer.eos_token
+        generated = []
+        for start in range(0, len(manifest), config.batch_size):
+            stop = min(start + config.batch_size, len(manifest))
+            batch = (torch.zeros(stop - start, 0) if features is None
+                     else torch.from_numpy(np.asarray(features[start:stop])))
+            generated += greedy_captions(mapping, lm, tokenizer, batch, prompt=prompt,
+                                         max_new_tokens=config.max_new_tokens, device=limber.torch_device())
+            context.log.info(f"captioned {stop}/{len(manifest)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame({"image_id": manifest["image_id"], "caption": generated})
+        table.to_parquet(path)
+        # The COCO results format, for any external scorer.
+        path.with_suffix(".json").write_text(json.dumps(
+            [{"image_id": i, "caption": c} for i, c in zip(table["image_id"], table["caption"])]
+        ))
+    table = pd.read_parquet(path)
+    preview = table.assign(reference=[c[0] if len(c) else "" for c in manifest["captions"]]).head(10)
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(path)),
+        "coco_results": dg.MetadataValue.path(str(path.with_suffix(".json"))),
+        "reused": reused,
+        "captions": len(table),
+        "empty_captions": int((table["caption"].str.strip() == "").sum()),
+        "prompt": config.prompt,
+        "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
+    })
+
+
+def _clip_scores(limber: Limber, weights: str, manifest: pd.DataFrame, candidates: list[str]) -> dict:
+    """CLIP-S and RefCLIP-S, or the reason they cannot be computed here."""
+    try:
+        scorer = ClipScorer(weights or None, limber.torch_device())
+    except ClipUnavailable as error:
+        return {"unavailable": str(error)}
+    images = [load_image(p)[0] for p in manifest["image_path"]]
+    ok = [i for i, image in enumerate(images) if image is not None]
+    image_embeddings = scorer.embed_images([images[i] for i in ok])
+    candidate_embeddings = scorer.embed_texts([candidates[i] for i in ok])
+    reference_embeddings = [scorer.embed_texts(list(manifest["captions"][i])) for i in ok]
+    per_image = clip_s(image_embeddings, candidate_embeddings)
+    return {
+        "CLIP-S": float(per_image.mean()),
+        "RefCLIP-S": float(ref_clip_s(per_image, candidate_embeddings, reference_embeddings).mean()),
+    }
+
+
+@dg.asset(partitions_def=caption_partitions, deps=[captions], group_name="evaluation", kinds={"parquet"})
+def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsConfig, limber: Limber) -> dg.MaterializeResult:
+    """Standard caption metrics of one system on one whole split (IDF over the whole split)."""
+    _, dataset, split = _system_and_split(context)
+    captions_path = upstream_path(context, captions)
+    manifest = pd.read_parquet(limber.layout.manifest(dataset, split))
+    generated = pd.read_parquet(captions_path)
+    has_refs = manifest["captions"].str.len().to_numpy() > 0
+    references = {i: list(c) for i, c, keep in zip(manifest["image_id"], manifest["captions"], has_refs) if keep}
+    candidates = {i: c for i, c, keep in zip(generated["image_id"], generated["caption"], has_refs) if keep}
+    scores = score_captions(references, candidates)
+    scores.update(dataset_caption_metrics(dataset, references, candidates))
+    clip = _clip_scores(limber, config.clip_weights, manifest[has_refs].reset_index(drop=True),
+                        [c for c, keep in zip(generated["caption"], has_refs) if keep])
+    note = clip.pop("unavailable", "")
+    if note:
+        context.log.warning(note)
+        clip = {"CLIP-S": float("nan"), "RefCLIP-S": float("nan")}
+    scores.update(clip)
+    table = pd.DataFrame({
+        "metric": list(scores), "value": list(scores.values()), "n": len(candidates),
+        "note": [note if metric in clip and note else "" for metric in scores],
+    })
+    path = captions_path.parent / f"{split}.metrics.parquet"
+    table.to_parquet(path)
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(path)),
+        "n": len(candidates),
+        **{k: dg.MetadataValue.float(round(v, 4)) for k, v in scores.items() if k not in clip},
+        **({"CLIP-S": note, "RefCLIP-S": note} if note else {k: round(v, 4) for k, v in clip.items()}),
+    })
