@@ -8,18 +8,15 @@ import pandas as pd
 import torch
 
 from assets.config import CaptioningConfig, CaptionMetricsConfig
-from assets.datasets import manifests
-from assets.image_features import image_features
-from assets.language_model import language_model
-from assets.linear_map import linear_map
 from assets.partitions import caption_partitions, dataset_split
 from assets.resources import Limber
-from assets.systems import System, load_lm, upstream_path
+from assets.systems import SYSTEM_INPUTS, System, load_lm, upstream_path
+from pipeline.datasets import dataset_caption_metrics, load_image
 from pipeline.decoding import greedy_captions
 from pipeline.metrics.captions import caption_metrics as score_captions
 from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s
-from pipeline.datasets import dataset_caption_metrics, load_image
 from storage import config_hash
+from storage.feature_store import OK
 
 
 def _system_and_split(context) -> tuple[str, str, str]:
@@ -35,14 +32,7 @@ def _captions_path(limber: Limber, system: System, config: CaptioningConfig, spl
 
 @dg.asset(
     partitions_def=caption_partitions,
-    # Dagster has no mapping from (system x ...) to backbone partitions that leaves "blind" without
-    # upstream, so these deps are coarse; results are keyed by the hash of what they really read.
-    deps=[
-        dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(image_features, partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(manifests, partition_mapping=dg.AllPartitionMapping()),
-        language_model,
-    ],
+    deps=SYSTEM_INPUTS,
     group_name="evaluation",
     kinds={"parquet"},
 )
@@ -66,13 +56,15 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
             generated += greedy_captions(mapping, lm, tokenizer, batch, prompt=prompt,
                                          max_new_tokens=config.max_new_tokens, device=limber.torch_device())
             context.log.info(f"captioned {stop}/{len(manifest)}")
+        # Images the encoder could not read have zero features: they get no caption.
+        readable = np.ones(len(manifest), bool) if mapping is None else system.features(limber, split).status == OK
+        table = pd.DataFrame({"image_id": manifest["image_id"], "caption": np.where(readable, generated, "")})
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = pd.DataFrame({"image_id": manifest["image_id"], "caption": generated})
-        table.to_parquet(path)
-        # The COCO results format, for any external scorer.
+        # The COCO results format, for any external scorer; the Parquet file, written last, marks completion.
         path.with_suffix(".json").write_text(json.dumps(
             [{"image_id": i, "caption": c} for i, c in zip(table["image_id"], table["caption"])]
         ))
+        table.to_parquet(path)
     table = pd.read_parquet(path)
     preview = table.assign(reference=[c[0] if len(c) else "" for c in manifest["captions"]]).head(10)
     return dg.MaterializeResult(metadata={

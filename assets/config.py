@@ -17,7 +17,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "dataset": {"name": "easy_vqa", "splits": ["train", "val", "test"], "val_size": 500, "seed": 0},
         "extraction": {"batch_size": 16, "chunk_rows": 256},
         "training": {
-            "steps": 150, "batch_size": 16, "lr": 3e-3, "warmup_steps": 15, "weight_decay": 0.0,
+            "steps": 120, "batch_size": 16, "lr": 3e-3, "warmup_steps": 12, "weight_decay": 0.0,
             "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
             "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50, "sample_captions": 8,
         },
@@ -25,7 +25,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         # (see the linear_map asset's validation captions, which show both prompts), so the embedded
         # demo captions from the image tokens alone, as it was trained.
         "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
-        "vqa": {"questions": 200, "seed": 0, "batch_size": 25, "max_new_tokens": 4},
+        "vqa": {"questions": 150, "seed": 0, "batch_size": 25, "max_new_tokens": 4},
     },
     "paper": {
         # LiMBeR's training recipe. Its encoders, GPT-J and CC3M/COCO readers are not registered yet,

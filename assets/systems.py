@@ -4,16 +4,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-
 import numpy as np
 import torch
 
+from assets.datasets import manifests
+from assets.image_features import image_features
+from assets.language_model import language_model
+from assets.linear_map import linear_map
 from assets.partitions import BLIND, DATASET
 from assets.resources import Limber
 from pipeline.decoding import image_tokens
 from pipeline.language_models import load_language_model
 from pipeline.linear_map import LinearMap
 from storage import FeatureArray
+
+# What an evaluation asset reads. Dagster has no mapping from (system x ...) partitions to backbone
+# partitions that leaves "blind" without upstream, so these deps are coarse; each result is stored
+# under the hash of exactly what it read, so only what changed is recomputed.
+SYSTEM_INPUTS = [
+    dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
+    dg.AssetDep(image_features, partition_mapping=dg.AllPartitionMapping()),
+    dg.AssetDep(manifests, partition_mapping=dg.AllPartitionMapping()),
+    language_model,
+]
 
 
 def latest_materialization(instance: dg.DagsterInstance, asset, partition_key: str):

@@ -4,13 +4,9 @@ import dagster as dg
 import pandas as pd
 
 from assets.config import VqaConfig
-from assets.datasets import manifests
-from assets.image_features import image_features
-from assets.language_model import language_model
-from assets.linear_map import linear_map
 from assets.partitions import DATASET, vqa_partitions
 from assets.resources import Limber
-from assets.systems import System, load_lm, upstream_path
+from assets.systems import SYSTEM_INPUTS, System, load_lm, upstream_path
 from pipeline.metrics.vqa import vqa_accuracy
 from pipeline.vqa import SHOTS, answer_questions, draw_support, flatten_questions, sample_questions
 from storage import config_hash
@@ -20,14 +16,7 @@ EVAL_SPLIT, SUPPORT_SPLIT = "test", "train"
 
 @dg.asset(
     partitions_def=vqa_partitions,
-    # Dagster has no mapping from (system x ...) to backbone partitions that leaves "blind" without
-    # upstream, so these deps are coarse; results are keyed by the hash of what they really read.
-    deps=[
-        dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(image_features, partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(manifests, partition_mapping=dg.AllPartitionMapping()),
-        language_model,
-    ],
+    deps=SYSTEM_INPUTS,
     group_name="evaluation",
     kinds={"parquet"},
 )

@@ -1,6 +1,11 @@
-"""The ``limber`` command line: ``limber demo`` materializes the asset graph on the active profile."""
+"""The ``limber`` command line.
+
+``limber demo`` materializes the asset graph on the active profile; ``limber score-vqa`` and
+``limber score-captions`` score any model's outputs in the standard VQAv2 / COCO file formats.
+"""
 
 import argparse
+import json
 import sys
 import time
 
@@ -52,6 +57,32 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if all(status == "ok" for _, status, _, _ in steps) else 1
 
 
+def score_vqa(args: argparse.Namespace) -> int:
+    from pipeline.metrics.vqa import score_vqa_files
+
+    report = score_vqa_files(args.annotations, args.questions, args.results)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"Overall Accuracy is: {report['overall']:.2f}")
+        print("Per Answer Type Accuracy is the following:")
+        for answer_type, accuracy in sorted(report["perAnswerType"].items()):
+            print(f"{answer_type} : {accuracy:.2f}")
+    return 0
+
+
+def score_captions(args: argparse.Namespace) -> int:
+    from pipeline.metrics.captions import score_caption_files
+
+    scores = score_caption_files(args.annotations, args.results)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for metric, value in scores.items():
+            print(f"{metric}: {value:.4f}")
+    return 0
+
+
 def _read_overrides(path: str | None) -> dict:
     """Per-asset run config from a YAML file: {asset name: {"config": {...}}}, as in the launchpad's ops."""
     if not path:
@@ -66,8 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="materialize every asset, every partition, on the active profile")
     demo_parser.add_argument("--config", help="YAML run config with an 'ops' section, e.g. a new linear_map lr")
+    vqa = commands.add_parser("score-vqa", help="VQA accuracy of a results file (official VQAv2 formats)")
+    vqa.add_argument("--annotations", required=True)
+    vqa.add_argument("--questions", required=True)
+    vqa.add_argument("--results", required=True)
+    vqa.add_argument("--json", action="store_true", help="print overall, perAnswerType and perQuestion as JSON")
+    captions = commands.add_parser("score-captions", help="caption metrics of a COCO results file")
+    captions.add_argument("--annotations", required=True)
+    captions.add_argument("--results", required=True)
+    captions.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    return {"demo": demo}[args.command](args)
+    try:
+        return {"demo": demo, "score-vqa": score_vqa, "score-captions": score_captions}[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"limber {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

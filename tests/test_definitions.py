@@ -8,8 +8,9 @@ from assets.partitions import backbone_partitions, feature_partitions
 def test_definitions_load_and_validate():
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"manifests", "image_features", "language_model", "linear_map"}
-    assert len(ALL_ASSETS) == 4
+    assert keys == {"manifests", "image_features", "language_model", "linear_map", "captions", "caption_metrics",
+                    "vqa_answers", "vqa_metrics", "metric_tables"}
+    assert len(ALL_ASSETS) == len(keys)
 
 
 def test_feature_partitions_are_backbone_by_split():

@@ -8,8 +8,15 @@ import pandas as pd
 import pytest
 
 from assets.definitions import ALL_ASSETS
-from assets.partitions import backbone_partitions, feature_partitions, split_partitions
+from assets.partitions import (
+    backbone_partitions,
+    caption_partitions,
+    feature_partitions,
+    split_partitions,
+    vqa_partitions,
+)
 from assets.resources import Limber
+from pipeline import load_metrics
 from storage import FeatureArray
 
 TINY = {
@@ -17,6 +24,8 @@ TINY = {
     "image_features": {"config": {"batch_size": 16, "chunk_rows": 16}},
     "linear_map": {"config": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2,
                               "sample_captions": 2}},
+    "captions": {"config": {"batch_size": 16, "max_new_tokens": 4}},
+    "vqa_answers": {"config": {"questions": 6, "batch_size": 6, "max_new_tokens": 2}},
 }
 
 
@@ -49,7 +58,9 @@ def _metadata(result):
 def test_every_partition_materialized(materialized):
     _, instance, _, _ = materialized
     for asset, partitions in (("manifests", split_partitions), ("image_features", feature_partitions),
-                              ("linear_map", backbone_partitions)):
+                              ("linear_map", backbone_partitions), ("captions", caption_partitions),
+                              ("caption_metrics", caption_partitions), ("vqa_answers", vqa_partitions),
+                              ("vqa_metrics", vqa_partitions)):
         done = instance.get_materialized_partitions(dg.AssetKey(asset))
         assert done == set(partitions.get_partition_keys()), asset
 
@@ -81,6 +92,39 @@ def test_linear_map_trained_on_cached_features(materialized):
     assert np.isfinite(config["training"]["losses"]).all()
 
 
+def test_captions_and_answers_are_stored_in_standard_forms(materialized):
+    _, _, _, results = materialized
+    key = dg.MultiPartitionKey({"system": "blind", "split": "easy_vqa.test"})
+    metadata = _metadata(results[("captions", key)])
+    captions = pd.read_parquet(metadata["path"])
+    assert captions.columns.tolist() == ["image_id", "caption"] and len(captions) == 32
+    coco = json.loads(open(metadata["coco_results"]).read())
+    assert coco[0] == {"image_id": captions["image_id"][0], "caption": captions["caption"][0]}
+    answers = pd.read_parquet(_metadata(results[("vqa_answers", dg.MultiPartitionKey(
+        {"system": "efficientnet_lite0", "shots": "2"}))])["path"])
+    assert len(answers) == 6 and {"question_id", "prediction", "answer_type"} <= set(answers.columns)
+
+
+def test_metric_tables_for_analysts(materialized):
+    root, _, _, results = materialized
+    tidy = load_metrics(root)
+    assert pd.read_parquet(root / "metrics" / "metrics.parquet").equals(tidy)
+    assert list(tidy.columns) == ["backbone", "lm", "dataset", "split", "task", "metric", "shots", "value", "n",
+                                  "note", "materialized_at", "config_hash"]
+    assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
+    vqa = tidy[(tidy["task"] == "vqa") & (tidy["metric"] == "VQA accuracy")]
+    assert sorted(vqa["shots"].unique()) == [0, 1, 2, 4] and vqa["value"].between(0, 100).all()
+    cider = tidy[(tidy["metric"] == "CIDEr-D")]
+    assert len(cider) == 3 * 2 and np.isfinite(cider["value"]).all()
+    clip = tidy[tidy["metric"] == "CLIP-S"]
+    # No CLIP weights on this machine: the table says so in words and holds no number.
+    assert clip["value"].isna().all() and clip["note"].str.contains("CLIP ViT-B/32 weights").all()
+    metadata = _metadata(results[("metric_tables", None)])
+    assert "data:image/png;base64" in metadata["chart"] and "VQA 4-shot" in metadata["comparison"]
+    wide = pd.read_parquet(root / "metrics" / "comparison.parquet")
+    assert set(wide.index) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
+
+
 def test_rematerializing_unchanged_reuses_everything(materialized):
     _, instance, resources, _ = materialized
     features = dg.materialize(ALL_ASSETS, selection=["image_features"], instance=instance, resources=resources,
@@ -90,3 +134,20 @@ def test_rematerializing_unchanged_reuses_everything(materialized):
     trained = dg.materialize(ALL_ASSETS, selection=["linear_map"], instance=instance, resources=resources,
                              partition_key="efficientnet_lite0", run_config=tiny("linear_map"))
     assert _metadata(trained)["reused"]
+
+
+def test_a_new_learning_rate_recomputes_only_the_map_and_what_reads_it(materialized):
+    _, instance, resources, _ = materialized
+    new_lr = {"ops": {"linear_map": {"config": {**TINY["linear_map"]["config"], "lr": 1e-3}}}}
+    trained = dg.materialize(ALL_ASSETS, selection=["linear_map"], instance=instance, resources=resources,
+                             partition_key="efficientnet_lite0", run_config=new_lr)
+    assert not _metadata(trained)["reused"]
+
+    def captions_reused(system):
+        key = dg.MultiPartitionKey({"system": system, "split": "easy_vqa.test"})
+        result = dg.materialize(ALL_ASSETS, selection=["captions"], instance=instance, resources=resources,
+                                partition_key=key, run_config=tiny("captions"))
+        return _metadata(result)["reused"]
+
+    assert not captions_reused("efficientnet_lite0")
+    assert captions_reused("efficientnet_lite0_random") and captions_reused("blind")

@@ -6,6 +6,8 @@ site-packages); `ptb_tokenize` runs the same jar with the temp file in a temp di
 works from a read-only install.
 """
 
+import contextlib
+import io
 import shutil
 import subprocess
 import tempfile
@@ -55,9 +57,28 @@ def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]
     gts = ptb_tokenize(references)
     res = ptb_tokenize({k: [v] for k, v in candidates.items()})
     scores: dict[str, float] = {}
-    bleu, _ = Bleu(4).compute_score(gts, res)
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its n-gram counts
+        bleu, _ = Bleu(4).compute_score(gts, res)
     scores.update({f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)})
     scores["METEOR"] = float(Meteor().compute_score(gts, res)[0])  # its __del__ ends the Java process
     scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     scores["CIDEr-D"] = float(Cider().compute_score(gts, res)[0])
     return scores
+
+
+def score_caption_files(annotations_path: str, results_path: str) -> dict[str, float]:
+    """Scores a COCO results file ([{"image_id", "caption"}]) against COCO caption annotations,
+    over the images the results cover (as COCOEvalCap does)."""
+    import json
+
+    references: dict = {}
+    for a in json.load(open(annotations_path))["annotations"]:
+        references.setdefault(a["image_id"], []).append(a["caption"])
+    candidates = {}
+    for index, record in enumerate(json.load(open(results_path))):
+        if "image_id" not in record or "caption" not in record:
+            raise ValueError(f"{results_path}: record {index} lacks image_id or caption: {record}")
+        if record["image_id"] not in references:
+            raise ValueError(f"{results_path}: image {record['image_id']} has no reference in {annotations_path}")
+        candidates[record["image_id"]] = record["caption"]
+    return caption_metrics({k: references[k] for k in candidates}, candidates)

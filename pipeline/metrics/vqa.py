@@ -104,3 +104,34 @@ def vqa_accuracy(predictions: dict, gt_answers: dict, answer_types: dict) -> dic
         "perAnswerType": {t: round(100 * sum(v) / len(v), 2) for t, v in by_type.items()},
         "perQuestion": {q: round(100 * a, 2) for q, a in per_question.items()},
     }
+
+
+def score_vqa_files(annotations_path: str, questions_path: str, results_path: str) -> dict:
+    """Scores a results file ([{"question_id", "answer"}]) against official VQAv2 annotation and
+    question files; like the official evaluator, every annotated question needs exactly one answer."""
+    import json
+
+    annotations = json.load(open(annotations_path))["annotations"]
+    question_ids = {q["question_id"] for q in json.load(open(questions_path))["questions"]}
+    results = json.load(open(results_path))
+    annotated = {a["question_id"] for a in annotations}
+    if annotated != question_ids:
+        raise ValueError(f"{questions_path} and {annotations_path} list different questions")
+    predictions = {}
+    for index, record in enumerate(results):
+        if "question_id" not in record or "answer" not in record:
+            raise ValueError(f"{results_path}: record {index} lacks question_id or answer: {record}")
+        if record["question_id"] in predictions:
+            raise ValueError(f"{results_path}: question {record['question_id']} is answered twice")
+        predictions[record["question_id"]] = str(record["answer"])
+    if set(predictions) != annotated:
+        raise ValueError(
+            f"{results_path} does not correspond to {annotations_path}: "
+            f"{len(annotated - set(predictions))} questions unanswered, "
+            f"{len(set(predictions) - annotated)} answers to questions not in the annotations"
+        )
+    return vqa_accuracy(
+        predictions,
+        {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations},
+        {a["question_id"]: a["answer_type"] for a in annotations},
+    )

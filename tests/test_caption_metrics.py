@@ -1,0 +1,82 @@
+import json
+import os
+
+import numpy as np
+import pycocoevalcap.tokenizer.ptbtokenizer as ptb
+import pytest
+
+from pipeline.cli import main
+from pipeline.metrics import captions as caption_module
+from pipeline.metrics.captions import caption_metrics, ptb_tokenize
+from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s
+
+REFERENCES = {
+    "1": ["a red circle on white", "a red round shape"],
+    "2": ["a blue square", "a blue rectangle on a white background"],
+    "3": ["a dog on the grass", "a brown dog sitting on green grass"],
+}
+
+
+def test_ptb_tokenizer_matches_pycocoevalcap_without_writing_into_site_packages():
+    captions = {"a": ["A Dog, running!", "two  dogs"], "b": ["It's (very) big."]}
+    package_dir = os.path.dirname(ptb.__file__)
+    before = sorted(os.listdir(package_dir))
+    tokens = ptb_tokenize(captions)
+    assert sorted(os.listdir(package_dir)) == before  # no temp file written next to the jar
+    assert tokens["a"] == ["a dog running", "two dogs"]
+    original = ptb.PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    assert tokens == original
+
+
+def test_perfect_captions_score_high_and_wrong_ones_low():
+    perfect = caption_metrics(REFERENCES, {k: v[0] for k, v in REFERENCES.items()})
+    wrong = caption_metrics(REFERENCES, {"1": "a dog on the grass", "2": "a red circle", "3": "a blue square"})
+    assert perfect["BLEU-1"] > 0.95 and perfect["ROUGE-L"] > 0.9
+    assert perfect["CIDEr-D"] > 2 * wrong["CIDEr-D"]
+    assert perfect["METEOR"] > wrong["METEOR"]
+    assert set(perfect) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"}
+
+
+def test_mismatched_images_are_rejected():
+    with pytest.raises(ValueError, match="different images"):
+        caption_metrics(REFERENCES, {"1": "a red circle"})
+
+
+def test_missing_java_names_the_fix(monkeypatch):
+    monkeypatch.setattr(caption_module.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install"):
+        ptb_tokenize({"a": ["x"]})
+
+
+def test_score_captions_command(tmp_path, capsys):
+    pairs = [(int(k), c) for k, cs in REFERENCES.items() for c in cs]
+    annotations = {"images": [{"id": i} for i in (1, 2, 3)],
+                   "annotations": [{"image_id": k, "id": n, "caption": c} for n, (k, c) in enumerate(pairs)]}
+    results = [{"image_id": int(k), "caption": v[0]} for k, v in REFERENCES.items()]
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert main(["score-captions", "--annotations", str(tmp_path / "a.json"), "--results", str(tmp_path / "r.json"),
+                 "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["BLEU-1"] > 0.95 and scores["CIDEr-D"] > 1
+
+
+def test_clip_s_formula_on_fixed_embeddings():
+    images = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    candidates = np.array([[1.0, 1.0], [-1.0, 0.0], [0.0, 5.0]])
+    np.testing.assert_allclose(clip_s(images, candidates), [2.5 / np.sqrt(2), 0.0, 2.5])
+
+
+def test_ref_clip_s_is_the_harmonic_mean_with_the_best_reference():
+    candidates = np.array([[1.0, 0.0], [0.0, 1.0]])
+    references = [np.array([[1.0, 1.0], [1.0, 0.0]]), np.array([[1.0, 0.0]])]
+    scores = np.array([2.0, 1.0])
+    # Image 1: best reference cosine 1.0 -> 2*2*1/(2+1); image 2: cosine 0 -> 0.
+    np.testing.assert_allclose(ref_clip_s(scores, candidates, references), [4 / 3, 0.0])
+
+
+def test_clip_scorer_refuses_to_run_without_the_real_weights(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("pipeline.metrics.clip_score._cached_openai_weights", lambda: None)
+    with pytest.raises(ClipUnavailable, match="timm/vit_base_patch32_clip_224.openai"):
+        ClipScorer()

@@ -1,0 +1,97 @@
+"""The VQA scorer against the official evaluator's rules, on hand-computed edge cases."""
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.metrics.vqa import process_digit_article, process_punctuation, question_accuracy, vqa_accuracy
+
+
+@pytest.mark.parametrize("agreeing, expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
+def test_agreement_levels(agreeing, expected):
+    gt = ["cat"] * agreeing + ["dog"] * (10 - agreeing)
+    assert question_accuracy("cat", gt) == pytest.approx(expected)
+
+
+def test_normalisation_only_when_answers_differ():
+    # All ten identical: no normalisation, so "2" does not match "two".
+    assert question_accuracy("2", ["two"] * 10) == 0.0
+    # Not all identical: both sides are normalised, "two" -> "2".
+    assert question_accuracy("2", ["two"] * 9 + ["three"]) == pytest.approx(1.0)
+    assert question_accuracy("two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)
+
+
+def test_articles_punctuation_and_contractions():
+    mixed = ["dog"] * 5 + ["cat"] * 5
+    assert question_accuracy("the dog", mixed) == 1.0
+    assert question_accuracy("a dog!", mixed) == 1.0
+    assert question_accuracy("dog.", mixed) == 1.0
+    assert question_accuracy("Dog", mixed) == 1.0
+    assert question_accuracy("dont", ["don't"] * 3 + ["no"] * 7) == pytest.approx(0.9)
+    # With identical answers nothing is normalised: case and articles must match exactly.
+    assert question_accuracy("the dog", ["dog"] * 10) == 0.0
+
+
+def test_newlines_and_tabs_always_become_spaces_and_are_stripped():
+    assert question_accuracy(" red\n", ["red"] * 10) == 1.0
+    assert question_accuracy("red\tcar", ["red car"] * 10) == 1.0
+
+
+def test_punctuation_quirks_of_the_official_code():
+    assert process_punctuation("hello, world") == "hello world"  # ", " -> removed
+    assert process_punctuation("a-b") == "a b"  # no adjacent space: replaced by a space
+    assert process_punctuation("1,000") == "1000"  # a digit comma digit removes every punctuation mark
+    assert process_punctuation("3.5") == "3.5"  # a period between digits stays
+    assert process_punctuation("end.") == "end"
+    assert process_digit_article("The Three dogs") == "3 dogs"
+
+
+def test_report_per_answer_type_rounded_like_the_official_evaluator():
+    report = vqa_accuracy(
+        {1: "yes", 2: "no", 3: "red"},
+        {1: ["yes"] * 10, 2: ["yes"] * 8 + ["no"] * 2, 3: ["red"] * 3 + ["blue"] * 7},
+        {1: "yes/no", 2: "yes/no", 3: "other"},
+    )
+    assert report["perQuestion"] == {1: 100.0, 2: 60.0, 3: 90.0}
+    assert report["overall"] == pytest.approx(83.33)
+    assert report["perAnswerType"] == {"yes/no": 80.0, "other": 90.0}
+
+
+def test_missing_predictions_are_an_error():
+    with pytest.raises(ValueError, match="no predicted answer"):
+        vqa_accuracy({}, {1: ["yes"] * 10}, {1: "yes/no"})
+
+
+def _official_files(tmp_path, results):
+    annotations = {"annotations": [
+        {"question_id": 10, "image_id": 1, "answer_type": "yes/no", "question_type": "is the",
+         "multiple_choice_answer": "yes", "answers": [{"answer": "yes", "answer_confidence": "yes", "answer_id": i}
+                                                      for i in range(1, 11)]},
+        {"question_id": 11, "image_id": 1, "answer_type": "number", "question_type": "how many",
+         "multiple_choice_answer": "2", "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i}
+                                                    for i, a in enumerate(["2"] * 2 + ["3"] * 8, start=1)]},
+    ]}
+    questions = {"questions": [{"question_id": 10, "image_id": 1, "question": "Is it?"},
+                               {"question_id": 11, "image_id": 1, "question": "How many?"}]}
+    paths = {}
+    for name, content in (("annotations", annotations), ("questions", questions), ("results", results)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(content))
+    return paths
+
+
+def test_score_vqa_command_json(tmp_path, capsys):
+    paths = _official_files(tmp_path, [{"question_id": 10, "answer": "yes"}, {"question_id": 11, "answer": "two"}])
+    assert main(["score-vqa", "--annotations", str(paths["annotations"]), "--questions", str(paths["questions"]),
+                 "--results", str(paths["results"]), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"overall": 80.0, "perAnswerType": {"yes/no": 100.0, "number": 60.0},
+                      "perQuestion": {"10": 100.0, "11": 60.0}}
+
+
+def test_score_vqa_command_rejects_incomplete_results(tmp_path, capsys):
+    paths = _official_files(tmp_path, [{"question_id": 10, "answer": "yes"}])
+    assert main(["score-vqa", "--annotations", str(paths["annotations"]), "--questions", str(paths["questions"]),
+                 "--results", str(paths["results"])]) == 2
+    assert "1 questions unanswered" in capsys.readouterr().err
