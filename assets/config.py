@@ -28,9 +28,12 @@ PROFILES: dict[str, dict[str, dict]] = {
         "vqa": {"questions": 150, "seed": 0, "batch_size": 25, "max_new_tokens": 4},
     },
     "paper": {
-        # LiMBeR's training recipe. Its encoders, GPT-J and CC3M/COCO readers are not registered yet,
-        # so this profile still runs them on the embedded models and data.
-        "models": {"backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "language_model": "smollm2-135m"},
+        # LiMBeR's backbones, GPT-J and training recipe. The CC3M / COCO / VQAv2 readers are not
+        # registered yet, so this profile still reads the embedded easy-vqa data.
+        "models": {
+            "backbones": ["clip_rn50x16", "nfrn50", "nfrn50_random", "beit_large", "beit_large_ft"],
+            "language_model": "gpt-j-6b",
+        },
         "dataset": {"name": "easy_vqa", "splits": ["train", "val", "test"], "val_size": 500, "seed": 0},
         "extraction": {"batch_size": 64, "chunk_rows": 1024},
         "training": {

@@ -65,7 +65,7 @@ def greedy_captions(
 ) -> list[str]:
     """Captions from ``[image tokens, prompt]``; with no linear map, the blind baseline ``[prompt]``."""
     if linear_map is None:
-        prompts = [[prompt]] * len(features)
-    else:
-        prompts = [[tokens, prompt] if prompt else [tokens] for tokens in image_tokens(linear_map, features, device)]
+        # Every blind prompt is the same and decoding is greedy: one generation serves all.
+        return greedy_generate(lm, tokenizer, [[prompt]], max_new_tokens=max_new_tokens) * len(features)
+    prompts = [[tokens, prompt] if prompt else [tokens] for tokens in image_tokens(linear_map, features, device)]
     return greedy_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens)

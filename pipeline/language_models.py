@@ -42,6 +42,18 @@ register_language_model(
 )
 
 
+register_language_model(
+    LanguageModelSpec(
+        name="gpt-j-6b",
+        source="EleutherAI/gpt-j-6B",
+        hidden_size=4096,
+        install_hint="fetch EleutherAI/gpt-j-6B into the Hugging Face cache on a machine with network "
+        "(huggingface-cli download EleutherAI/gpt-j-6B), then copy the cache here (HF_HOME)",
+        gradient_checkpointing=True,
+    )
+)
+
+
 def language_model_spec(name: str) -> LanguageModelSpec:
     """A registered LM, or an ad-hoc entry for a Hugging Face id / local directory."""
     if name in LANGUAGE_MODELS:

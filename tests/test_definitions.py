@@ -29,3 +29,18 @@ def test_linear_map_depends_on_its_backbones_features_only():
     ).partitions_subset.get_partition_keys()
     assert {k.keys_by_dimension["backbone"] for k in upstream} == {"efficientnet_lite0"}
     assert len(list(upstream)) == 3
+
+
+def test_paper_profile_is_one_environment_variable_away():
+    import os
+    import subprocess
+    import sys
+
+    code = ("from assets.partitions import backbone_partitions; from assets.resources import Limber; "
+            "from assets.config import TrainingConfig; import dagster as dg; from assets.definitions import defs; "
+            "dg.Definitions.validate_loadable(defs); "
+            "print(backbone_partitions.get_partition_keys(), Limber().language_model, TrainingConfig().lr)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LIMBER_PROFILE": "paper"},
+                         capture_output=True, text=True, check=True).stdout
+    assert "'clip_rn50x16', 'nfrn50', 'nfrn50_random', 'beit_large', 'beit_large_ft'" in out
+    assert "gpt-j-6b 0.0008" in out
