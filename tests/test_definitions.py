@@ -44,3 +44,28 @@ def test_paper_profile_is_one_environment_variable_away():
                          capture_output=True, text=True, check=True).stdout
     assert "'clip_rn50x16', 'nfrn50', 'nfrn50_random', 'beit_large', 'beit_large_ft'" in out
     assert "gpt-j-6b 0.0008" in out
+
+
+def test_ml_core_imports_without_dagster():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['dagster'] = None; "  # any import of dagster now fails
+            "import pipeline, pipeline.encoders, pipeline.language_models, pipeline.linear_map, pipeline.training, "
+            "pipeline.decoding, pipeline.image_features, pipeline.vqa, pipeline.datasets, pipeline.metrics.vqa, "
+            "pipeline.metrics.captions, pipeline.metrics.clip_score, pipeline.metrics.table, storage")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dagster = Path(sys.executable).parent / "dagster"
+    result = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+                            cwd=Path(__file__).parents[1], env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout
