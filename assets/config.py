@@ -17,7 +17,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "dataset": {"name": "easy_vqa", "splits": ["train", "val", "test"], "val_size": 500, "seed": 0},
         "extraction": {"batch_size": 16, "chunk_rows": 256},
         "training": {
-            "steps": 120, "batch_size": 16, "lr": 3e-3, "warmup_steps": 12, "weight_decay": 0.0,
+            "steps": 120, "batch_size": 16, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
             "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
             "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50, "sample_captions": 8,
         },

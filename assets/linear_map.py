@@ -47,13 +47,14 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
     backbone = context.partition_key
     spec = backbone_spec(backbone)
     settings = config.model_dump()
-    directory = limber.layout.linear_map(
-        backbone, limber.language_model, config_hash({**settings, "backbone": backbone, "dataset": DATASET})
-    )
+    train_manifest = pd.read_parquet(limber.layout.manifest(DATASET, "train"))
+    # Keyed by everything the weights depend on: settings, backbone, LM (in the path) and training images.
+    directory = limber.layout.linear_map(backbone, limber.language_model, config_hash(
+        {**settings, "backbone": backbone, "dataset": DATASET, "train_ids": config_hash(train_manifest["image_id"].tolist())}
+    ))
     device = limber.torch_device()
     lm, tokenizer, lm_description = load_language_model(limber.layout.language_model(limber.language_model), device)
 
-    train_manifest = pd.read_parquet(limber.layout.manifest(DATASET, "train"))
     val_manifest = pd.read_parquet(limber.layout.manifest(DATASET, "val"))
     train_features = FeatureArray.read(str(limber.layout.image_features(backbone, DATASET, "train")))
     val_features = FeatureArray.read(str(limber.layout.image_features(backbone, DATASET, "val")))
