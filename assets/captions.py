@@ -101,6 +101,25 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
     """Standard caption metrics of one system on one whole split (IDF over the whole split)."""
     _, dataset, split = _system_and_split(context)
     captions_path = upstream_path(context, captions)
+    # Keyed by the captions (whose path holds their inputs' hash) and this asset's own config.
+    path = captions_path.parent / f"{split}.metrics-{config_hash(config.model_dump())}.parquet"
+    reused = path.exists()
+    if not reused:
+        _score_split(context, limber, config, dataset, split, captions_path, path)
+    table = pd.read_parquet(path)
+    scores = dict(zip(table["metric"], table["value"]))
+    notes = dict(zip(table["metric"], table["note"]))
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(path)),
+        "reused": reused,
+        "n": int(table["n"].iloc[0]),
+        **{k: (notes[k] or dg.MetadataValue.float(round(float(v), 4))) for k, v in scores.items()},
+    })
+
+
+def _score_split(context, limber: Limber, config: CaptionMetricsConfig, dataset: str, split: str, captions_path,
+                 path) -> None:
+    """Scores one split's captions and writes the metric rows (value NaN plus a note where absent)."""
     manifest = pd.read_parquet(limber.layout.manifest(dataset, split))
     generated = pd.read_parquet(captions_path)
     has_refs = manifest["captions"].str.len().to_numpy() > 0
@@ -119,11 +138,4 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
         "metric": list(scores), "value": list(scores.values()), "n": len(candidates),
         "note": [note if metric in clip and note else "" for metric in scores],
     })
-    path = captions_path.parent / f"{split}.metrics.parquet"
     table.to_parquet(path)
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(path)),
-        "n": len(candidates),
-        **{k: dg.MetadataValue.float(round(v, 4)) for k, v in scores.items() if k not in clip},
-        **({"CLIP-S": note, "RefCLIP-S": note} if note else {k: round(v, 4) for k, v in clip.items()}),
-    })
