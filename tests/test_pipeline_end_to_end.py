@@ -18,36 +18,14 @@ from assets.partitions import (
 from assets.resources import Limber
 from pipeline import load_metrics
 from storage import FeatureArray
-
-TINY = {
-    "manifests": {"config": {"max_images": 32}},
-    "image_features": {"config": {"batch_size": 16, "chunk_rows": 16}},
-    "linear_map": {"config": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2,
-                              "sample_captions": 2}},
-    "captions": {"config": {"batch_size": 16, "max_new_tokens": 4}},
-    "vqa_answers": {"config": {"questions": 6, "batch_size": 6, "max_new_tokens": 2}},
-}
-
-
-def tiny(asset: str) -> dict:
-    """Run config for one selected asset (a run rejects config for assets it does not run)."""
-    return {"ops": {asset: TINY[asset]} if asset in TINY else {}}
-
+from tests.tiny_run import TINY, materialize_tiny, tiny
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
     root = tmp_path_factory.mktemp("storage")
     instance = dg.DagsterInstance.ephemeral()
     resources = {"limber": Limber(storage_root=str(root))}
-    results = {}
-    for asset in ALL_ASSETS:
-        keys = asset.partitions_def.get_partition_keys() if asset.partitions_def else [None]
-        for key in keys:
-            result = dg.materialize(ALL_ASSETS, selection=[asset], partition_key=key, instance=instance,
-                                    resources=resources, run_config=tiny(asset.key.to_user_string()))
-            assert result.success
-            results[(asset.key.to_user_string(), key)] = result
-    return root, instance, resources, results
+    return root, instance, resources, materialize_tiny(instance, root)
 
 
 def _metadata(result):
