@@ -14,10 +14,14 @@ from pydantic import Field
 PROFILES: dict[str, dict[str, dict]] = {
     "default": {
         "models": {"backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "language_model": "smollm2-135m"},
-        "dataset": {"name": "easy_vqa", "splits": ["train", "val", "test"], "val_size": 500, "seed": 0},
+        # Dataset parts are "dataset.split[.shard]" keys; "train" names a prefix: every shard under it.
+        "datasets": {
+            "train": "easy_vqa.train", "validation": "easy_vqa.val", "captioning": ["easy_vqa.val", "easy_vqa.test"],
+            "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
+        },
         "extraction": {"batch_size": 16, "chunk_rows": 256},
         "training": {
-            "steps": 120, "batch_size": 16, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
+            "steps": 120, "batch_size": 16, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
             "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
             "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50, "sample_captions": 8,
         },
@@ -28,17 +32,19 @@ PROFILES: dict[str, dict[str, dict]] = {
         "vqa": {"questions": 150, "seed": 0, "batch_size": 25, "max_new_tokens": 4},
     },
     "paper": {
-        # LiMBeR's backbones, GPT-J and training recipe. The CC3M / COCO / VQAv2 readers are not
-        # registered yet, so this profile still reads the embedded easy-vqa data.
+        # LiMBeR's backbones, GPT-J, data and training recipe.
         "models": {
             "backbones": ["clip_rn50x16", "nfrn50", "nfrn50_random", "beit_large", "beit_large_ft"],
             "language_model": "gpt-j-6b",
         },
-        "dataset": {"name": "easy_vqa", "splits": ["train", "val", "test"], "val_size": 500, "seed": 0},
+        "datasets": {
+            "train": "cc3m.train", "validation": "cc3m.val", "captioning": ["coco.karpathy_test", "nocaps.val"],
+            "vqa": "vqav2.val", "vqa_support": "vqav2.train", "val_size": 0, "seed": 0,
+        },
         "extraction": {"batch_size": 64, "chunk_rows": 1024},
         "training": {
             # 15,000 steps at an effective batch of about 2048 on 16 A100s.
-            "steps": 15000, "batch_size": 2048, "lr": 8e-4, "warmup_steps": 100, "weight_decay": 0.0,
+            "steps": 15000, "batch_size": 2048, "micro_batch_size": 16, "lr": 8e-4, "warmup_steps": 100, "weight_decay": 0.0,
             "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 64,
             "buffer_chunks": 16, "seed": 0, "checkpoint_every": 500, "sample_captions": 8,
         },
@@ -46,6 +52,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "vqa": {"questions": 0, "seed": 0, "batch_size": 32, "max_new_tokens": 10},
     },
 }
+# Nightly re-evaluation (03:00 in the schedule's timezone); LIMBER_EVAL_CRON overrides it.
+EVALUATION_CRON = os.environ.get("LIMBER_EVAL_CRON", "0 3 * * *")
 
 PROFILE_ENV = "LIMBER_PROFILE"
 
@@ -61,8 +69,8 @@ PROFILE = PROFILES[active_profile_name()]
 
 
 class DatasetConfig(dg.Config):
-    val_size: int = Field(PROFILE["dataset"]["val_size"], description="images carved from train for choices")
-    seed: int = Field(PROFILE["dataset"]["seed"], description="seed of the validation carve-out")
+    val_size: int = Field(PROFILE["datasets"]["val_size"], description="easy-vqa: images carved from train for choices")
+    seed: int = Field(PROFILE["datasets"]["seed"], description="easy-vqa: seed of the validation carve-out")
     max_images: int = Field(0, description="keep only the first N images of each split (0: all); for smoke runs")
 
 
@@ -74,6 +82,8 @@ class ExtractionConfig(dg.Config):
 class TrainingConfig(dg.Config):
     steps: int = PROFILE["training"]["steps"]
     batch_size: int = PROFILE["training"]["batch_size"]
+    micro_batch_size: int = Field(PROFILE["training"]["micro_batch_size"],
+                                  description="examples per forward pass; gradients accumulate to batch_size (0: all)")
     lr: float = Field(PROFILE["training"]["lr"], description="peak AdamW learning rate")
     warmup_steps: int = PROFILE["training"]["warmup_steps"]
     weight_decay: float = PROFILE["training"]["weight_decay"]

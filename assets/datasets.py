@@ -1,32 +1,57 @@
-"""Dataset manifests: one Parquet table per split (image id, path, captions, questions)."""
+"""Dataset manifests: one Parquet table per dataset part (image id, path, captions, questions)."""
 
 import dagster as dg
+import pandas as pd
 
 from assets.config import DatasetConfig
-from assets.partitions import dataset_split, split_partitions
+from assets.partitions import dataset_part, part_partitions
 from assets.resources import Limber
 from pipeline.datasets import read_manifest
+from storage.layout import write_table
+
+MANIFEST_VALID = "manifest_valid"
 
 
-@dg.asset(partitions_def=split_partitions, group_name="datasets", kinds={"parquet"})
-def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: Limber) -> dg.MaterializeResult:
-    """The images of one dataset split, with their reference captions and questions."""
-    dataset, split = dataset_split(context.partition_key)
-    manifest = read_manifest(dataset, split, val_size=config.val_size, seed=config.seed)
-    if config.max_images:
-        manifest = manifest.head(config.max_images)
-    path = limber.layout.manifest(dataset, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest.to_parquet(path)
-    without_caption = int((manifest["captions"].str.len() == 0).sum())
-    return dg.MaterializeResult(
+@dg.asset(
+    partitions_def=part_partitions,
+    group_name="datasets",
+    kinds={"parquet"},
+    check_specs=[dg.AssetCheckSpec(MANIFEST_VALID, asset="manifests", blocking=True,
+                                   description="unique ids, at least one image, every image has a path")],
+)
+def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: Limber):
+    """The images of one dataset part, with their reference captions and questions.
+
+    Records a reader cannot use (malformed, duplicate, dangling) are skipped, counted here and
+    listed with their file and reason in ``<part>.skipped.parquet`` beside the manifest.
+    """
+    dataset, part = dataset_part(context.partition_key)
+    options = {"val_size": config.val_size, "seed": config.seed} if dataset == "easy_vqa" else {}
+    result = read_manifest(dataset, part, root=limber.data_root, **options)
+    manifest = result.manifest.head(config.max_images) if config.max_images else result.manifest
+    path = limber.layout.manifest(context.partition_key)
+    skipped = pd.DataFrame(result.skipped, columns=["source", "record", "reason"])
+    write_table(skipped, limber.layout.skipped_records(context.partition_key))
+    write_table(manifest, path)
+    if len(skipped):
+        context.log.warning(f"{len(skipped)} records skipped; first: {skipped.iloc[0].to_dict()}")
+    yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "images": len(manifest),
             "questions": int(manifest["questions"].str.len().sum()),
-            "images_without_caption": without_caption,
+            "images_without_caption": int((manifest["captions"].str.len() == 0).sum()),
+            "skipped_records": len(skipped),
+            "skip_reasons": dg.MetadataValue.json(
+                skipped["reason"].str.split(":").str[0].value_counts().to_dict() if len(skipped) else {}
+            ),
             "preview": dg.MetadataValue.md(
                 manifest[["image_id", "captions"]].head(10).astype(str).to_markdown(index=False)
             ),
         }
+    )
+    yield dg.AssetCheckResult(
+        check_name=MANIFEST_VALID,
+        passed=bool(len(manifest) > 0 and manifest["image_id"].is_unique and (manifest["image_path"] != "").all()),
+        metadata={"images": len(manifest), "unique_ids": bool(manifest["image_id"].is_unique)},
     )

@@ -1,9 +1,11 @@
-"""The Dagster code location: every asset, the resource, and the job that materializes the graph."""
+"""The Dagster code location: every asset, the resource, jobs, schedules, sensors and the executor."""
 
 import dagster as dg
 
+from assets import automation
 from assets.captions import caption_metrics, captions
 from assets.datasets import manifests
+from assets.execution import executor
 from assets.image_features import image_features
 from assets.language_model import language_model
 from assets.linear_map import linear_map
@@ -16,7 +18,15 @@ ALL_ASSETS = [
     captions, caption_metrics, vqa_answers, vqa_metrics, metric_tables,
 ]
 
-# One job per asset: a Dagster job spans one partitions definition, and each stage has its own.
-JOBS = [dg.define_asset_job(f"{asset.key.to_user_string()}_job", selection=[asset]) for asset in ALL_ASSETS]
+# One job per asset (a Dagster job spans one partitions definition), plus the evaluation jobs the
+# schedules run.
+ASSET_JOBS = [dg.define_asset_job(f"{asset.key.to_user_string()}_job", selection=[asset]) for asset in ALL_ASSETS]
 
-defs = dg.Definitions(assets=ALL_ASSETS, jobs=JOBS, resources={"limber": Limber()})
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    jobs=ASSET_JOBS + automation.JOBS,
+    schedules=automation.SCHEDULES,
+    sensors=automation.SENSORS,
+    resources={"limber": Limber()},
+    executor=executor(),
+)

@@ -2,15 +2,16 @@
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 
 from assets.config import ExtractionConfig
 from assets.datasets import manifests
-from assets.partitions import dataset_split, feature_partitions
+from assets.execution import GPU_POOL, GPU_TAGS
+from assets.partitions import feature_partitions
 from assets.resources import Limber
 from pipeline.encoders import backbone_spec, create_backbone
 from pipeline.image_features import extract_image_features
 from storage import FeatureArray
+from storage.layout import read_table
 
 FEATURES_VALID = "features_valid"
 
@@ -32,21 +33,25 @@ def feature_checks(features: FeatureArray, manifest_ids: list[str]) -> dg.AssetC
     deps=[manifests],
     group_name="features",
     kinds={"pytorch", "zarr"},
-    check_specs=[dg.AssetCheckSpec(FEATURES_VALID, asset="image_features", blocking=True)],
+    check_specs=[dg.AssetCheckSpec(FEATURES_VALID, asset="image_features", blocking=True,
+                                   description="finite, one row per manifest image in its order, every chunk done")],
+    # A newly registered part (a new CC3M shard) is extracted as soon as its manifest exists.
+    automation_condition=dg.AutomationCondition.eager(),
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
 )
 def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, limber: Limber):
     """One frozen backbone's features for every image of one split (float16, one Zarr array)."""
     keys = context.partition_key.keys_by_dimension
-    backbone_name = keys["backbone"]
-    dataset, split = dataset_split(keys["split"])
-    manifest = pd.read_parquet(limber.layout.manifest(dataset, split))
+    backbone_name, part = keys["backbone"], keys["split"]
+    manifest = read_table(limber.layout.manifest(part))
     spec = backbone_spec(backbone_name)
-    path = limber.layout.image_features(backbone_name, dataset, split)
+    path = limber.layout.image_features(backbone_name, part)
     store = FeatureArray.open(
         str(path), manifest["image_id"].tolist(), spec.layout.positions, spec.feature_dim, config.chunk_rows
     )
     pending = len(store.pending_chunks())
-    context.log.info(f"{backbone_name} on {dataset}/{split}: {pending} of {store.num_chunks()} chunks to compute")
+    context.log.info(f"{backbone_name} on {part}: {pending} of {store.num_chunks()} chunks to compute")
     stats = None
     if pending:
         backbone = create_backbone(backbone_name, limber.torch_device())

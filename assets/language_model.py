@@ -11,7 +11,9 @@ def language_model(context: dg.AssetExecutionContext, limber: Limber) -> dg.Mate
     """The frozen causal LM the linear map writes into (SmolLM2-135M on the embedded default)."""
     directory = limber.layout.language_model(limber.language_model)
     context.log.info(f"preparing {limber.language_model} in {directory}")
-    description = prepare_language_model(limber.language_model, directory)
+    mirror = limber.mirror(directory)
+    description = prepare_language_model(limber.language_model, mirror.pull())
+    mirror.push()
     return dg.MaterializeResult(
         metadata={"path": dg.MetadataValue.path(str(directory)), **description}
     )

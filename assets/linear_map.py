@@ -9,26 +9,56 @@ import torch
 
 from assets.config import TrainingConfig
 from assets.datasets import manifests
+from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
 from assets.language_model import language_model
-from assets.partitions import DATASET, backbone_partitions
+from assets.partitions import TRAIN, VALIDATION, backbone_partitions, registered_parts
+from assets.records import latest_materialization
 from assets.resources import Limber
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import backbone_spec
-from pipeline.language_models import load_language_model
 from pipeline.linear_map import LinearMap
 from pipeline.plots import loss_curve_png, markdown_image
 from pipeline.training import train_linear_map
 from storage import FeatureArray, config_hash
-from storage.feature_store import OK
+from storage.feature_store import OK, ConcatenatedFeatures
+from storage.layout import read_table
 
 CAPTION_PROMPT = "A picture of"
+
+
+LOSS_DECREASED = "loss_decreased"
 
 
 def _trainable_rows(features: FeatureArray, manifest: pd.DataFrame) -> np.ndarray:
     """Rows whose image was encoded and which have a reference caption."""
     has_caption = manifest["captions"].str.len().to_numpy() > 0
     return np.flatnonzero((features.status == OK) & has_caption)
+
+
+def training_set(limber: Limber, backbone: str, parts: list[str]):
+    """Every train part's features as one array, with captions and trainable rows in its indexing."""
+    stores = [FeatureArray.read(str(limber.layout.image_features(backbone, part))) for part in parts]
+    features = ConcatenatedFeatures(stores)
+    captions = [""] * len(features)
+    rows, ids = [], []
+    for index, (part, store) in enumerate(zip(parts, stores)):
+        manifest = read_table(limber.layout.manifest(part))
+        offset = features.offsets[index]
+        captions[offset : offset + len(manifest)] = [c[0] if len(c) else "" for c in manifest["captions"]]
+        rows.append(features.global_rows(index, _trainable_rows(store, manifest)))
+        ids.append(config_hash(manifest["image_id"].tolist()))
+    return features, captions, np.concatenate(rows), ids
+
+
+def loss_check(losses: list[float]) -> dg.AssetCheckResult:
+    """The loss fell: the mean of the last tenth of the steps is below the first step's loss."""
+    tail = float(np.mean(losses[-max(1, len(losses) // 10):]))
+    return dg.AssetCheckResult(
+        check_name=LOSS_DECREASED,
+        passed=bool(np.isfinite(losses).all() and tail < losses[0]),
+        metadata={"first_loss": round(losses[0], 4), "final_loss": round(tail, 4)},
+    )
 
 
 @dg.asset(
@@ -40,50 +70,62 @@ def _trainable_rows(features: FeatureArray, manifest: pd.DataFrame) -> np.ndarra
     ],
     group_name="training",
     kinds={"pytorch", "safetensors"},
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    check_specs=[dg.AssetCheckSpec(LOSS_DECREASED, asset="linear_map", blocking=True,
+                                   description="finite losses, and the last tenth of the steps below the first")],
 )
-def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber) -> dg.MaterializeResult:
-    """LiMBeR's linear layer from one backbone's features into the LM's input embeddings."""
+def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
+    """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
+
+    Trains on every registered train part (all CC3M shards) whose features are extracted.
+    """
     backbone = context.partition_key
     spec = backbone_spec(backbone)
     settings = config.model_dump()
-    train_manifest = pd.read_parquet(limber.layout.manifest(DATASET, "train"))
+    parts = [p for p in registered_parts(context.instance, TRAIN)
+             if latest_materialization(context.instance, "image_features",
+                                       dg.MultiPartitionKey({"backbone": backbone, "split": p})) is not None]
+    if not parts:
+        raise FileNotFoundError(f"no image_features partition of {backbone} on {TRAIN} is materialized yet")
+    features, captions, rows, part_ids = training_set(limber, backbone, parts)
     # Keyed by everything the weights depend on: settings, backbone, LM (in the path) and training images.
     directory = limber.layout.linear_map(backbone, limber.language_model, config_hash(
-        {**settings, "backbone": backbone, "dataset": DATASET, "train_ids": config_hash(train_manifest["image_id"].tolist())}
+        {**settings, "backbone": backbone, "train": TRAIN, "train_ids": config_hash(part_ids)}
     ))
+    mirror = limber.mirror(directory)
+    local = mirror.pull()
     device = limber.torch_device()
-    lm, tokenizer, lm_description = load_language_model(limber.layout.language_model(limber.language_model), device)
+    lm, tokenizer, lm_description = limber.load_lm()
 
-    val_manifest = pd.read_parquet(limber.layout.manifest(DATASET, "val"))
-    train_features = FeatureArray.read(str(limber.layout.image_features(backbone, DATASET, "train")))
-    val_features = FeatureArray.read(str(limber.layout.image_features(backbone, DATASET, "val")))
-
-    reused = (directory / "linear_map.safetensors").exists()
+    reused = (local / "linear_map.safetensors").exists()
     if reused:
         context.log.info(f"reusing the linear map trained with these settings: {directory}")
-        mapping = LinearMap.load(directory)
-        summary = json.loads((directory / "config.json").read_text())["training"]
+        mapping = LinearMap.load(local)
+        summary = json.loads((local / "config.json").read_text())["training"]
     else:
         mapping = LinearMap(spec.feature_dim, lm_description["hidden_size"], spec.layout, dropout=config.dropout)
-        rows = _trainable_rows(train_features, train_manifest)
-        context.log.info(f"training on {len(rows)} cached {backbone} features for {config.steps} steps on {device}")
+        context.log.info(f"training on {len(rows)} cached {backbone} features from {len(parts)} parts "
+                         f"for {config.steps} steps on {device}")
         result = train_linear_map(
-            mapping, lm, tokenizer, train_features.features,
-            [c[0] if len(c) else "" for c in train_manifest["captions"]], rows,
-            steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
+            mapping, lm, tokenizer, features, captions, rows,
+            steps=config.steps, batch_size=config.batch_size, micro_batch_size=config.micro_batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
             weight_decay=config.weight_decay, betas=(config.beta1, config.beta2), grad_clip=config.grad_clip,
             max_caption_tokens=config.max_caption_tokens, buffer_chunks=config.buffer_chunks, seed=config.seed,
-            checkpoint_every=config.checkpoint_every, checkpoint_dir=directory / "checkpoint", device=device,
+            checkpoint_every=config.checkpoint_every, checkpoint_dir=local / "checkpoint", device=device,
             on_step=lambda step, loss: (step % 50 == 0) and context.log.info(f"step {step}: loss {loss:.4f}"),
+            on_checkpoint=mirror.push,
         )
         summary = {
-            "settings": settings, "losses": result.losses, "train_rows": len(rows),
+            "settings": settings, "losses": result.losses, "train_rows": len(rows), "train_parts": parts,
             "resumed_from_step": result.resumed_from, "samples_per_second": round(result.samples_per_second, 2),
         }
-        mapping.save(directory, extra={"backbone": backbone, "language_model": limber.language_model,
-                                       "training": summary})
+        mapping.save(local, extra={"backbone": backbone, "language_model": limber.language_model,
+                                   "training": summary})
 
+    validation_part = registered_parts(context.instance, VALIDATION)[0]
+    val_manifest = read_table(limber.layout.manifest(validation_part))
+    val_features = FeatureArray.read(str(limber.layout.image_features(backbone, validation_part)))
     sample = torch.from_numpy(np.asarray(val_features.features[: config.sample_captions]))
     samples = pd.DataFrame({
         "image_id": val_manifest["image_id"][: len(sample)],
@@ -96,11 +138,13 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
                                           device=device)
     losses = summary["losses"]
     png = loss_curve_png(losses, f"{backbone} -> {limber.language_model}")
-    (directory / "loss.png").write_bytes(png)
-    return dg.MaterializeResult(
+    (local / "loss.png").write_bytes(png)
+    mirror.push()
+    yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(directory)),
             "reused": reused,
+            "train_parts": len(summary.get("train_parts", parts)),
             "steps": len(losses),
             "first_loss": round(losses[0], 4),
             "final_loss": round(float(np.mean(losses[-20:])), 4),
@@ -109,3 +153,4 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
             "validation_captions": dg.MetadataValue.md(samples.to_markdown(index=False)),
         }
     )
+    yield loss_check(losses)

@@ -1,27 +1,30 @@
 """The tables analysts read: one tidy long table, and a wide comparison shaped like the paper's."""
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from assets.captions import caption_metrics
-from assets.partitions import DATASET, caption_partitions, dataset_split, vqa_partitions
+from assets.partitions import VQA_EVAL, caption_partitions, dataset_part, vqa_partitions
+from assets.records import latest_materialization
 from assets.resources import Limber
-from assets.systems import latest_materialization
-from assets.vqa import EVAL_SPLIT, vqa_metrics
+from assets.vqa import vqa_metrics
+from storage.layout import read_table, storage_path, write_table
+
+TABLE_COMPLETE = "table_complete"
 from pipeline.metrics.table import comparison_table, metrics_bar_chart
 from pipeline.plots import markdown_image
 
 
-def _latest(context, asset, partitions_def) -> list[tuple[dict, Path, float]]:
+def _latest(context, asset, partitions_def) -> list[tuple[dict, object, float]]:
     """(partition dimensions, metrics path, timestamp) of every materialized partition."""
     found = []
     for key in partitions_def.get_partition_keys():
         record = latest_materialization(context.instance, asset, key)
         if record is not None:
-            path = Path(record.asset_materialization.metadata["path"].value)
+            path = storage_path(record.asset_materialization.metadata["path"].value)
             found.append((key.keys_by_dimension, path, record.timestamp))
     return found
 
@@ -31,17 +34,21 @@ def _latest(context, asset, partitions_def) -> list[tuple[dict, Path, float]]:
           dg.AssetDep(vqa_metrics, partition_mapping=dg.AllPartitionMapping())],
     group_name="reporting",
     kinds={"parquet", "pandas"},
+    # Rebuilt after any evaluation finishes, even while other systems are still missing.
+    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+    check_specs=[dg.AssetCheckSpec(TABLE_COMPLETE, asset="metric_tables",
+                                   description="no value is NaN without a note saying why")],
 )
-def metric_tables(context: dg.AssetExecutionContext, limber: Limber) -> dg.MaterializeResult:
+def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
     """Every materialized caption and VQA metric, one row per (system, split, task, metric, shots)."""
     rows = []
     sources = [("captioning", caption_metrics, caption_partitions), ("vqa", vqa_metrics, vqa_partitions)]
     for task, asset, partitions in sources:
         for keys, path, timestamp in _latest(context, asset, partitions):
-            split = dataset_split(keys["split"])[1] if "split" in keys else EVAL_SPLIT
-            for record in pd.read_parquet(path).to_dict("records"):
+            dataset, split = dataset_part(keys.get("split", VQA_EVAL))
+            for record in read_table(path).to_dict("records"):
                 rows.append({
-                    "backbone": keys["system"], "lm": limber.language_model, "dataset": DATASET, "split": split,
+                    "backbone": keys["system"], "lm": limber.language_model, "dataset": dataset, "split": split,
                     "task": task, "metric": record["metric"], "shots": int(keys.get("shots", 0)),
                     "value": float(record["value"]), "n": int(record["n"]), "note": record["note"],
                     "materialized_at": datetime.fromtimestamp(timestamp, tz=timezone.utc),
@@ -53,14 +60,20 @@ def metric_tables(context: dg.AssetExecutionContext, limber: Limber) -> dg.Mater
     wide = comparison_table(tidy)
     path = limber.layout.metrics_table()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tidy.to_parquet(path)
-    wide.to_parquet(limber.layout.comparison_table())
+    write_table(tidy, path)
+    write_table(wide, limber.layout.comparison_table())
     png = metrics_bar_chart(tidy)
     path.with_name("metrics.png").write_bytes(png)
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)),
         "comparison_path": dg.MetadataValue.path(str(limber.layout.comparison_table())),
         "rows": len(tidy),
         "comparison": dg.MetadataValue.md(wide.round(2).to_markdown()),
         "chart": dg.MetadataValue.md(markdown_image(png, "metrics by backbone")),
     })
+    unexplained = tidy[tidy["value"].isna() & (tidy["note"] == "")]
+    yield dg.AssetCheckResult(
+        check_name=TABLE_COMPLETE,
+        passed=unexplained.empty and bool(np.isfinite(tidy["value"].dropna()).all()),
+        metadata={"rows": len(tidy), "unexplained_nan": len(unexplained)},
+    )

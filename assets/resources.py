@@ -1,19 +1,29 @@
-"""The run-wide resource: where storage lives, which LM is frozen, which device runs the models."""
+"""The run-wide resource: where storage and raw data live, which LM is frozen, which device runs the models."""
 
 import os
-from pathlib import Path
 
 import dagster as dg
 import torch
 from pydantic import Field
 
 from assets.config import PROFILE
+from pipeline.language_models import load_language_model
 from storage import StorageLayout
+from storage.layout import LocalMirror
 
 
 class Limber(dg.ConfigurableResource):
     storage_root: str = Field(
-        default=os.environ.get("LIMBER_STORAGE", "data"), description="root of every stored artifact (LIMBER_STORAGE)"
+        default=os.environ.get("LIMBER_STORAGE", "data"),
+        description="root of every stored artifact: a folder or an fsspec URL such as s3://bucket/prefix (LIMBER_STORAGE)",
+    )
+    data_root: str = Field(
+        default=os.environ.get("LIMBER_DATA", "datasets"),
+        description="folder of the raw datasets (CC3M shards, COCO, NoCaps, VQAv2 files) (LIMBER_DATA)",
+    )
+    cache_dir: str = Field(
+        default=os.environ.get("LIMBER_CACHE", "~/.cache/limber"),
+        description="local working copies of checkpoints when the storage root is an object store (LIMBER_CACHE)",
     )
     language_model: str = Field(
         default=PROFILE["models"]["language_model"], description="registered LM name, HF id or local path"
@@ -22,7 +32,15 @@ class Limber(dg.ConfigurableResource):
 
     @property
     def layout(self) -> StorageLayout:
-        return StorageLayout(Path(self.storage_root).absolute())
+        return StorageLayout.at(self.storage_root)
+
+    def mirror(self, path) -> LocalMirror:
+        return LocalMirror(path, self.cache_dir)
+
+    def load_lm(self):
+        """(model, tokenizer, description) of the prepared LM, frozen, on this resource's device."""
+        directory = self.mirror(self.layout.language_model(self.language_model)).pull()
+        return load_language_model(directory, self.torch_device())
 
     def torch_device(self) -> str:
         if self.device == "auto":

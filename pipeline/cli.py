@@ -15,13 +15,17 @@ def demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS, defs
+    from assets.partitions import register_dataset_parts
 
     instance = dg.DagsterInstance.get()
     resources = defs.resources
+    new = register_dataset_parts(instance, resources["limber"].data_root)
+    print(f"dataset parts registered: {len(new)} new, "
+          f"{len(instance.get_dynamic_partitions('dataset_parts'))} in all", flush=True)
     overrides = _read_overrides(args.config)
     steps = []
     for asset in ALL_ASSETS:
-        keys = asset.partitions_def.get_partition_keys() if asset.partitions_def else [None]
+        keys = asset.partitions_def.get_partition_keys(dynamic_partitions_store=instance) if asset.partitions_def else [None]
         for key in keys:
             label = f"{asset.key.to_user_string()}[{key}]" if key else asset.key.to_user_string()
             print(f"==> {label}", flush=True)

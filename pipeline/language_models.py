@@ -91,6 +91,15 @@ def _from_gguf(source: str, hint: str) -> tuple[PreTrainedModel, PreTrainedToken
     return model, tokenizer
 
 
+# A converted checkpoint lives in this subfolder and is recorded relative to its directory, so a
+# copied directory (e.g. pulled from object storage) still loads; hub ids and paths are kept as given.
+LOCAL_CHECKPOINT = "checkpoint"
+
+
+def _resolve(directory: str | Path, checkpoint: str) -> str | Path:
+    return Path(directory) / checkpoint if checkpoint == LOCAL_CHECKPOINT else checkpoint
+
+
 def prepare_language_model(name: str, directory: str | Path) -> dict:
     """Makes ``directory`` hold a fast-loading checkpoint of LM ``name`` (or a pointer to it);
     returns its description (also written to ``directory/language_model.json``)."""
@@ -102,16 +111,16 @@ def prepare_language_model(name: str, directory: str | Path) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     if spec.source.startswith("package:"):
         model, tokenizer = _from_gguf(spec.source, spec.install_hint)
-        model.save_pretrained(directory / "checkpoint", safe_serialization=True)
-        tokenizer.save_pretrained(directory / "checkpoint")
-        checkpoint = str(directory / "checkpoint")
+        model.save_pretrained(directory / LOCAL_CHECKPOINT, safe_serialization=True)
+        tokenizer.save_pretrained(directory / LOCAL_CHECKPOINT)
+        checkpoint = LOCAL_CHECKPOINT
     else:
         checkpoint = spec.source
         try:
             AutoConfig.from_pretrained(checkpoint)
         except OSError as error:
             raise FileNotFoundError(f"language model {name!r} not found locally: {spec.install_hint}") from error
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(_resolve(directory, checkpoint))
     description = {
         "name": name,
         "checkpoint": checkpoint,
@@ -127,8 +136,9 @@ def load_language_model(directory: str | Path, device: str) -> tuple[PreTrainedM
     """Loads a prepared LM frozen, in bf16 on CUDA and float32 on CPU."""
     description = json.loads((Path(directory) / "language_model.json").read_text())
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(description["checkpoint"], dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(description["checkpoint"])
+    checkpoint = _resolve(directory, description["checkpoint"])
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model.eval().requires_grad_(False)
     if description["gradient_checkpointing"] and device.startswith("cuda"):
         model.gradient_checkpointing_enable()

@@ -70,6 +70,16 @@ def batch_plan(rows: np.ndarray, chunk_rows: int, batch_size: int, buffer_chunks
                 yield buffer, np.sort(buffer_rows[b : b + batch_size])
 
 
+def caption_loss(linear_map: LinearMap, lm, features: np.ndarray, ids: torch.Tensor, labels: torch.Tensor,
+                 device: str) -> torch.Tensor:
+    """The captioning LM loss of one batch: ``[image tokens, caption]`` through the frozen LM."""
+    embed = lm.get_input_embeddings()
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        image_tokens = linear_map(torch.from_numpy(features).float().to(device))
+        inputs = torch.cat([image_tokens.to(embed.weight.dtype), embed(ids.to(device))], dim=1)
+        return lm(inputs_embeds=inputs, labels=labels.to(device)).loss
+
+
 @dataclass
 class TrainingResult:
     losses: list[float] = field(default_factory=list)
@@ -99,6 +109,7 @@ def train_linear_map(
     *,
     steps: int,
     batch_size: int,
+    micro_batch_size: int = 0,
     lr: float,
     warmup_steps: int,
     weight_decay: float,
@@ -111,9 +122,11 @@ def train_linear_map(
     checkpoint_dir: str | Path,
     device: str,
     on_step: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> TrainingResult:
     """Trains ``linear_map`` in place on ``features[rows]`` (any array with numpy slicing, e.g. Zarr)
-    with ``captions`` (aligned with ``features``). Resumes from ``checkpoint_dir/state.pt``."""
+    with ``captions`` (aligned with ``features``). Resumes from ``checkpoint_dir/state.pt``;
+    ``on_checkpoint`` runs after each checkpoint is written (e.g. to upload it)."""
     checkpoint = Path(checkpoint_dir) / "state.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     linear_map.to(device).train()
@@ -131,29 +144,41 @@ def train_linear_map(
     def load_buffer(buffer: tuple[int, ...]) -> dict[int, np.ndarray]:
         return {c: np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in buffer}
 
-    amp = device.startswith("cuda")
-    embed = lm.get_input_embeddings()
+    micro = micro_batch_size or batch_size
+    # Hugging Face checkpoints activations only in training mode; the frozen LM's dropout stays off.
+    if getattr(lm, "is_gradient_checkpointing", False):
+        lm.train()
+        for module in lm.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
     plan = itertools.islice(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed), result.resumed_from, steps)
     started = time.perf_counter()
     progress = tqdm(plan, total=steps, initial=result.resumed_from, desc="linear map", unit="step")
     for step, (buffer, batch_rows) in enumerate(progress, start=result.resumed_from):
         chunks = load_buffer(buffer)
-        batch = np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in batch_rows])
-        ids = caption_tokens(tokenizer, [captions[r] for r in batch_rows], max_caption_tokens)
-        labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
         torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-            image_tokens = linear_map(torch.from_numpy(batch).float().to(device))
-            inputs = torch.cat([image_tokens.to(embed.weight.dtype), embed(ids.to(device))], dim=1)
-            loss = lm(inputs_embeds=inputs, labels=labels.to(device)).loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Gradient accumulation: a large batch (LiMBeR's 2048) runs as micro-batches that fit the device.
+        micro_batches = []
+        for start in range(0, len(batch_rows), micro):
+            rows = batch_rows[start : start + micro]
+            ids = caption_tokens(tokenizer, [captions[r] for r in rows], max_caption_tokens)
+            micro_batches.append((rows, ids, caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)))
+        # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
+        predicted = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in micro_batches)
+        loss = 0.0
+        for rows, ids, labels in micro_batches:
+            features = np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in rows])
+            share = int((labels[:, 1:] != IGNORE).sum()) / predicted
+            micro_loss = caption_loss(linear_map, lm, features, ids, labels, device) * share
+            micro_loss.backward()
+            loss += micro_loss.item()
         torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)
         optimizer.step()
 
-        result.losses.append(loss.item())
+        result.losses.append(loss)
         result.steps_run += 1
         result.samples += len(batch_rows)
         progress.set_postfix(loss=f"{result.losses[-1]:.3f}")
@@ -162,8 +187,11 @@ def train_linear_map(
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             _save_state(checkpoint, {"linear_map": linear_map.state_dict(), "optimizer": optimizer.state_dict(),
                                      "losses": result.losses})
+            if on_checkpoint:
+                on_checkpoint()
     result.seconds = time.perf_counter() - started
     linear_map.eval()
+    lm.eval()
     if not math.isfinite(result.losses[-1] if result.losses else 0.0):
         raise FloatingPointError(f"training diverged: last loss {result.losses[-1]}")
     return result

@@ -100,3 +100,40 @@ class FeatureArray:
 
     def is_complete(self) -> bool:
         return bool((self.status != PENDING).all())
+
+
+@dataclass
+class ConcatenatedFeatures:
+    """Several partitions' features read as one array, for training across CC3M shards.
+
+    Partition p starts at global row ``offsets[p]``, a multiple of the common chunk size, so every
+    global chunk lies inside one partition's Zarr chunk and the trainer's chunk-buffer shuffle reads
+    whole stored chunks. Rows between partitions are padding: they are never in the trainable rows.
+    """
+
+    parts: list[FeatureArray]
+
+    def __post_init__(self):
+        sizes = {part.chunk_rows for part in self.parts}
+        if len(sizes) != 1:
+            raise ValueError(f"partitions have different chunk sizes {sorted(sizes)}: re-extract with one chunk_rows")
+        self.chunk_rows = sizes.pop()
+        self.chunks = (self.chunk_rows,)
+        self.offsets = []
+        offset = 0
+        for part in self.parts:
+            self.offsets.append(offset)
+            offset += part.num_chunks() * self.chunk_rows
+        self.rows = offset
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def global_rows(self, part: int, local_rows: np.ndarray) -> np.ndarray:
+        return self.offsets[part] + np.asarray(local_rows)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """One global chunk (the only access the trainer makes): ``[c * chunk_rows : (c + 1) * chunk_rows]``."""
+        part = int(np.searchsorted(self.offsets, rows.start, side="right") - 1)
+        start = rows.start - self.offsets[part]
+        return self.parts[part].features[start : start + (rows.stop - rows.start)]

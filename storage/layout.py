@@ -1,43 +1,117 @@
-"""Where every artifact lives under the storage root. The only module that builds storage paths."""
+"""Where every artifact lives under the storage root. The only module that builds storage paths.
+
+The root is a local folder or an fsspec URL (``s3://bucket/prefix``); paths are ``UPath`` objects,
+so the same code writes Parquet, Zarr and JSON to either. Credentials and endpoints come from the
+usual places (``AWS_*`` variables, ``FSSPEC_S3_ENDPOINT_URL`` for an S3-compatible server).
+Model checkpoints, which torch and safetensors write to local files, go through ``LocalMirror``.
+"""
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from upath import UPath
 
-def config_hash(config: dict) -> str:
+
+def config_hash(config) -> str:
     """Short stable hash of a JSON-able config: names the directory of a result it determines."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def storage_path(location: str | os.PathLike) -> UPath:
+    """A storage location as a path: URLs stay URLs, local paths become absolute."""
+    path = UPath(location)
+    return path if path.protocol not in ("", "file", "local") else UPath(Path(location).absolute())
+
+
+def is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
 @dataclass(frozen=True)
 class StorageLayout:
-    root: Path
+    root: UPath
 
-    def manifest(self, dataset: str, split: str) -> Path:
-        return self.root / "manifests" / dataset / f"{split}.parquet"
+    @classmethod
+    def at(cls, location: str | os.PathLike) -> "StorageLayout":
+        return cls(storage_path(location))
 
-    def image_features(self, backbone: str, dataset: str, split: str) -> Path:
-        return self.root / "features" / dataset / split / f"{backbone}.zarr"
+    def manifest(self, part_key: str) -> UPath:
+        dataset, part = part_key.split(".", 1)
+        return self.root / "manifests" / dataset / f"{part}.parquet"
 
-    def language_model(self, name: str) -> Path:
+    def skipped_records(self, part_key: str) -> UPath:
+        """Records a dataset reader skipped (file, record, reason), next to the manifest."""
+        return self.manifest(part_key).with_suffix(".skipped.parquet")
+
+    def image_features(self, backbone: str, part_key: str) -> UPath:
+        dataset, part = part_key.split(".", 1)
+        return self.root / "features" / dataset / part / f"{backbone}.zarr"
+
+    def language_model(self, name: str) -> UPath:
         return self.root / "language_models" / _safe(name)
 
-    def linear_map(self, backbone: str, language_model: str, settings_hash: str) -> Path:
+    def linear_map(self, backbone: str, language_model: str, settings_hash: str) -> UPath:
         return self.root / "linear_maps" / _safe(language_model) / backbone / settings_hash
 
-    def evaluation(self, task: str, system: str, language_model: str, inputs_hash: str, partition: str) -> Path:
+    def evaluation(self, task: str, system: str, language_model: str, inputs_hash: str, partition: str) -> UPath:
         """Captions / answers / scores of one system, keyed by the hash of everything they depend on."""
         return self.root / task / _safe(language_model) / system / inputs_hash / f"{partition}.parquet"
 
-    def metrics_table(self) -> Path:
+    def metrics_table(self) -> UPath:
         """The tidy metric table analysts read with pandas."""
         return self.root / "metrics" / "metrics.parquet"
 
-    def comparison_table(self) -> Path:
+    def comparison_table(self) -> UPath:
         return self.root / "metrics" / "comparison.parquet"
+
+
+class LocalMirror:
+    """A local working copy of a storage folder, for libraries that only write local files.
+
+    For a local root it is the folder itself. For an object store it is a folder under the cache
+    directory: ``pull`` fetches what the store holds (so a rerun on another machine resumes from the
+    stored checkpoint), ``push`` uploads what was written.
+    """
+
+    def __init__(self, remote: UPath, cache_dir: str | os.PathLike):
+        self.remote = remote
+        if is_local(remote):
+            self.local = Path(remote.path)
+        else:
+            self.local = Path(cache_dir).expanduser() / "mirror" / hashlib.sha256(str(remote).encode()).hexdigest()[:16]
+
+    def pull(self) -> Path:
+        """Fetches the stored files this copy lacks (or holds at another size); returns the local folder."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        if not is_local(self.remote) and self.remote.exists():
+            fs, prefix = self.remote.fs, self.remote.path.rstrip("/") + "/"
+            for remote_file, info in fs.find(prefix, detail=True).items():
+                local_file = self.local / remote_file[len(prefix):]
+                if not local_file.exists() or local_file.stat().st_size != info["size"]:
+                    local_file.parent.mkdir(parents=True, exist_ok=True)
+                    fs.get(remote_file, str(local_file))
+        return self.local
+
+    def push(self) -> None:
+        if not is_local(self.remote):
+            self.remote.fs.put(str(self.local) + "/", self.remote.path + "/", recursive=True)
+            self.remote.fs.invalidate_cache()
 
 
 def _safe(name: str) -> str:
     return name.replace("/", "--")
+
+
+def read_table(path: UPath):
+    """A Parquet table from local or object storage (through fsspec, so its S3 settings apply)."""
+    import pandas as pd
+
+    return pd.read_parquet(path.path, filesystem=path.fs)
+
+
+def write_table(table, path: UPath) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path.path, filesystem=path.fs)

@@ -20,4 +20,4 @@ def prepared_lm(tmp_path_factory):
 def easy_vqa_val():
     from pipeline.datasets import read_manifest
 
-    return read_manifest("easy_vqa", "val", val_size=500, seed=0)
+    return read_manifest("easy_vqa", "val", val_size=500, seed=0).manifest

@@ -2,7 +2,7 @@ import dagster as dg
 
 from assets.definitions import ALL_ASSETS, defs
 from assets.linear_map import linear_map
-from assets.partitions import backbone_partitions, feature_partitions
+from assets.partitions import backbone_partitions, discover_parts, feature_partitions, register_dataset_parts
 
 
 def test_definitions_load_and_validate():
@@ -13,8 +13,13 @@ def test_definitions_load_and_validate():
     assert len(ALL_ASSETS) == len(keys)
 
 
-def test_feature_partitions_are_backbone_by_split():
-    keys = feature_partitions.get_partition_keys()
+def test_dataset_parts_are_registered_dynamic_partitions():
+    instance = dg.DagsterInstance.ephemeral()
+    assert feature_partitions.get_partition_keys(dynamic_partitions_store=instance) == []
+    assert discover_parts("unused") == ["easy_vqa.test", "easy_vqa.train", "easy_vqa.val"]
+    assert register_dataset_parts(instance, "unused") == ["easy_vqa.test", "easy_vqa.train", "easy_vqa.val"]
+    assert register_dataset_parts(instance, "unused") == []  # already known: nothing new
+    keys = feature_partitions.get_partition_keys(dynamic_partitions_store=instance)
     assert len(keys) == 2 * 3
     key = dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": "easy_vqa.train"})
     assert key in keys
@@ -22,10 +27,12 @@ def test_feature_partitions_are_backbone_by_split():
 
 
 def test_linear_map_depends_on_its_backbones_features_only():
+    instance = dg.DagsterInstance.ephemeral()
+    register_dataset_parts(instance, "unused")
     mapping = linear_map.get_partition_mapping(dg.AssetKey("image_features"))
     downstream = backbone_partitions.subset_with_partition_keys(["efficientnet_lite0"])
     upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
-        downstream, backbone_partitions, feature_partitions
+        downstream, backbone_partitions, feature_partitions, dynamic_partitions_store=instance
     ).partitions_subset.get_partition_keys()
     assert {k.keys_by_dimension["backbone"] for k in upstream} == {"efficientnet_lite0"}
     assert len(list(upstream)) == 3

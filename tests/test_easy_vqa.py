@@ -66,9 +66,9 @@ def test_contradictory_answers_raise():
 
 
 def test_validation_split_is_fixed_and_disjoint():
-    train = read_manifest("easy_vqa", "train", val_size=500, seed=0)
-    val = read_manifest("easy_vqa", "val", val_size=500, seed=0)
-    again = read_manifest("easy_vqa", "val", val_size=500, seed=0)
+    train = read_manifest("easy_vqa", "train", val_size=500, seed=0).manifest
+    val = read_manifest("easy_vqa", "val", val_size=500, seed=0).manifest
+    again = read_manifest("easy_vqa", "val", val_size=500, seed=0).manifest
     assert (len(train), len(val)) == (3500, 500)
     assert set(train["image_id"]).isdisjoint(val["image_id"])
     assert val["image_id"].tolist() == again["image_id"].tolist()

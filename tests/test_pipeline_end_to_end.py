@@ -7,18 +7,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import assets.captions
 from assets.definitions import ALL_ASSETS
 from assets.partitions import (
     backbone_partitions,
     caption_partitions,
     feature_partitions,
-    split_partitions,
+    part_partitions,
     vqa_partitions,
 )
 from assets.resources import Limber
 from pipeline import load_metrics
 from storage import FeatureArray
 from tests.tiny_run import TINY, materialize_tiny, tiny
+
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
@@ -35,12 +37,13 @@ def _metadata(result):
 
 def test_every_partition_materialized(materialized):
     _, instance, _, _ = materialized
-    for asset, partitions in (("manifests", split_partitions), ("image_features", feature_partitions),
+    for asset, partitions in (("manifests", part_partitions), ("image_features", feature_partitions),
                               ("linear_map", backbone_partitions), ("captions", caption_partitions),
                               ("caption_metrics", caption_partitions), ("vqa_answers", vqa_partitions),
                               ("vqa_metrics", vqa_partitions)):
         done = instance.get_materialized_partitions(dg.AssetKey(asset))
-        assert done == set(partitions.get_partition_keys()), asset
+        assert done == set(partitions.get_partition_keys(dynamic_partitions_store=instance)), asset
+        assert len(done) > 0, asset
 
 
 def test_features_are_stored_and_checked(materialized):
@@ -51,7 +54,7 @@ def test_features_are_stored_and_checked(materialized):
     assert metadata["rows"] == 32 and metadata["shape"] == "(32, 1, 1280)" and metadata["dtype"] == "float16"
     assert metadata["images_per_second"] > 0 and metadata["skipped_images"] == 0
     (check,) = result.get_asset_check_evaluations()
-    assert check.passed
+    assert check.passed and check.check_name == "features_valid"
     store = FeatureArray.read(str(root / "features" / "easy_vqa" / "test" / "efficientnet_lite0.zarr"))
     manifest = pd.read_parquet(root / "manifests" / "easy_vqa" / "test.parquet")
     assert store.ids.tolist() == manifest["image_id"].tolist()
@@ -60,13 +63,13 @@ def test_features_are_stored_and_checked(materialized):
 def test_linear_map_trained_on_cached_features(materialized):
     root, _, _, results = materialized
     metadata = _metadata(results[("linear_map", "efficientnet_lite0")])
-    assert metadata["steps"] == 4 and not metadata["reused"]
+    assert metadata["steps"] == 8 and not metadata["reused"] and metadata["train_parts"] == 1
     assert "data:image/png;base64" in metadata["loss_curve"]
     assert "A picture of" in metadata["validation_captions"]
     (directory,) = (root / "linear_maps" / "smollm2-135m" / "efficientnet_lite0").iterdir()
     config = json.loads((directory / "config.json").read_text())
     assert config["layout"] == {"kind": "pooled", "positions": 1, "tokens_per_position": 4}
-    assert config["lm_dim"] == 576 and len(config["training"]["losses"]) == 4
+    assert config["lm_dim"] == 576 and len(config["training"]["losses"]) == 8
     assert np.isfinite(config["training"]["losses"]).all()
 
 
@@ -116,7 +119,7 @@ def test_rematerializing_unchanged_reuses_everything(materialized):
 
 def test_a_new_learning_rate_recomputes_only_the_map_and_what_reads_it(materialized):
     _, instance, resources, _ = materialized
-    new_lr = {"ops": {"linear_map": {"config": {**TINY["linear_map"]["config"], "lr": 1e-3}}}}
+    new_lr = {"ops": {"linear_map": {"config": {**TINY["linear_map"]["config"], "lr": 5e-3}}}}
     trained = dg.materialize(ALL_ASSETS, selection=["linear_map"], instance=instance, resources=resources,
                              partition_key="efficientnet_lite0", run_config=new_lr)
     assert not _metadata(trained)["reused"]
@@ -129,3 +132,30 @@ def test_a_new_learning_rate_recomputes_only_the_map_and_what_reads_it(materiali
 
     assert not captions_reused("efficientnet_lite0")
     assert captions_reused("efficientnet_lite0_random") and captions_reused("blind")
+
+
+def test_every_stage_runs_its_checks(materialized):
+    _, _, _, results = materialized
+    expected = {"manifests": "manifest_valid", "image_features": "features_valid", "linear_map": "loss_decreased",
+                "captions": "captions_non_empty", "caption_metrics": "metrics_in_range",
+                "vqa_metrics": "accuracy_in_range", "metric_tables": "table_complete"}
+    for (asset, _), result in results.items():
+        if asset in expected:
+            (check,) = result.get_asset_check_evaluations()
+            assert check.check_name == expected[asset]
+            assert check.passed, (asset, check.metadata)
+
+
+def test_a_failing_blocking_check_stops_its_downstream(materialized, monkeypatch):
+    """A model that captions nothing fails captions_non_empty; caption_metrics then does not run."""
+    _, instance, resources, _ = materialized
+    monkeypatch.setattr(assets.captions, "greedy_captions", lambda mapping, lm, tokenizer, batch, **_: [""] * len(batch))
+    key = dg.MultiPartitionKey({"system": "efficientnet_lite0_random", "split": "easy_vqa.val"})
+    config = {"ops": {"captions": {"config": {"batch_size": 16, "max_new_tokens": 3}}}}  # new settings: recomputed
+    result = dg.materialize(ALL_ASSETS, selection=["captions", "caption_metrics"], partition_key=key,
+                            instance=instance, resources=resources, run_config=config, raise_on_error=False)
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "captions_non_empty" and not check.passed
+    materialized_assets = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "caption_metrics" not in materialized_assets
+    assert not result.success

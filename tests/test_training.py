@@ -65,17 +65,18 @@ def tiny_setup(prepared_lm):
     return lm, tokenizer, features, captions
 
 
-def _train(setup, directory, steps, stop_after=None):
+def _train(setup, directory, steps, stop_after=None, micro_batch_size=0, dropout=0.1):
     lm, tokenizer, features, captions = setup
     torch.manual_seed(1)
-    linear_map = LinearMap(16, 32, TokenLayout("pooled", 1, 2))
+    linear_map = LinearMap(16, 32, TokenLayout("pooled", 1, 2), dropout=dropout)
 
     def on_step(step, loss):
         if stop_after is not None and step == stop_after:
             raise KeyboardInterrupt  # as if the process were stopped here
 
     result = train_linear_map(
-        linear_map, lm, tokenizer, features, captions, np.arange(40), steps=steps, batch_size=4, lr=5e-2,
+        linear_map, lm, tokenizer, features, captions, np.arange(40), steps=steps, batch_size=4,
+        micro_batch_size=micro_batch_size, lr=5e-2,
         warmup_steps=2, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0, max_caption_tokens=8,
         buffer_chunks=2, seed=0, checkpoint_every=3, checkpoint_dir=directory, device="cpu", on_step=on_step,
     )
@@ -98,3 +99,13 @@ def test_interrupted_training_resumes_to_the_same_result(tiny_setup, tmp_path):
     assert rest.losses == pytest.approx(full.losses, rel=1e-5)
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value)
+
+
+def test_micro_batches_accumulate_to_the_full_batch(tiny_setup, tmp_path):
+    """Gradient accumulation (LiMBeR's batch of 2048 on one GPU) takes the same steps as one pass,
+    with captions of different lengths (each micro-batch weighted by its share of the tokens)."""
+    whole, full = _train(tiny_setup, tmp_path / "whole", steps=4, dropout=0.0)
+    split, accumulated = _train(tiny_setup, tmp_path / "split", steps=4, micro_batch_size=2, dropout=0.0)
+    assert accumulated.losses == pytest.approx(full.losses, rel=1e-4)
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(split.state_dict()[name], value, rtol=1e-4, atol=1e-5)

@@ -1,49 +1,75 @@
-"""Dataset readers. Each reader returns a *manifest*: one row per image.
+"""Dataset readers. Each reader turns one *part* of a dataset into a *manifest*: one row per image.
+
+A part is a split, optionally with a shard suffix ("val2014", "train.00003"), small enough to read
+in one go; ``list_parts`` says which parts the raw-data root holds.
 
 Manifest columns (the contract every downstream stage relies on):
 
-- ``image_id`` (str): unique within the split.
-- ``image_path`` (str): absolute path of the image file.
+- ``image_id`` (str): unique within the part.
+- ``image_path`` (str): absolute path of the image file, or an fsspec URL such as a webdataset tar
+  member ``tar://key.jpg::/abs/shard.tar``; open it with ``load_image``.
 - ``captions`` (list[str]): reference captions (may be empty for VQA-only data).
 - ``questions`` (list[dict]): ``question_id`` (str), ``question`` (str), ``answers`` (list[str],
   ten for VQAv2), ``answer_type`` (str).
+
+A reader may add columns (NoCaps: ``domain``). Records it cannot use are skipped and listed in
+``ReadResult.skipped`` with the file, the record and the reason; a missing or unparsable
+annotation file raises ``DatasetError`` saying where to get it and where to put it.
 """
+
+import importlib
+
+import pandas as pd
 
 from pipeline.datasets.manifest import (
     MANIFEST_COLUMNS,
     DatasetError,
+    ReadResult,
     load_image,
     split_off_validation,
     validate_manifest,
 )
 
-DATASETS = {"easy_vqa": "pipeline.datasets.easy_vqa"}
+DATASETS = {
+    "easy_vqa": "pipeline.datasets.easy_vqa",
+    "cc3m": "pipeline.datasets.cc3m",
+    "coco": "pipeline.datasets.coco",
+    "nocaps": "pipeline.datasets.nocaps",
+    "vqav2": "pipeline.datasets.vqav2",
+}
 
 
 def _reader(dataset: str):
-    import importlib
-
     if dataset not in DATASETS:
         raise KeyError(f"unknown dataset {dataset!r}; registered: {sorted(DATASETS)}")
     return importlib.import_module(DATASETS[dataset])
 
 
-def read_manifest(dataset: str, split: str, **options):
-    """Reads one split of a registered dataset into a manifest DataFrame."""
-    return _reader(dataset).read_manifest(split, **options)
+def list_parts(dataset: str, root, **options) -> list[str]:
+    """The parts of a dataset present under the raw-data root, sorted."""
+    return _reader(dataset).list_parts(root, **options)
 
 
-def dataset_caption_metrics(dataset: str, references: dict, candidates: dict) -> dict[str, float]:
-    """Caption metrics particular to a dataset (none for most)."""
+def read_manifest(dataset: str, part: str, root=None, **options) -> ReadResult:
+    """Reads one part of a registered dataset: its manifest and the records skipped."""
+    return _reader(dataset).read_manifest(part, root=root, **options)
+
+
+def dataset_caption_metrics(dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict) -> dict[str, float]:
+    """Caption metrics particular to a dataset (none for most), beside the standard ones."""
     reader = _reader(dataset)
-    return reader.caption_metrics(references, candidates) if hasattr(reader, "caption_metrics") else {}
+    if not hasattr(reader, "caption_metrics"):
+        return {}
+    return reader.caption_metrics(manifest, references, candidates)
 
 
 __all__ = [
     "DATASETS",
     "MANIFEST_COLUMNS",
     "DatasetError",
+    "ReadResult",
     "dataset_caption_metrics",
+    "list_parts",
     "load_image",
     "read_manifest",
     "split_off_validation",

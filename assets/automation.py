@@ -1,0 +1,96 @@
+"""What runs without a person: the new-data sensor, nightly re-evaluation, and declarative automation.
+
+- ``new_data``: registers the dataset parts that appeared in the raw-data folder (a new CC3M shard,
+  a new evaluation file) as dynamic partitions and requests their manifests; ``image_features``
+  is eager, so each new manifest then gets its features, and nothing else is recomputed.
+- ``caption_evaluation_schedule`` / ``vqa_evaluation_schedule``: nightly by default
+  (``LIMBER_EVAL_CRON``), one run per evaluation partition whose inputs are materialized. The run
+  key names the inputs' materializations, so a repeated tick (or a night with nothing new) requests
+  nothing twice; a retrained map or re-extracted features give a new key and a new run.
+"""
+
+import dagster as dg
+
+from assets.captions import caption_metrics, captions
+from assets.config import EVALUATION_CRON
+from assets.partitions import (
+    BLIND,
+    VQA_EVAL,
+    VQA_SUPPORT,
+    caption_partitions,
+    register_dataset_parts,
+    vqa_partitions,
+)
+from assets.records import latest_materialization
+from assets.resources import Limber
+from assets.vqa import vqa_answers, vqa_metrics
+
+caption_evaluation_job = dg.define_asset_job(
+    "caption_evaluation", selection=[captions, caption_metrics], partitions_def=caption_partitions,
+    description="captions and their metrics for one system on one evaluation split",
+)
+vqa_evaluation_job = dg.define_asset_job(
+    "vqa_evaluation", selection=[vqa_answers, vqa_metrics], partitions_def=vqa_partitions,
+    description="few-shot VQA answers and accuracy for one system at one shot count",
+)
+
+
+@dg.sensor(job_name="manifests_job", minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+def new_data(context: dg.SensorEvaluationContext, limber: Limber) -> dg.SensorResult:
+    """Registers new dataset parts found under the raw-data folder and reads their manifests."""
+    new = register_dataset_parts(context.instance, limber.data_root)
+    if new:
+        context.log.info(f"new dataset parts: {new}")
+    return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=k, run_key=f"manifest:{k}") for k in new])
+
+
+def _inputs_version(instance: dg.DagsterInstance, system: str, parts: list[str]) -> str | None:
+    """Storage ids of the latest materializations an evaluation reads, or None if one is missing."""
+    inputs = [("language_model", None)] + [("manifests", part) for part in parts]
+    if system != BLIND:
+        inputs += [("linear_map", system)] + [
+            ("image_features", dg.MultiPartitionKey({"backbone": system, "split": part})) for part in parts
+        ]
+    ids = []
+    for asset, partition in inputs:
+        record = latest_materialization(instance, asset, partition)
+        if record is None:
+            return None
+        ids.append(str(record.storage_id))
+    return "-".join(ids)
+
+
+def _evaluation_requests(instance: dg.DagsterInstance, partitions_def, parts_of) -> list[dg.RunRequest]:
+    requests = []
+    for key in partitions_def.get_partition_keys():
+        system = key.keys_by_dimension["system"]
+        version = _inputs_version(instance, system, parts_of(key))
+        if version is not None:
+            requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}@{version}"))
+    return requests
+
+
+@dg.schedule(job=caption_evaluation_job, cron_schedule=EVALUATION_CRON,
+             default_status=dg.DefaultScheduleStatus.STOPPED)
+def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext):
+    """Captions and caption metrics for every system x evaluation split whose inputs exist."""
+    requests = _evaluation_requests(context.instance, caption_partitions,
+                                    lambda key: [key.keys_by_dimension["split"]])
+    return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
+
+
+@dg.schedule(job=vqa_evaluation_job, cron_schedule=EVALUATION_CRON, default_status=dg.DefaultScheduleStatus.STOPPED)
+def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext):
+    """Few-shot VQA for every system x shot count whose inputs exist."""
+    requests = _evaluation_requests(context.instance, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
+    return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
+
+
+automation = dg.AutomationConditionSensorDefinition(
+    "automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.STOPPED,
+    description="extracts features of new parts and rebuilds metric_tables after evaluations",
+)
+
+JOBS = [caption_evaluation_job, vqa_evaluation_job]
+SCHEDULES = [caption_evaluation_schedule, vqa_evaluation_schedule]
+SENSORS = [new_data, automation]

@@ -1,0 +1,139 @@
+"""The new-data sensor, the nightly evaluation schedules, declarative automation, and shard training."""
+
+import shutil
+
+import dagster as dg
+import pytest
+
+import assets.linear_map
+import assets.partitions
+from assets.automation import new_data
+from assets.definitions import ALL_ASSETS, defs
+from assets.resources import Limber
+from tests.dataset_fixtures import write_cc3m_shards
+from tests.tiny_run import tiny
+
+CC3M_PARTS = ["cc3m.train", "cc3m.val"]
+
+
+@pytest.fixture
+def cc3m(tmp_path, monkeypatch):
+    """Raw CC3M webdataset shards, with the profile training on them (and easy-vqa for the rest)."""
+    write_cc3m_shards(tmp_path / "raw")
+    monkeypatch.setattr(assets.partitions, "PROFILE_PARTS", assets.partitions.PROFILE_PARTS + CC3M_PARTS)
+    limber = Limber(storage_root=str(tmp_path / "storage"), data_root=str(tmp_path / "raw"))
+    return tmp_path / "raw" / "cc3m", limber
+
+
+def _tick(instance, limber):
+    result = new_data(dg.build_sensor_context(instance=instance, resources={"limber": limber}))
+    return sorted(r.partition_key for r in result.run_requests), [r.run_key for r in result.run_requests]
+
+
+def test_new_data_sensor_requests_only_new_parts(cc3m):
+    shards, limber = cc3m
+    instance = dg.DagsterInstance.ephemeral()
+    held_back = shutil.move(shards / "train" / "00001.tar", shards / "later.tar")
+
+    keys, run_keys = _tick(instance, limber)
+    assert keys == ["cc3m.train.00000", "cc3m.val.00000", "easy_vqa.test", "easy_vqa.train", "easy_vqa.val"]
+    assert run_keys == [f"manifest:{k}" for k in keys]
+    assert set(instance.get_dynamic_partitions("dataset_parts")) == set(keys)
+    assert _tick(instance, limber) == ([], [])  # nothing new on disk: nothing requested
+
+    shutil.move(held_back, shards / "train" / "00001.tar")
+    assert _tick(instance, limber) == (["cc3m.train.00001"], ["manifest:cc3m.train.00001"])
+
+
+def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypatch, prepared_lm):
+    shards, limber = cc3m
+    instance = dg.DagsterInstance.ephemeral()
+    held_back = shutil.move(shards / "train" / "00001.tar", shards / "later.tar")
+    _tick(instance, limber)
+    resources = {"limber": limber}
+
+    def materialize(asset, key, config=None):
+        result = dg.materialize(ALL_ASSETS, selection=[asset], partition_key=key, instance=instance,
+                                resources=resources, run_config=config or tiny(asset))
+        assert result.success
+        return result
+
+    def features_key(part):
+        return dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": part})
+
+    def evaluate(cursor):
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
+                                                 asset_selection=dg.AssetSelection.assets("image_features"))
+
+    evaluation = evaluate(None)  # the automation sensor's first tick: manifests missing, nothing to do
+    assert evaluation.total_requested == 0
+    for part in ("cc3m.train.00000", "cc3m.val.00000"):
+        materialize("manifests", part)
+    evaluation = evaluate(evaluation.cursor)
+    requested = evaluation.get_requested_partitions(dg.AssetKey("image_features"))
+    assert {k.keys_by_dimension["split"] for k in requested} == {"cc3m.train.00000", "cc3m.val.00000"}
+    for part in ("cc3m.train.00000", "cc3m.val.00000"):
+        materialize("image_features", features_key(part))
+
+    # A new shard: only its own manifest and features are requested.
+    shutil.move(held_back, shards / "train" / "00001.tar")
+    assert _tick(instance, limber)[0] == ["cc3m.train.00001"]
+    materialize("manifests", "cc3m.train.00001")
+    evaluation = evaluate(evaluation.cursor)
+    requested = evaluation.get_requested_partitions(dg.AssetKey("image_features"))
+    assert {k.keys_by_dimension["split"] for k in requested} == {"cc3m.train.00001"}
+    extracted = materialize("image_features", features_key("cc3m.train.00001"))
+    (event,) = extracted.get_asset_materialization_events()
+    assert event.materialization.metadata["skipped_images"].value == 0
+
+    # Training reads both shards as one dataset.
+    shutil.copytree(prepared_lm, limber.layout.language_model(limber.language_model).path)
+    monkeypatch.setattr(assets.linear_map, "TRAIN", "cc3m.train")
+    monkeypatch.setattr(assets.linear_map, "VALIDATION", "cc3m.val")
+    trained = materialize("linear_map", "efficientnet_lite0", {"ops": {"linear_map": {"config": {
+        "steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "sample_captions": 1}}}})
+    (event,) = trained.get_asset_materialization_events()
+    assert event.materialization.metadata["train_parts"].value == 2
+    (check,) = trained.get_asset_check_evaluations()
+    assert check.check_name == "loss_decreased"
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_evaluation_schedules_request_what_has_inputs_once(instance):
+    caption_evaluation_schedule = defs.get_schedule_def("caption_evaluation_schedule")
+    vqa_evaluation_schedule = defs.get_schedule_def("vqa_evaluation_schedule")
+    assert caption_evaluation_schedule.cron_schedule == "0 3 * * *"
+    context = dg.build_schedule_context(instance=instance)
+    assert isinstance(caption_evaluation_schedule(context), dg.SkipReason)
+
+    def record(asset, partition=None):
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=partition))
+
+    assets.partitions.register_dataset_parts(instance, "unused")
+    record("language_model")
+    for part in ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train"):
+        record("manifests", part)
+    # Only the blind baseline has every input: no backbone has features or a map yet.
+    requests = caption_evaluation_schedule(context)
+    assert sorted(r.partition_key.keys_by_dimension["system"] for r in requests) == ["blind", "blind"]
+    first_keys = {r.run_key for r in requests}
+    assert first_keys == {r.run_key for r in caption_evaluation_schedule(context)}  # a repeated tick: same keys
+
+    record("linear_map", "efficientnet_lite0")
+    for part in ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train"):
+        record("image_features", dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": part}))
+    requests = caption_evaluation_schedule(context)
+    assert sorted(r.partition_key.keys_by_dimension["system"] for r in requests) == ["blind"] * 2 + [
+        "efficientnet_lite0"] * 2
+    assert first_keys <= {r.run_key for r in requests}  # blind's inputs did not change: same run keys
+    vqa = vqa_evaluation_schedule(context)
+    assert len(vqa) == 2 * 4 and {r.job_name for r in vqa} in ({None}, {"vqa_evaluation"})
+
+    record("linear_map", "efficientnet_lite0")  # a retrained map: new run keys for that system only
+    retrained = {r.run_key for r in caption_evaluation_schedule(context)}
+    assert first_keys <= retrained and len(retrained - {r.run_key for r in requests}) == 2

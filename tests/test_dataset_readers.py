@@ -1,0 +1,197 @@
+"""The file-based dataset readers on tiny fixtures in the real formats, bad records planted."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.datasets import DATASETS, DatasetError, list_parts, load_image, nocaps, read_manifest
+from pipeline.datasets.manifest import _archive_filesystem
+from tests.dataset_fixtures import (
+    TRANSPARENT,
+    UNREADABLE,
+    image_bytes,
+    write_cc3m_shards,
+    write_cc3m_tsv,
+    write_coco,
+    write_image,
+    write_nocaps,
+    write_vqav2,
+)
+
+WRITERS = {"cc3m_shards": ("cc3m", write_cc3m_shards), "cc3m_tsv": ("cc3m", write_cc3m_tsv),
+           "coco": ("coco", write_coco), "nocaps": ("nocaps", write_nocaps), "vqav2": ("vqav2", write_vqav2)}
+OPTIONS = {"cc3m_tsv": {"rows_per_part": 4}}
+
+
+@pytest.fixture(scope="module", params=sorted(WRITERS))
+def written(request, tmp_path_factory):
+    """(dataset, root, planted parts, reader options) for one fixture format."""
+    dataset, write = WRITERS[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    return dataset, root, write(root), OPTIONS.get(request.param, {})
+
+
+def test_registry_names_every_reader():
+    assert set(DATASETS) == {"easy_vqa", "cc3m", "coco", "nocaps", "vqav2"}
+    assert list_parts("easy_vqa", None) == ["test", "train", "val"]
+
+
+def test_list_parts_finds_the_parts_on_disk(written):
+    dataset, root, planted, options = written
+    assert list_parts(dataset, root, **options) == sorted(planted)
+
+
+def test_good_records_are_read_whole(written):
+    dataset, root, planted, options = written
+    for part, expected in planted.items():
+        manifest = read_manifest(dataset, part, root=root, **options).manifest
+        assert sorted(manifest["image_id"]) == sorted(expected.rows), part
+        for row in manifest.to_dict("records"):
+            assert {k: row[k] for k in expected.rows[row["image_id"]]} == expected.rows[row["image_id"]], part
+
+
+def test_each_bad_record_is_skipped_once_with_its_reason(written):
+    dataset, root, planted, options = written
+    for part, expected in planted.items():
+        skipped = read_manifest(dataset, part, root=root, **options).skipped
+        assert len(skipped) == len(expected.skipped), (part, skipped)
+        reasons = {entry["record"]: entry["reason"] for entry in skipped}
+        assert set(reasons) == set(expected.skipped), part
+        for record, fragment in expected.skipped.items():
+            assert fragment in reasons[record], (part, record, reasons[record])
+        assert all(Path(e["source"]).is_file() and Path(e["source"]).is_relative_to(root.resolve())
+                   for e in skipped)
+
+
+def test_every_manifest_image_loads_as_rgb_or_gives_a_reason(written):
+    dataset, root, planted, options = written
+    for part, expected in planted.items():
+        manifest = read_manifest(dataset, part, root=root, **options).manifest
+        for image_id, path in zip(manifest["image_id"], manifest["image_path"]):
+            kind = expected.images[image_id]
+            image, reason = load_image(path)
+            if kind in UNREADABLE:
+                assert image is None and reason.startswith(UNREADABLE[kind]), (part, image_id, reason)
+            else:
+                assert reason is None and image.mode == "RGB", (part, image_id, reason)
+                if kind in TRANSPARENT:
+                    assert image.getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("kind", ["rgb", "gray", "gray16", "cmyk", "rgba", "palette", "truncated", "corrupt", "missing"])
+def test_load_image_kinds(tmp_path, kind):
+    image, reason = load_image(str(write_image(tmp_path / f"image.{kind}", kind)))
+    if kind in UNREADABLE:
+        assert image is None and reason.startswith(UNREADABLE[kind])
+        return
+    assert reason is None and image.mode == "RGB"
+    expected_pixel = {"gray16": (128, 128, 128), "cmyk": (255, 0, 0), "rgba": (255, 255, 255),
+                      "palette": (255, 255, 255)}
+    if kind in expected_pixel:
+        assert image.getpixel((0, 0)) == expected_pixel[kind]
+    if kind in TRANSPARENT:
+        assert image.getpixel((15, 0)) == (255, 0, 0)  # the opaque half keeps its colour
+
+
+def test_load_image_urls(tmp_path):
+    part = write_cc3m_shards(tmp_path)["train.00000"]
+    shard = tmp_path.resolve() / "cc3m" / "train" / "00000.tar"
+    image, reason = load_image(part.rows["000000003"]["image_path"])
+    assert reason is None and image.getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(f"tar://no-such-key.jpg::{shard}") == (None, "missing file")
+    assert load_image(f"tar://000000000.jpg::{tmp_path}/no-such-shard.tar") == (None, "missing file")
+    assert load_image(f"file://{write_image(tmp_path / 'plain.jpg', 'rgb')}")[0].size == (32, 32)
+
+
+def test_a_shard_is_indexed_once_not_once_per_image(tmp_path):
+    part = write_cc3m_shards(tmp_path)["train.00000"]
+    _archive_filesystem.cache_clear()
+    for row in part.rows.values():
+        load_image(row["image_path"])
+    assert _archive_filesystem.cache_info().misses == 1
+
+
+def test_cc3m_prefers_shards_over_the_tsv(tmp_path):
+    shards = write_cc3m_shards(tmp_path)
+    write_cc3m_tsv(tmp_path)
+    assert list_parts("cc3m", tmp_path, rows_per_part=4) == sorted(shards)
+    manifest = read_manifest("cc3m", "train.00000", root=tmp_path, rows_per_part=4).manifest
+    assert sorted(manifest["image_id"]) == sorted(shards["train.00000"].rows)
+
+
+def test_cc3m_tsv_default_part_size_and_parts_past_the_end(tmp_path):
+    write_cc3m_tsv(tmp_path)
+    assert list_parts("cc3m", tmp_path) == ["train.00000", "val.00000"]
+    assert len(read_manifest("cc3m", "train.00000", root=tmp_path).manifest) == 7
+    with pytest.raises(DatasetError, match="Train_GCC-training.tsv has no line 13"):
+        read_manifest("cc3m", "train.00003", root=tmp_path, rows_per_part=4)
+    with pytest.raises(KeyError, match="look like"):
+        read_manifest("cc3m", "train", root=tmp_path)
+
+
+def test_an_unreadable_shard_names_itself(tmp_path):
+    write_cc3m_shards(tmp_path)
+    shard = tmp_path / "cc3m" / "val" / "00000.tar"
+    shard.write_bytes(image_bytes("corrupt"))
+    with pytest.raises(DatasetError, match="00000.tar is not a readable tar"):
+        read_manifest("cc3m", "val.00000", root=tmp_path)
+
+
+MISSING = [
+    ("cc3m", "train.00000", "Train_GCC-training.tsv", "ConceptualCaptions/download"),
+    ("coco", "val2014", "captions_val2014.json", "annotations_trainval2014.zip"),
+    ("coco", "karpathy_test", "dataset_coco.json", "caption_datasets.zip"),
+    ("nocaps", "val", "nocaps_val_4500_captions.json", "s3.amazonaws.com/nocaps"),
+    ("vqav2", "val", "v2_OpenEnded_mscoco_val2014_questions.json", "visualqa.org"),
+]
+
+
+@pytest.mark.parametrize("dataset, part, file_name, url", MISSING)
+def test_a_missing_annotation_file_says_where_to_get_it(tmp_path, dataset, part, file_name, url):
+    assert list_parts(dataset, tmp_path) == []
+    with pytest.raises(DatasetError, match=rf"{file_name} not found\..*{url}.*<root>/{dataset}"):
+        read_manifest(dataset, part, root=tmp_path)
+
+
+@pytest.mark.parametrize("dataset, writer, file_name", [
+    ("coco", write_coco, "annotations/captions_val2014.json"),
+    ("nocaps", write_nocaps, "nocaps_val_4500_captions.json"),
+    ("vqav2", write_vqav2, "v2_mscoco_val2014_annotations.json"),
+])
+def test_an_unparsable_json_names_the_file(tmp_path, dataset, writer, file_name):
+    part = sorted(writer(tmp_path))[-1]
+    path = tmp_path.resolve() / dataset / file_name
+    path.write_text('{"images": [')
+    with pytest.raises(DatasetError, match=rf"{path} is not valid JSON"):
+        read_manifest(dataset, part, root=tmp_path)
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(DatasetError, match="expected a JSON object"):
+        read_manifest(dataset, part, root=tmp_path)
+
+
+def test_file_readers_need_the_raw_data_root():
+    with pytest.raises(DatasetError, match="raw-data root"):
+        read_manifest("coco", "val2014")
+
+
+def test_nocaps_metrics_score_each_domain_as_a_whole(tmp_path, monkeypatch):
+    """The standard scorer (tests/test_caption_metrics.py runs it for real, Java and all) is replaced
+    by exact-match share, so this checks what NoCaps adds: one whole set per domain, named per domain."""
+    scored_sets = []
+
+    def exact_match_share(references, candidates):
+        scored_sets.append(sorted(candidates))
+        return {"CIDEr-D": sum(candidates[i] in references[i] for i in candidates) / len(candidates)}
+
+    monkeypatch.setattr(nocaps, "standard_caption_metrics", exact_match_share)
+    write_nocaps(tmp_path)
+    manifest = read_manifest("nocaps", "val", root=tmp_path).manifest
+    references = dict(zip(manifest["image_id"], map(list, manifest["captions"])))
+    candidates = {i: c[0] for i, c in references.items()}
+    candidates["1"] = "a plate of pasta on a table"  # wrong, in near-domain with the right "4"
+    scores = nocaps.caption_metrics(manifest, references, candidates)
+    assert scored_sets == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
+    assert scores == {"CIDEr-D (in-domain)": 1.0, "CIDEr-D (near-domain)": 0.5, "CIDEr-D (out-domain)": 1.0}
+    with pytest.raises(ValueError, match="not in the NoCaps manifest"):
+        nocaps.caption_metrics(manifest, references, {**candidates, "404": "an unknown image"})
