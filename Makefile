@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 # On a machine with network, `make demo HF_HUB_OFFLINE=0` lets Hugging Face fetch what is missing.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test ui clean
+.PHONY: setup browser demo test ui clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/limber demo
 
-test: setup
+# tests/test_ui.py drives the Dagster UI in Debian's Chromium; without root (or apt) it cannot be
+# installed and that test skips, saying so.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+		chromium fonts-liberation >/dev/null) || echo "Chromium not installed: tests/test_ui.py will skip"
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 ui: setup $(DAGSTER_HOME)/dagster.yaml
@@ -32,7 +38,7 @@ ui: setup $(DAGSTER_HOME)/dagster.yaml
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	printf 'telemetry:\n  enabled: false\nnux:\n  enabled: false\n' > $@
 
 clean:
 	rm -rf data dagster_home

@@ -19,7 +19,6 @@ from dagster._core.instance.config import ConcurrencyConfig, PoolGranularity, da
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
-from assets import execution
 from assets.execution import GPU_POOL, GPU_TAGS, STEP_K8S_CONFIG, executor
 
 # dagster_k8s and dagster_postgres are imported inside the tests that use them: the real-run test
@@ -324,7 +323,3 @@ def test_helm_values_match_the_instance_yaml(values):
         "opGranularityRunBuffer": instance["concurrency"]["pools"]["op_granularity_run_buffer"],
     }
     assert runs == {"maxConcurrentRuns": instance["concurrency"]["runs"]["max_concurrent_runs"]}
-
-
-def test_execution_module_is_small():
-    assert len(Path(execution.__file__).read_text().splitlines()) <= 60
