@@ -25,8 +25,6 @@ from storage.feature_store import OK, ConcatenatedFeatures
 from storage.layout import read_table
 
 CAPTION_PROMPT = "A picture of"
-
-
 LOSS_DECREASED = "loss_decreased"
 
 
@@ -83,11 +81,15 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
     backbone = context.partition_key
     spec = backbone_spec(backbone)
     settings = config.model_dump()
-    parts = [p for p in registered_parts(context.instance, TRAIN)
+    registered = registered_parts(context.instance, TRAIN)
+    parts = [p for p in registered
              if latest_materialization(context.instance, "image_features",
                                        dg.MultiPartitionKey({"backbone": backbone, "split": p})) is not None]
     if not parts:
         raise FileNotFoundError(f"no image_features partition of {backbone} on {TRAIN} is materialized yet")
+    if len(parts) < len(registered):
+        context.log.warning(f"{len(registered) - len(parts)} of {len(registered)} {TRAIN} parts have no "
+                            f"{backbone} features yet and are left out of training")
     features, captions, rows, part_ids = training_set(limber, backbone, parts)
     # Keyed by everything the weights depend on: settings, backbone, LM (in the path) and training images.
     directory = limber.layout.linear_map(backbone, limber.language_model, config_hash(
@@ -104,6 +106,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         mapping = LinearMap.load(local)
         summary = json.loads((local / "config.json").read_text())["training"]
     else:
+        torch.manual_seed(config.seed)  # the initial weights, too, come from the settings
         mapping = LinearMap(spec.feature_dim, lm_description["hidden_size"], spec.layout, dropout=config.dropout)
         context.log.info(f"training on {len(rows)} cached {backbone} features from {len(parts)} parts "
                          f"for {config.steps} steps on {device}")

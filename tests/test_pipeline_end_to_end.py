@@ -63,13 +63,13 @@ def test_features_are_stored_and_checked(materialized):
 def test_linear_map_trained_on_cached_features(materialized):
     root, _, _, results = materialized
     metadata = _metadata(results[("linear_map", "efficientnet_lite0")])
-    assert metadata["steps"] == 8 and not metadata["reused"] and metadata["train_parts"] == 1
+    assert metadata["steps"] == 24 and not metadata["reused"] and metadata["train_parts"] == 1
     assert "data:image/png;base64" in metadata["loss_curve"]
     assert "A picture of" in metadata["validation_captions"]
     (directory,) = (root / "linear_maps" / "smollm2-135m" / "efficientnet_lite0").iterdir()
     config = json.loads((directory / "config.json").read_text())
     assert config["layout"] == {"kind": "pooled", "positions": 1, "tokens_per_position": 4}
-    assert config["lm_dim"] == 576 and len(config["training"]["losses"]) == 8
+    assert config["lm_dim"] == 576 and len(config["training"]["losses"]) == 24
     assert np.isfinite(config["training"]["losses"]).all()
 
 
