@@ -50,12 +50,13 @@ def training_set(limber: Limber, backbone: str, parts: list[str]):
 
 
 def loss_check(losses: list[float]) -> dg.AssetCheckResult:
-    """The loss fell: the mean of the last tenth of the steps is below the first step's loss."""
-    tail = float(np.mean(losses[-max(1, len(losses) // 10):]))
+    """The loss fell: its mean over the last quarter of the steps is below that over the first quarter."""
+    quarter = max(1, len(losses) // 4)
+    first, last = float(np.mean(losses[:quarter])), float(np.mean(losses[-quarter:]))
     return dg.AssetCheckResult(
         check_name=LOSS_DECREASED,
-        passed=bool(np.isfinite(losses).all() and tail < losses[0]),
-        metadata={"first_loss": round(losses[0], 4), "final_loss": round(tail, 4)},
+        passed=bool(np.isfinite(losses).all() and last < first),
+        metadata={"first_quarter_loss": round(first, 4), "last_quarter_loss": round(last, 4)},
     )
 
 
@@ -71,7 +72,7 @@ def loss_check(losses: list[float]) -> dg.AssetCheckResult:
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
     check_specs=[dg.AssetCheckSpec(LOSS_DECREASED, asset="linear_map", blocking=True,
-                                   description="finite losses, and the last tenth of the steps below the first")],
+                                   description="finite losses; mean loss of the last quarter of the steps below the first quarter's")],
 )
 def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
     """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.

@@ -91,7 +91,7 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
     monkeypatch.setattr(assets.linear_map, "TRAIN", "cc3m.train")
     monkeypatch.setattr(assets.linear_map, "VALIDATION", "cc3m.val")
     trained = materialize("linear_map", "efficientnet_lite0", {"ops": {"linear_map": {"config": {
-        "steps": 24, "batch_size": 2, "warmup_steps": 4, "checkpoint_every": 12, "sample_captions": 1}}}})
+        "steps": 24, "batch_size": 2, "warmup_steps": 12, "checkpoint_every": 12, "sample_captions": 1}}}})
     (event,) = trained.get_asset_materialization_events()
     assert event.materialization.metadata["train_parts"].value == 2
     (check,) = trained.get_asset_check_evaluations()
