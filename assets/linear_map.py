@@ -71,8 +71,10 @@ def loss_check(losses: list[float]) -> dg.AssetCheckResult:
     kinds={"pytorch", "safetensors"},
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
-    check_specs=[dg.AssetCheckSpec(LOSS_DECREASED, asset="linear_map", blocking=True,
-                                   description="finite losses; mean loss of the last quarter of the steps below the first quarter's")],
+    check_specs=[dg.AssetCheckSpec(
+        LOSS_DECREASED, asset="linear_map", blocking=True,
+        description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
+    )],
 )
 def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
     """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
