@@ -78,6 +78,7 @@ class LocalMirror:
 
     def __init__(self, remote: UPath, cache_dir: str | os.PathLike):
         self.remote = remote
+        self._synced: dict[str, int] = {}  # relative path -> local mtime when last pulled or pushed
         if is_local(remote):
             self.local = Path(remote.path)
         else:
@@ -86,19 +87,31 @@ class LocalMirror:
     def pull(self) -> Path:
         """Fetches the stored files this copy lacks (or holds at another size); returns the local folder."""
         self.local.mkdir(parents=True, exist_ok=True)
-        if not is_local(self.remote) and self.remote.exists():
-            fs, prefix = self.remote.fs, self.remote.path.rstrip("/") + "/"
-            for remote_file, info in fs.find(prefix, detail=True).items():
-                local_file = self.local / remote_file[len(prefix):]
-                if not local_file.exists() or local_file.stat().st_size != info["size"]:
+        if not is_local(self.remote):
+            for relative, size in self._remote_sizes().items():
+                local_file = self.local / relative
+                if not local_file.exists() or local_file.stat().st_size != size:
                     local_file.parent.mkdir(parents=True, exist_ok=True)
-                    fs.get(remote_file, str(local_file))
+                    self.remote.fs.get(self.remote.path.rstrip("/") + "/" + relative, str(local_file))
+                self._synced[relative] = local_file.stat().st_mtime_ns
         return self.local
 
     def push(self) -> None:
-        if not is_local(self.remote):
-            self.remote.fs.put(str(self.local) + "/", self.remote.path + "/", recursive=True)
-            self.remote.fs.invalidate_cache()
+        """Uploads the local files written since they were last pulled or pushed (a rewritten
+        checkpoint keeps its size, so sizes cannot tell)."""
+        if is_local(self.remote):
+            return
+        for local_file in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            relative, mtime = local_file.relative_to(self.local).as_posix(), local_file.stat().st_mtime_ns
+            if self._synced.get(relative) != mtime:
+                self.remote.fs.put_file(str(local_file), self.remote.path.rstrip("/") + "/" + relative)
+                self._synced[relative] = mtime
+        self.remote.fs.invalidate_cache()
+
+    def _remote_sizes(self) -> dict[str, int]:
+        prefix = self.remote.path.rstrip("/") + "/"
+        self.remote.fs.invalidate_cache(prefix)
+        return {path[len(prefix):]: info["size"] for path, info in self.remote.fs.find(prefix, detail=True).items()}
 
 
 def _safe(name: str) -> str:

@@ -8,6 +8,7 @@ from moto.server import ThreadedMotoServer
 
 from pipeline import load_metrics
 from storage import FeatureArray, StorageLayout
+from storage.layout import LocalMirror
 from tests.tiny_run import materialize_tiny
 
 ROOT = "s3://limber-test/run"
@@ -62,3 +63,17 @@ def test_every_artifact_lives_in_the_bucket(s3_server, tmp_path):
                              cache_dir=str(tmp_path / "other-cache"))
     (event,) = rerun[("linear_map", "efficientnet_lite0")].get_asset_materialization_events()
     assert event.materialization.metadata["reused"].value is True
+
+
+def test_mirror_uploads_a_rewritten_checkpoint_of_the_same_size(s3_server, tmp_path):
+    directory = StorageLayout.at(ROOT).linear_map("backbone", "lm", "settings")
+    mirror = LocalMirror(directory, tmp_path / "cache")
+    local = mirror.pull()
+    (local / "checkpoint").mkdir()
+    (local / "checkpoint" / "state.pt").write_text("step 100")
+    mirror.push()
+    (local / "checkpoint" / "state.pt").write_text("step 200")  # same size: only the write time tells
+    mirror.push()
+    assert s3_server.cat(f"{directory.path}/checkpoint/state.pt") == b"step 200"
+    elsewhere = LocalMirror(directory, tmp_path / "other-cache").pull()
+    assert (elsewhere / "checkpoint" / "state.pt").read_text() == "step 200"
