@@ -63,14 +63,14 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
     system = System.resolve(context, name)
     path = _captions_path(limber, system, config, part)
     manifest = read_table(limber.layout.manifest(part))
+    store = None if system.linear_map_dir is None else system.features(limber, part)
     # Images the encoder could not read have zero features: they get no caption.
-    readable = (np.ones(len(manifest), bool) if system.linear_map_dir is None
-                else system.features(limber, part).status == OK)
+    readable = np.ones(len(manifest), bool) if store is None else store.status == OK
     reused = path.exists()
     if not reused:
         lm, tokenizer, _ = limber.load_lm()
         mapping = system.linear_map(limber)
-        features = None if mapping is None else system.features(limber, part).features
+        features = None if store is None else store.features
         prompt = config.prompt if (config.prompt or mapping is not None) else tokenizer.bos_token or tokenizer.eos_token
         generated = []
         for start in range(0, len(manifest), config.batch_size):

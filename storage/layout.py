@@ -23,7 +23,7 @@ def config_hash(config) -> str:
 def storage_path(location: str | os.PathLike) -> UPath:
     """A storage location as a path: URLs stay URLs, local paths become absolute."""
     path = UPath(location)
-    return path if path.protocol not in ("", "file", "local") else UPath(Path(location).absolute())
+    return UPath(Path(location).absolute()) if is_local(path) else path
 
 
 def is_local(path: UPath) -> bool:
