@@ -5,7 +5,6 @@ import json
 import dagster as dg
 import numpy as np
 import pandas as pd
-import torch
 
 from assets.config import CaptioningConfig, CaptionMetricsConfig
 from assets.execution import GPU_POOL, GPU_TAGS
@@ -14,7 +13,7 @@ from assets.records import upstream_path
 from assets.resources import Limber
 from assets.systems import SYSTEM_INPUTS, System
 from pipeline.datasets import dataset_caption_metrics, load_image
-from pipeline.decoding import greedy_captions
+from pipeline.captioning import caption_rows
 from pipeline.metrics.captions import caption_metrics as score_captions
 from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s
 from storage import config_hash
@@ -69,18 +68,14 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
     reused = path.exists()
     if not reused:
         lm, tokenizer, _ = limber.load_lm()
-        mapping = system.linear_map(limber)
-        features = None if store is None else store.features
-        prompt = config.prompt if (config.prompt or mapping is not None) else tokenizer.bos_token or tokenizer.eos_token
-        generated = []
-        for start in range(0, len(manifest), config.batch_size):
-            stop = min(start + config.batch_size, len(manifest))
-            batch = (torch.zeros(stop - start, 0) if features is None
-                     else torch.from_numpy(np.asarray(features[start:stop])))
-            generated += greedy_captions(mapping, lm, tokenizer, batch, prompt=prompt,
-                                         max_new_tokens=config.max_new_tokens, device=limber.torch_device())
-            context.log.info(f"captioned {stop}/{len(manifest)}")
-        table = pd.DataFrame({"image_id": manifest["image_id"], "caption": np.where(readable, generated, "")})
+        generated = np.full(len(manifest), "", dtype=object)
+        rows = np.flatnonzero(readable)
+        generated[rows] = caption_rows(
+            system.linear_map(limber), lm, tokenizer, None if store is None else store.features, rows,
+            prompt=config.prompt, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+            device=limber.torch_device(), on_batch=lambda done, total: context.log.info(f"captioned {done}/{total}"),
+        )
+        table = pd.DataFrame({"image_id": manifest["image_id"], "caption": generated.astype(str)})
         path.parent.mkdir(parents=True, exist_ok=True)
         # The COCO results format, for any external scorer; the Parquet file, written last, marks completion.
         path.with_suffix(".json").write_text(json.dumps(

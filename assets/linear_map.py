@@ -125,6 +125,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         summary = {
             "settings": settings, "losses": result.losses, "train_rows": len(rows), "train_parts": parts,
             "resumed_from_step": result.resumed_from, "samples_per_second": round(result.samples_per_second, 2),
+            "shuffle_buffers": result.buffers,
         }
         mapping.save(local, extra={"backbone": backbone, "language_model": limber.language_model,
                                    "training": summary})
@@ -155,6 +156,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
             "first_loss": round(losses[0], 4),
             "final_loss": round(float(np.mean(losses[-20:])), 4),
             "samples_per_second": summary["samples_per_second"],
+            "shuffle_buffers": summary.get("shuffle_buffers", 0),
             "loss_curve": dg.MetadataValue.md(markdown_image(png, "loss curve")),
             "validation_captions": dg.MetadataValue.md(samples.to_markdown(index=False)),
         }

@@ -3,8 +3,6 @@
 from dataclasses import dataclass
 
 import dagster as dg
-import numpy as np
-import torch
 from upath import UPath
 
 from assets.datasets import manifests
@@ -14,7 +12,6 @@ from assets.linear_map import linear_map
 from assets.partitions import BLIND
 from assets.records import upstream_path
 from assets.resources import Limber
-from pipeline.decoding import image_tokens
 from pipeline.linear_map import LinearMap
 from storage import FeatureArray
 
@@ -50,13 +47,3 @@ class System:
 
     def features(self, limber: Limber, part: str) -> FeatureArray:
         return FeatureArray.read(str(limber.layout.image_features(self.name, part)))
-
-    def image_tokens(self, limber: Limber, part: str, rows, device: str) -> dict[int, torch.Tensor] | None:
-        """Projected image tokens of the given manifest rows of a part (None for blind)."""
-        mapping = self.linear_map(limber)
-        if mapping is None:
-            return None
-        rows = np.unique(np.asarray(rows))
-        features = self.features(limber, part).features.oindex[rows]
-        tokens = image_tokens(mapping, torch.from_numpy(np.asarray(features)), device)
-        return dict(zip(rows.tolist(), tokens))

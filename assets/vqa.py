@@ -11,7 +11,16 @@ from assets.records import upstream_path
 from assets.resources import Limber
 from assets.systems import SYSTEM_INPUTS, System
 from pipeline.metrics.vqa import vqa_accuracy
-from pipeline.vqa import SHOTS, answer_questions, draw_support, flatten_questions, sample_questions
+from pipeline.image_features import ChunkedRows
+from pipeline.vqa import (
+    SHOTS,
+    answer_questions,
+    draw_support,
+    flatten_questions,
+    pool_questions,
+    sample_questions,
+    support_pool,
+)
 from storage import config_hash
 from storage.layout import read_table, write_table
 
@@ -37,17 +46,24 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
         questions = sample_questions(
             flatten_questions(read_table(limber.layout.manifest(VQA_EVAL))), config.questions, config.seed
         )
-        train_questions = flatten_questions(read_table(limber.layout.manifest(VQA_SUPPORT)))
-        # Drawn from the seed alone: every system answers with the same solved examples.
+        support_manifest = read_table(limber.layout.manifest(VQA_SUPPORT))
+        # Solved examples come from a fixed pool of support images, the same for every system.
+        pool = support_pool(len(support_manifest), config.support_images, config.seed)
+        train_questions = pool_questions(flatten_questions(support_manifest), pool)
         support = draw_support(train_questions, len(questions), max(SHOTS), config.seed)
         device = limber.torch_device()
         lm, tokenizer, _ = limber.load_lm()
-        support_rows = train_questions["row"].to_numpy()[support[:, :shots].ravel()]
+        mapping = system.linear_map(limber)
+        features = support_features = None
+        if mapping is not None:
+            features = system.features(limber, VQA_EVAL).features
+            if shots:
+                support_store = system.features(limber, VQA_SUPPORT).features
+                support_features = ChunkedRows(support_store)[np.arange(pool.start, pool.stop)]
         answers = answer_questions(
-            lm, tokenizer, questions,
-            system.image_tokens(limber, VQA_EVAL, questions["row"].to_numpy(), device),
-            train_questions, system.image_tokens(limber, VQA_SUPPORT, support_rows, device) if shots else None,
-            support, shots=shots, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+            lm, tokenizer, questions, train_questions, support, shots=shots, batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens, linear_map=mapping, features=features,
+            support_features=support_features, device=device,
             on_batch=lambda done, total: context.log.info(f"answered {done}/{total}"),
         )
         columns = ["question_id", "image_id", "question", "answers", "answer_type", "prediction"]

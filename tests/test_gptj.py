@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, GPTJConfig, GPTJForCausalLM
 
-from pipeline.decoding import greedy_captions, image_tokens
+from pipeline.decoding import greedy_captions
 from pipeline.encoders import TokenLayout
 from pipeline.language_models import language_model_spec
 from pipeline.linear_map import LinearMap
@@ -39,7 +39,7 @@ def test_tiny_gpt_j_trains_captions_and_answers(prepared_lm, tmp_path):
 
     questions = pd.DataFrame({"row": [0, 1], "question": ["what color?", "what shape?"],
                               "answers": [["red"], ["square"]]})
-    tokens = dict(enumerate(image_tokens(linear_map, torch.from_numpy(features[:2]), "cpu")))
-    answers = answer_questions(lm, tokenizer, questions, tokens, questions, tokens, draw_support(questions, 2, 4, 0),
-                               shots=2, batch_size=2, max_new_tokens=2)
+    answers = answer_questions(lm, tokenizer, questions, questions, draw_support(questions, 2, 4, 0), shots=2,
+                               batch_size=2, max_new_tokens=2, linear_map=linear_map, features=features,
+                               support_features=features)
     assert len(answers) == 2

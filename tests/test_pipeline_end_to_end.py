@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import assets.captions
+import pipeline.captioning
 from assets.definitions import ALL_ASSETS
 from assets.partitions import (
     backbone_partitions,
@@ -149,7 +149,7 @@ def test_every_stage_runs_its_checks(materialized):
 def test_a_failing_blocking_check_stops_its_downstream(materialized, monkeypatch):
     """A model that captions nothing fails captions_non_empty; caption_metrics then does not run."""
     _, instance, resources, _ = materialized
-    monkeypatch.setattr(assets.captions, "greedy_captions", lambda mapping, lm, tokenizer, batch, **_: [""] * len(batch))
+    monkeypatch.setattr(pipeline.captioning, "greedy_captions", lambda mapping, lm, tokenizer, batch, **_: [""] * len(batch))
     key = dg.MultiPartitionKey({"system": "efficientnet_lite0_random", "split": "easy_vqa.val"})
     config = {"ops": {"captions": {"config": {"batch_size": 16, "max_new_tokens": 3}}}}  # new settings: recomputed
     result = dg.materialize(ALL_ASSETS, selection=["captions", "caption_metrics"], partition_key=key,

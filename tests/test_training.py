@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,16 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from pipeline.encoders import TokenLayout
 from pipeline.linear_map import LinearMap
-from pipeline.training import IGNORE, batch_plan, caption_labels, caption_tokens, lr_at, train_linear_map
+from pipeline.training import (
+    IGNORE,
+    batch_plan,
+    caption_labels,
+    caption_tokens,
+    lr_at,
+    train_linear_map,
+    training_batches,
+)
+from storage.feature_store import ConcatenatedFeatures, FeatureArray
 
 
 def test_labels_mask_image_positions_and_everything_after_the_first_eos():
@@ -109,3 +120,100 @@ def test_micro_batches_accumulate_to_the_full_batch(tiny_setup, tmp_path):
     assert accumulated.losses == pytest.approx(full.losses, rel=1e-4)
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(split.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+
+
+# --- Training from real Zarr stores, across shards and shuffle buffers --------------------------
+
+SHARD_ROWS, CHUNK_ROWS, DIM = (10, 9), 4, 8
+
+
+@pytest.fixture()
+def sharded_store(tmp_path):
+    """Two CC3M-like train shards in Zarr (4-row chunks, an unreadable image in each), read as one
+    array as the linear_map asset reads them: (array, trainable global rows, {global row: (shard, local row)})."""
+    rng = np.random.default_rng(0)
+    stores, rows, where = [], [], {}
+    for shard, count in enumerate(SHARD_ROWS):
+        store = FeatureArray.open(str(tmp_path / f"{shard:05d}.zarr"), [f"{shard}-{i}" for i in range(count)],
+                                  positions=1, dim=DIM, chunk_rows=CHUNK_ROWS)
+        for chunk in range(store.num_chunks()):
+            part = store.chunk_slice(chunk)
+            skipped = {part.start: "corrupt image"} if chunk == 1 else {}
+            store.write_chunk(chunk, rng.standard_normal((part.stop - part.start, 1, DIM)), skipped)
+        stores.append(store)
+    features = ConcatenatedFeatures(stores)
+    for shard, store in enumerate(stores):
+        local = np.flatnonzero(store.status == 1)
+        rows.append(features.global_rows(shard, local))
+        where.update({int(g): (shard, int(r)) for g, r in zip(rows[-1], local)})
+    return features, np.concatenate(rows), where
+
+
+def test_every_batch_is_the_stores_rows_across_buffers_and_shards(sharded_store):
+    features, rows, where = sharded_store
+    plan = batch_plan(rows, CHUNK_ROWS, 2, 1, seed=0)
+    buffers, shards = set(), set()
+    for (buffer, batch_rows, batch), (planned_buffer, planned) in zip(
+        training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0), itertools.islice(plan, 30)
+    ):
+        assert buffer == planned_buffer and np.array_equal(batch_rows, planned)
+        expected = [np.asarray(features.parts[where[r][0]].features[where[r][1]]) for r in batch_rows]
+        np.testing.assert_array_equal(batch, np.stack(expected))
+        buffers.add(buffer)
+        shards |= {where[r][0] for r in batch_rows}
+    assert len(buffers) >= 3 and shards == {0, 1}
+
+
+def test_a_resumed_run_skips_to_the_same_batches(sharded_store):
+    features, rows, _ = sharded_store
+    straight = list(itertools.islice(training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0), 12))
+    resumed = list(itertools.islice(training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0, start=5), 7))
+    for (_, a_rows, a), (_, b_rows, b) in zip(straight[5:], resumed):
+        assert np.array_equal(a_rows, b_rows) and np.array_equal(a, b)
+
+
+def test_training_on_zarr_shards_resumes_mid_buffer(sharded_store, tiny_gptj, tmp_path):
+    """Several buffers of one chunk over two shards (the released demo never needed a second
+    buffer, and crashed when it did); killed after a checkpoint that falls inside a buffer."""
+    features, rows, _ = sharded_store
+    lm, tokenizer = tiny_gptj
+    captions = [f"a {c} shape" for c in ("red", "blue", "teal", "gray")] * 6
+    plan = [buffer for buffer, _ in itertools.islice(batch_plan(rows, CHUNK_ROWS, 2, 1, seed=0), 9)]
+    assert len(set(plan)) >= 3 and plan[4] == plan[5]  # the step-5 checkpoint is inside a buffer
+
+    def train(directory, stop_after=None):
+        torch.manual_seed(1)
+        linear_map = LinearMap(DIM, 64, TokenLayout("pooled", 1, 2))
+
+        def on_step(step, loss):
+            if step == stop_after:
+                raise KeyboardInterrupt
+
+        result = train_linear_map(
+            linear_map, lm, tokenizer, features, captions, rows, steps=9, batch_size=2, lr=1e-2, warmup_steps=2,
+            weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0, max_caption_tokens=8, buffer_chunks=1, seed=0,
+            checkpoint_every=5, checkpoint_dir=directory, device="cpu", on_step=on_step,
+        )
+        return linear_map, result
+
+    straight, full = train(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", stop_after=7)
+    resumed, rest = train(tmp_path / "resumed")
+    assert rest.resumed_from == 5 and rest.steps_run == 4 and len(full.losses) == 9 and full.buffers >= 3
+    assert rest.losses == pytest.approx(full.losses, rel=1e-5)
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("rows, chunk_rows, batch_size, buffer_chunks, message", [
+    (np.array([], dtype=np.int64), 4, 2, 1, "0 trainable rows cannot fill one batch of 2"),
+    (np.arange(3), 4, 8, 4, "3 trainable rows cannot fill one batch of 8"),
+    (np.arange(100), 4, 16, 2, "2 chunks x 4 rows holds fewer rows than one batch of 16"),
+    # One usable row per chunk (the rest unreadable): no buffer of 2 chunks ever holds 3 rows.
+    (np.arange(0, 100, 10), 10, 3, 2, "no shuffle buffer of 2 chunks holds 3 trainable rows"),
+])
+def test_impossible_batch_plans_raise_naming_the_sizes(rows, chunk_rows, batch_size, buffer_chunks, message):
+    with pytest.raises(ValueError, match=message):
+        next(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed=0))

@@ -2,8 +2,7 @@
 
 import dagster as dg
 
-from assets.definitions import ALL_ASSETS
-from assets.partitions import register_dataset_parts
+from assets.materialize import materialize_all
 from assets.resources import Limber
 
 TINY = {
@@ -24,17 +23,11 @@ def tiny(asset: str) -> dict:
 
 
 def materialize_tiny(instance: dg.DagsterInstance, storage_root: str, keep=lambda asset, key: True, **resource) -> dict:
-    """Every asset, every partition that ``keep(asset name, key)`` accepts, in graph order; returns
-    {(asset name, partition key): result}. ``resource`` overrides fields of the Limber resource."""
-    limber = Limber(storage_root=str(storage_root), **resource)
-    register_dataset_parts(instance, limber.data_root)
-    resources = {"limber": limber}
-    results = {}
-    for asset in ALL_ASSETS:
-        keys = asset.partitions_def.get_partition_keys(dynamic_partitions_store=instance) if asset.partitions_def else [None]
-        for key in [k for k in keys if keep(asset.key.to_user_string(), k)]:
-            result = dg.materialize(ALL_ASSETS, selection=[asset], partition_key=key, instance=instance,
-                                    resources=resources, run_config=tiny(asset.key.to_user_string()))
-            assert result.success, f"{asset.key.to_user_string()}[{key}] failed"
-            results[(asset.key.to_user_string(), key)] = result
-    return results
+    """Every asset, every partition that ``keep(asset name, key)`` accepts, in graph order, by the
+    loop ``limber demo`` runs; returns {(asset name, partition key): result}. ``resource``
+    overrides fields of the Limber resource."""
+    steps = materialize_all(instance, {"limber": Limber(storage_root=str(storage_root), **resource)},
+                            run_config=tiny, keep=keep)
+    failed = [step.label for step in steps if not step.success]
+    assert not failed, f"{failed[0]} failed"
+    return {(step.asset, step.partition): step.result for step in steps}

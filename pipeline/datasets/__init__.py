@@ -55,6 +55,14 @@ def read_manifest(dataset: str, part: str, root=None, **options) -> ReadResult:
     return _reader(dataset).read_manifest(part, root=root, **options)
 
 
+def how_to_get(dataset: str, part: str) -> str:
+    """Where to get a dataset part's files and where to put them under the raw-data root."""
+    reader = _reader(dataset)
+    if hasattr(reader, "how_to_get"):
+        return reader.how_to_get(part)
+    return getattr(reader, "HOW_TO_GET", f"{dataset} ships with the project")
+
+
 def dataset_caption_metrics(dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict) -> dict[str, float]:
     """Caption metrics particular to a dataset (none for most), beside the standard ones."""
     reader = _reader(dataset)
@@ -69,6 +77,7 @@ __all__ = [
     "DatasetError",
     "ReadResult",
     "dataset_caption_metrics",
+    "how_to_get",
     "list_parts",
     "load_image",
     "read_manifest",

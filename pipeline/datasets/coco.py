@@ -39,6 +39,10 @@ KARPATHY_HOW_TO_GET = (
 )
 
 
+def how_to_get(part: str) -> str:
+    return KARPATHY_HOW_TO_GET if part in KARPATHY_PARTS else OFFICIAL_HOW_TO_GET
+
+
 def list_parts(root) -> list[str]:
     directory = dataset_dir(root, "coco")
     parts = [split for split in OFFICIAL_SPLITS if _official_file(directory, split).is_file()]

@@ -1,0 +1,27 @@
+"""What the active profile needs before a whole-graph run: weights and dataset files, checked
+without building a model, so ``limber demo`` says everything missing at once instead of failing
+midway through the graph."""
+
+from assets.config import PROFILE
+from assets.partitions import PROFILE_PARTS, dataset_part, discover_parts, in_prefix
+from assets.resources import Limber
+from pipeline.datasets import how_to_get
+from pipeline.encoders import backbone_spec
+from pipeline.language_models import language_model_spec
+
+
+def preflight(limber: Limber) -> list[str]:
+    """One line per missing piece, naming it and where it goes; empty when the profile can run."""
+    problems = []
+    for name in PROFILE["models"]["backbones"]:
+        if missing := backbone_spec(name).missing_weights():
+            problems.append(f"backbone {name}: {missing}")
+    if missing := language_model_spec(limber.language_model).missing_weights():
+        problems.append(f"language model {limber.language_model}: {missing}")
+    present = discover_parts(limber.data_root)
+    for entry in sorted(set(PROFILE_PARTS)):
+        if not any(in_prefix(part, entry) for part in present):
+            dataset, part = dataset_part(entry)
+            problems.append(f"dataset part {entry}: no files under {limber.data_root}/{dataset}. "
+                            f"{how_to_get(dataset, part.split('.')[0])}")
+    return problems
