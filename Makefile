@@ -31,6 +31,7 @@ browser:
 		chromium fonts-liberation >/dev/null) || echo "Chromium not installed: tests/test_ui.py will skip"
 
 test: setup browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 ui: setup $(DAGSTER_HOME)/dagster.yaml

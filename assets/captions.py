@@ -12,8 +12,8 @@ from assets.partitions import caption_partitions, dataset_part
 from assets.records import upstream_path
 from assets.resources import Limber
 from assets.systems import SYSTEM_INPUTS, System
-from pipeline.datasets import dataset_caption_metrics, load_image
 from pipeline.captioning import caption_rows
+from pipeline.datasets import dataset_caption_metrics, load_image
 from pipeline.metrics.captions import caption_metrics as score_captions
 from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s
 from storage import config_hash

@@ -11,48 +11,55 @@ import os
 import dagster as dg
 from pydantic import Field
 
-PROFILES: dict[str, dict[str, dict]] = {
-    "default": {
-        "models": {"backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "language_model": "smollm2-135m"},
-        # Dataset parts are "dataset.split[.shard]" keys; "train" names a prefix: every shard under it.
-        "datasets": {
-            "train": "easy_vqa.train", "validation": "easy_vqa.val", "captioning": ["easy_vqa.val", "easy_vqa.test"],
-            "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
-        },
-        "extraction": {"batch_size": 16, "chunk_rows": 256},
-        "training": {
-            "steps": 120, "batch_size": 16, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
-            "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
-            "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50, "sample_captions": 8,
-        },
-        # A 135M LM continues "A picture of" with its own prior and mostly ignores the image tokens
-        # (see the linear_map asset's validation captions, which show both prompts), so the embedded
-        # demo captions from the image tokens alone, as it was trained.
-        "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
-        "vqa": {"questions": 150, "seed": 0, "batch_size": 25, "max_new_tokens": 4, "support_images": 0},
+# The embedded demo: easy-vqa, EfficientNet-Lite0 (and its random twin), SmolLM2-135M, 2 CPU cores.
+DEFAULT: dict[str, dict] = {
+    "models": {"backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "language_model": "smollm2-135m"},
+    # Dataset parts are "dataset.split[.shard]" keys; "train" names a prefix: every shard under it.
+    "datasets": {
+        "train": "easy_vqa.train", "validation": "easy_vqa.val", "captioning": ["easy_vqa.val", "easy_vqa.test"],
+        "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
     },
-    "paper": {
-        # LiMBeR's backbones, GPT-J, data and training recipe.
-        "models": {
-            "backbones": ["clip_rn50x16", "nfrn50", "nfrn50_random", "beit_large", "beit_large_ft"],
-            "language_model": "gpt-j-6b",
-        },
-        "datasets": {
-            "train": "cc3m.train", "validation": "cc3m.val", "captioning": ["coco.karpathy_test", "nocaps.val"],
-            "vqa": "vqav2.val", "vqa_support": "vqav2.train", "val_size": 0, "seed": 0,
-        },
-        "extraction": {"batch_size": 64, "chunk_rows": 1024},
-        "training": {
-            # 15,000 steps at an effective batch of about 2048 on 16 A100s.
-            "steps": 15000, "batch_size": 2048, "micro_batch_size": 16, "lr": 8e-4, "warmup_steps": 100, "weight_decay": 0.0,
-            "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 64,
-            "buffer_chunks": 16, "seed": 0, "checkpoint_every": 500, "sample_captions": 8,
-        },
-        "captioning": {"prompt": "A picture of", "max_new_tokens": 30, "batch_size": 64},
-        # Solved examples from a pool of 1,024 VQAv2 train images (CLIP features: about 0.9 GB in memory).
-        "vqa": {"questions": 0, "seed": 0, "batch_size": 32, "max_new_tokens": 10, "support_images": 1024},
+    "extraction": {"batch_size": 16, "chunk_rows": 256},
+    "training": {
+        "steps": 120, "batch_size": 16, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
+        "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
+        "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50, "sample_captions": 8, "log_every": 50,
     },
-}
+    # A 135M LM continues "A picture of" with its own prior and mostly ignores the image tokens
+    # (see the linear_map asset's validation captions, which show both prompts), so the embedded
+    # demo captions from the image tokens alone, as it was trained.
+    "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
+    "vqa": {"questions": 150, "seed": 0, "batch_size": 25, "max_new_tokens": 4, "support_images": 0},
+}  # fmt: skip
+
+# LiMBeR's backbones, GPT-J, data and recipe (NOTES section 1), as differences from the default.
+PAPER_CHANGES: dict[str, dict] = {
+    "models": {
+        "backbones": ["clip_rn50x16", "nfrn50", "nfrn50_random", "beit_large", "beit_large_ft"],
+        "language_model": "gpt-j-6b",
+    },
+    "datasets": {
+        "train": "cc3m.train", "validation": "cc3m.val", "captioning": ["coco.karpathy_test", "nocaps.val"],
+        "vqa": "vqav2.val", "vqa_support": "vqav2.train", "val_size": 0,
+    },
+    "extraction": {"batch_size": 64, "chunk_rows": 1024},
+    # 15,000 steps at an effective batch of about 2048 (16 A100s in the paper; here 128 micro-batches of 16).
+    "training": {
+        "steps": 15000, "batch_size": 2048, "micro_batch_size": 16, "lr": 8e-4, "warmup_steps": 100,
+        "max_caption_tokens": 64, "buffer_chunks": 16, "checkpoint_every": 500,
+    },
+    "captioning": {"prompt": "A picture of", "max_new_tokens": 30, "batch_size": 64},
+    # All VQAv2 val questions; solved examples from a pool of 1,024 VQAv2 train images (CLIP
+    # features: about 0.9 GB in memory).
+    "vqa": {"questions": 0, "batch_size": 32, "max_new_tokens": 10, "support_images": 1024},
+}  # fmt: skip
+
+
+def _with_changes(base: dict[str, dict], changes: dict[str, dict]) -> dict[str, dict]:
+    return {section: {**values, **changes.get(section, {})} for section, values in base.items()}
+
+
+PROFILES: dict[str, dict[str, dict]] = {"default": DEFAULT, "paper": _with_changes(DEFAULT, PAPER_CHANGES)}
 # Nightly re-evaluation (03:00 in the schedule's timezone); LIMBER_EVAL_CRON overrides it.
 EVALUATION_CRON = os.environ.get("LIMBER_EVAL_CRON", "0 3 * * *")
 
@@ -83,8 +90,10 @@ class ExtractionConfig(dg.Config):
 class TrainingConfig(dg.Config):
     steps: int = PROFILE["training"]["steps"]
     batch_size: int = PROFILE["training"]["batch_size"]
-    micro_batch_size: int = Field(PROFILE["training"]["micro_batch_size"],
-                                  description="examples per forward pass; gradients accumulate to batch_size (0: all)")
+    micro_batch_size: int = Field(
+        PROFILE["training"]["micro_batch_size"],
+        description="examples per forward pass; gradients accumulate to batch_size (0: all)",
+    )
     lr: float = Field(PROFILE["training"]["lr"], description="peak AdamW learning rate")
     warmup_steps: int = PROFILE["training"]["warmup_steps"]
     weight_decay: float = PROFILE["training"]["weight_decay"]
@@ -97,6 +106,7 @@ class TrainingConfig(dg.Config):
     seed: int = PROFILE["training"]["seed"]
     checkpoint_every: int = PROFILE["training"]["checkpoint_every"]
     sample_captions: int = Field(PROFILE["training"]["sample_captions"], description="validation captions in metadata")
+    log_every: int = Field(PROFILE["training"]["log_every"], description="steps between loss lines in the log")
 
 
 class CaptioningConfig(dg.Config):
@@ -110,9 +120,13 @@ class VqaConfig(dg.Config):
     seed: int = Field(PROFILE["vqa"]["seed"], description="seed of the subset and of the solved examples")
     batch_size: int = PROFILE["vqa"]["batch_size"]
     max_new_tokens: int = PROFILE["vqa"]["max_new_tokens"]
-    support_images: int = Field(PROFILE["vqa"]["support_images"],
-                                description="solved examples come from a seeded run of this many support images (0: all)")
+    support_images: int = Field(
+        PROFILE["vqa"]["support_images"],
+        description="solved examples come from a seeded run of this many support images (0: all)",
+    )
 
 
 class CaptionMetricsConfig(dg.Config):
-    clip_weights: str = Field("", description="local file of open_clip ViT-B-32-quickgelu OpenAI weights (else HF cache)")
+    clip_weights: str = Field(
+        "", description="local file of open_clip ViT-B-32-quickgelu OpenAI weights (else HF cache)"
+    )

@@ -29,7 +29,9 @@ GPU_TAGS = {
 }
 
 # Every step pod starts from this; GPU_TAGS are merged over it (deep merge) for GPU steps.
-STEP_K8S_CONFIG = {"container_config": {"resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}}}
+STEP_K8S_CONFIG = {
+    "container_config": {"resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}}
+}
 
 
 def executor_name() -> str:

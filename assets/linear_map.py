@@ -83,7 +83,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
     """
     backbone = context.partition_key
     spec = backbone_spec(backbone)
-    settings = config.model_dump()
+    settings = config.model_dump(exclude={"log_every"})  # what the weights depend on
     registered = registered_parts(context.instance, TRAIN)
     parts = [p for p in registered
              if latest_materialization(context.instance, "image_features",
@@ -113,13 +113,32 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         mapping = LinearMap(spec.feature_dim, lm_description["hidden_size"], spec.layout, dropout=config.dropout)
         context.log.info(f"training on {len(rows)} cached {backbone} features from {len(parts)} parts "
                          f"for {config.steps} steps on {device}")
+        def log_loss(step: int, loss: float) -> None:
+            if step % config.log_every == 0:
+                context.log.info(f"step {step}: loss {loss:.4f}")
+
         result = train_linear_map(
-            mapping, lm, tokenizer, features, captions, rows,
-            steps=config.steps, batch_size=config.batch_size, micro_batch_size=config.micro_batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
-            weight_decay=config.weight_decay, betas=(config.beta1, config.beta2), grad_clip=config.grad_clip,
-            max_caption_tokens=config.max_caption_tokens, buffer_chunks=config.buffer_chunks, seed=config.seed,
-            checkpoint_every=config.checkpoint_every, checkpoint_dir=local / "checkpoint", device=device,
-            on_step=lambda step, loss: (step % 50 == 0) and context.log.info(f"step {step}: loss {loss:.4f}"),
+            mapping,
+            lm,
+            tokenizer,
+            features,
+            captions,
+            rows,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            micro_batch_size=config.micro_batch_size,
+            lr=config.lr,
+            warmup_steps=config.warmup_steps,
+            weight_decay=config.weight_decay,
+            betas=(config.beta1, config.beta2),
+            grad_clip=config.grad_clip,
+            max_caption_tokens=config.max_caption_tokens,
+            buffer_chunks=config.buffer_chunks,
+            seed=config.seed,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_dir=local / "checkpoint",
+            device=device,
+            on_step=log_loss,
             on_checkpoint=mirror.push,
         )
         summary = {

@@ -45,13 +45,24 @@ def materialize_all(
     steps = []
     for asset in ALL_ASSETS:
         name = asset.key.to_user_string()
-        keys = asset.partitions_def.get_partition_keys(dynamic_partitions_store=instance) if asset.partitions_def else [None]
+        keys = (
+            asset.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+            if asset.partitions_def
+            else [None]
+        )
         for key in [k for k in keys if keep(name, k)]:
             on_start(f"{name}[{key}]" if key else name)
             started = time.perf_counter()
-            result = dg.materialize(ALL_ASSETS, selection=[asset], partition_key=key, instance=instance,
-                                    resources=resources, run_config=run_config(name), raise_on_error=False,
-                                    tags=tags)
+            result = dg.materialize(
+                ALL_ASSETS,
+                selection=[asset],
+                partition_key=key,
+                instance=instance,
+                resources=resources,
+                run_config=run_config(name),
+                raise_on_error=False,
+                tags=tags,
+            )
             metadata = {}
             for event in result.get_asset_materialization_events():
                 metadata = {k: v.value for k, v in event.materialization.metadata.items()}

@@ -1,6 +1,6 @@
 """The tables analysts read: one tidy long table, and a wide comparison shaped like the paper's."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
@@ -11,11 +11,11 @@ from assets.partitions import VQA_EVAL, caption_partitions, dataset_part, vqa_pa
 from assets.records import latest_materialization
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
+from pipeline.metrics.table import comparison_table, metrics_bar_chart
+from pipeline.plots import markdown_image
 from storage.layout import read_table, storage_path, write_table
 
 TABLE_COMPLETE = "table_complete"
-from pipeline.metrics.table import comparison_table, metrics_bar_chart
-from pipeline.plots import markdown_image
 
 
 def _latest(context, asset, partitions_def) -> list[tuple[dict, object, float]]:
@@ -51,7 +51,7 @@ def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
                     "backbone": keys["system"], "lm": limber.language_model, "dataset": dataset, "split": split,
                     "task": task, "metric": record["metric"], "shots": int(keys.get("shots", 0)),
                     "value": float(record["value"]), "n": int(record["n"]), "note": record["note"],
-                    "materialized_at": datetime.fromtimestamp(timestamp, tz=timezone.utc),
+                    "materialized_at": datetime.fromtimestamp(timestamp, tz=UTC),
                     "config_hash": path.parent.name,
                 })
     if not rows:

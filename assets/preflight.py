@@ -22,6 +22,8 @@ def preflight(limber: Limber) -> list[str]:
     for entry in sorted(set(PROFILE_PARTS)):
         if not any(in_prefix(part, entry) for part in present):
             dataset, part = dataset_part(entry)
-            problems.append(f"dataset part {entry}: no files under {limber.data_root}/{dataset}. "
-                            f"{how_to_get(dataset, part.split('.')[0])}")
+            problems.append(
+                f"dataset part {entry}: no files under {limber.data_root}/{dataset}. "
+                f"{how_to_get(dataset, part.split('.')[0])}"
+            )
     return problems

@@ -15,7 +15,8 @@ from storage.layout import LocalMirror
 class Limber(dg.ConfigurableResource):
     storage_root: str = Field(
         default=os.environ.get("LIMBER_STORAGE", "data"),
-        description="root of every stored artifact: a folder or an fsspec URL such as s3://bucket/prefix (LIMBER_STORAGE)",
+        description="root of every stored artifact: a folder or an fsspec URL such as s3://bucket/prefix "
+        "(LIMBER_STORAGE)",
     )
     data_root: str = Field(
         default=os.environ.get("LIMBER_DATA", "datasets"),

@@ -10,8 +10,8 @@ from assets.partitions import VQA_EVAL, VQA_SUPPORT, vqa_partitions
 from assets.records import upstream_path
 from assets.resources import Limber
 from assets.systems import SYSTEM_INPUTS, System
-from pipeline.metrics.vqa import vqa_accuracy
 from pipeline.image_features import ChunkedRows
+from pipeline.metrics.vqa import vqa_accuracy
 from pipeline.vqa import (
     SHOTS,
     answer_questions,

@@ -25,7 +25,9 @@ def sample_photos(directory: Path, count: int) -> list[str]:
     """Real photographs that ship in scikit-image, written as JPEG files."""
     import skimage.data
 
-    photos = [getattr(skimage.data, name)() for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field")]
+    photos = [
+        getattr(skimage.data, name)() for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field")
+    ]
     paths = []
     for i in range(count):
         path = directory / f"{i}.jpg"
@@ -41,7 +43,9 @@ def stored_bytes(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "clip_rn50x16", "nfrn50", "beit_large"])
+    parser.add_argument(
+        "--backbones", nargs="+", default=["efficientnet_lite0", "clip_rn50x16", "nfrn50", "beit_large"]
+    )
     parser.add_argument("--chunk-rows", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,8 +64,12 @@ def main() -> None:
             extract_image_features(backbone, paths, store, device="cpu", batch_size=8)
             raw = spec.layout.positions * spec.feature_dim * 2
             stored = stored_bytes(store_path) / len(paths)
-            print(f"| `{name}` | {weights} | {spec.layout.positions} x {spec.feature_dim} | {raw:,} ({raw / 2**10:,.1f} KiB) "
-                  f"| {stored:,.0f} ({stored / raw:.0%} of raw) | {stored * CC3M_IMAGES / 1e9:,.1f} GB |", flush=True)
+            print(
+                f"| `{name}` | {weights} | {spec.layout.positions} x {spec.feature_dim} | "
+                f"{raw:,} ({raw / 2**10:,.1f} KiB) "
+                f"| {stored:,.0f} ({stored / raw:.0%} of raw) | {stored * CC3M_IMAGES / 1e9:,.1f} GB |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -42,15 +42,23 @@ def caption_rows(
     rows = np.asarray(rows, dtype=np.int64)
     if linear_map is None:
         # Every blind prompt is the same and decoding is greedy: one generation serves all.
-        (caption,) = greedy_captions(None, lm, tokenizer, torch.zeros(1, 0), prompt=blind_prompt(prompt, tokenizer),
-                                     max_new_tokens=max_new_tokens, device=device)
+        (caption,) = greedy_captions(
+            None,
+            lm,
+            tokenizer,
+            torch.zeros(1, 0),
+            prompt=blind_prompt(prompt, tokenizer),
+            max_new_tokens=max_new_tokens,
+            device=device,
+        )
         return [caption] * len(rows)
     reader = ChunkedRows(features)
     captions: list[str] = []
     for start in range(0, len(rows), batch_size):
         batch = torch.from_numpy(reader[rows[start : start + batch_size]])
-        captions += greedy_captions(linear_map, lm, tokenizer, batch, prompt=prompt, max_new_tokens=max_new_tokens,
-                                    device=device)
+        captions += greedy_captions(
+            linear_map, lm, tokenizer, batch, prompt=prompt, max_new_tokens=max_new_tokens, device=device
+        )
         if on_batch:
             on_batch(len(captions), len(rows))
     return captions

@@ -241,9 +241,22 @@ class _BeitPatches(nn.Module):
         return self.beit(pixel_values=images).last_hidden_state[:, 1:]
 
 
+# BEiT-Large as released: 24 layers, width 1024, 16 heads, shared relative position bias.
+BEIT_LARGE_CONFIG = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                         use_shared_relative_position_bias=True, use_mask_token=True, layer_scale_init_value=1e-5)
+
+
+def beit_pt22k_processor():
+    """The pt22k checkpoints' image processor: 224 px bilinear, no crop, mean/std 0.5."""
+    from transformers import BeitImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    return BeitImageProcessor(size={"height": 224, "width": 224}, resample=PILImageResampling.BILINEAR,
+                              do_center_crop=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
 def _beit(weights: Weights, pretrained: bool) -> tuple[nn.Module, Callable]:
     from transformers import BeitConfig, BeitImageProcessor, BeitModel
-    from transformers.image_utils import PILImageResampling
 
     if pretrained:
         source = weights.local() or weights.repo
@@ -254,13 +267,8 @@ def _beit(weights: Weights, pretrained: bool) -> tuple[nn.Module, Callable]:
         except OSError as error:
             raise weights.error(error) from error
     else:
-        # BEiT-Large as released: 24 layers, width 1024, 16 heads, shared relative position bias.
-        config = BeitConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                            use_shared_relative_position_bias=True, use_mask_token=True, layer_scale_init_value=1e-5)
-        model = _seeded(0, lambda: BeitModel(config, add_pooling_layer=False))
-        # The pt22k checkpoints' image processor: 224 px bilinear, no crop, mean/std 0.5.
-        processor = BeitImageProcessor(size={"height": 224, "width": 224}, resample=PILImageResampling.BILINEAR,
-                                       do_center_crop=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        model = _seeded(0, lambda: BeitModel(BeitConfig(**BEIT_LARGE_CONFIG), add_pooling_layer=False))
+        processor = beit_pt22k_processor()
     return _BeitPatches(model), lambda image: processor(image, return_tensors="pt")["pixel_values"][0]
 
 

@@ -65,7 +65,9 @@ class ExtractionStats:
 
 
 @torch.inference_mode()
-def encode_images(backbone: Backbone, paths: list[str], device: str, batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
+def encode_images(
+    backbone: Backbone, paths: list[str], device: str, batch_size: int
+) -> tuple[np.ndarray, dict[int, str]]:
     """Features (len(paths), positions, dim) for a list of image files; unreadable files give zero
     rows and a reason keyed by their index in ``paths``."""
     layout = backbone.spec.layout

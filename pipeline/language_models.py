@@ -139,8 +139,10 @@ def prepare_language_model(name: str, directory: str | Path) -> dict:
         try:
             AutoConfig.from_pretrained(checkpoint)
         except OSError as error:
-            raise FileNotFoundError(f"language model {name!r} not found locally: {spec.install_hint}"
-                                    + (f" (or set {spec.weights.env} to a local copy)" if spec.weights else "")) from error
+            raise FileNotFoundError(
+                f"language model {name!r} not found locally: {spec.install_hint}"
+                + (f" (or set {spec.weights.env} to a local copy)" if spec.weights else "")
+            ) from error
     config = AutoConfig.from_pretrained(_resolve(directory, checkpoint))
     description = {
         "name": name,

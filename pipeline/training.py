@@ -49,7 +49,9 @@ def caption_labels(caption_ids: torch.Tensor, num_image_tokens: int, eos_id: int
     return torch.cat([image, labels], dim=1)
 
 
-def batch_plan(rows: np.ndarray, chunk_rows: int, batch_size: int, buffer_chunks: int, seed: int) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+def batch_plan(
+    rows: np.ndarray, chunk_rows: int, batch_size: int, buffer_chunks: int, seed: int
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Endless shuffled batches of row indices that never need the whole array in memory.
 
     Each epoch visits the storage chunks in a seeded random order, ``buffer_chunks`` at a time, and

@@ -49,7 +49,9 @@ def truncate_answer(answer: str, gt_answers: list[str]) -> str:
     return " ".join(answer.split()[:words])
 
 
-def vqa_prompt(image: torch.Tensor | None, question: str, support: list[tuple[torch.Tensor | None, str, str]]) -> list[Segment]:
+def vqa_prompt(
+    image: torch.Tensor | None, question: str, support: list[tuple[torch.Tensor | None, str, str]]
+) -> list[Segment]:
     segments: list[Segment] = []
     for support_image, support_question, support_answer in support:
         if support_image is not None:

@@ -44,9 +44,11 @@ class Weights:
         return f"not in the Hugging Face cache. {self.how_to_get()}"
 
     def how_to_get(self) -> str:
-        return (f"{self.name} needs {self.what} (Hugging Face repo {self.repo}): fetch them into the Hugging Face "
-                f"cache on a machine with network (huggingface-cli download {self.repo}; HF_HOME says where the "
-                f"cache is), or set {self.env} to a local copy.")
+        return (
+            f"{self.name} needs {self.what} (Hugging Face repo {self.repo}): fetch them into the Hugging Face "
+            f"cache on a machine with network (huggingface-cli download {self.repo}; HF_HOME says where the "
+            f"cache is), or set {self.env} to a local copy."
+        )
 
     def error(self, cause: Exception) -> FileNotFoundError:
         """The error to raise when loading failed."""

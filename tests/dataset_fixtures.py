@@ -123,6 +123,31 @@ def write_cc3m_shards(root: Path) -> dict[str, Planted]:
     return planted
 
 
+def write_cc3m_training_shards(root: Path, train_shards: int = 3, val_shards: int = 1, samples: int = 6) -> list[str]:
+    """Clean img2dataset shards for training runs: ``samples`` photos-like images per shard (each
+    of its own colours) with captions naming them; returns the part keys written."""
+    directory = root.resolve() / "cc3m"
+    colours = {"red": (200, 30, 30), "green": (30, 160, 60), "blue": (40, 60, 200), "yellow": (220, 200, 40)}
+    parts, index = [], 0
+    for split, count in (("train", train_shards), ("val", val_shards)):
+        for shard in range(count):
+            path = directory / split / f"{shard:05d}.tar"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(path, "w") as tar:
+                for _ in range(samples):
+                    name, rgb = list(colours.items())[index % len(colours)]
+                    pixels = np.clip(np.random.default_rng(index).normal(rgb, 25, (48, 64, 3)), 0, 255)
+                    buffer = io.BytesIO()
+                    Image.fromarray(pixels.astype(np.uint8)).save(buffer, "JPEG")
+                    key = f"{index:09d}"
+                    _add_member(tar, f"{key}.jpg", buffer.getvalue())
+                    _add_member(tar, f"{key}.txt", f"a {name} picture of a field".encode())
+                    _add_member(tar, f"{key}.json", json.dumps({"key": key, "status": "success"}).encode())
+                    index += 1
+            parts.append(f"cc3m.{split}.{shard:05d}")
+    return parts
+
+
 def write_cc3m_tsv(root: Path) -> dict[str, Planted]:
     """The released TSVs and images/{split}/{row:09d}.jpg; parts assume rows_per_part=4."""
     directory = root.resolve() / "cc3m"
@@ -146,7 +171,9 @@ def write_cc3m_tsv(root: Path) -> dict[str, Planted]:
     planted = {}
     for split, lines, file_name in (("train", train, "Train_GCC-training.tsv"),
                                     ("val", val, "Validation_GCC-1.1.0-Validation.tsv")):
-        (directory / file_name).write_bytes(b"\n".join(line for line, _, _ in lines) + (b"\n" if split == "val" else b""))
+        (directory / file_name).write_bytes(
+            b"\n".join(line for line, _, _ in lines) + (b"\n" if split == "val" else b"")
+        )
         for row, (line, kind, reason) in enumerate(lines):
             part = planted.setdefault(f"{split}.{row // 4:05d}", Planted())
             image_id = f"{row:09d}"
@@ -343,7 +370,9 @@ def write_vqav2(root: Path) -> dict[str, Planted]:
             questions.add({"image_id": 1, "question_id": 12}, "missing key 'question'")
             questions.add({"image_id": 1, "question": "Is it sunny again?", "question_id": 10},
                           "duplicate question id 10")
-            questions.add({"image_id": 9, "question": "Which image?", "question_id": 90}, "its annotation about image 99")
+            questions.add(
+                {"image_id": 9, "question": "Which image?", "question_id": 90}, "its annotation about image 99"
+            )
             annotations.add({**good, "image_id": 99, "question_id": 90})
             annotations.add({"image_id": 1, "answer_type": "other", "answers": vqa_answers(yes)},
                             "missing key 'question_id'")

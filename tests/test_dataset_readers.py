@@ -79,7 +79,9 @@ def test_every_manifest_image_loads_as_rgb_or_gives_a_reason(written):
                     assert image.getpixel((0, 0)) == (255, 255, 255)
 
 
-@pytest.mark.parametrize("kind", ["rgb", "gray", "gray16", "cmyk", "rgba", "palette", "truncated", "corrupt", "missing"])
+@pytest.mark.parametrize(
+    "kind", ["rgb", "gray", "gray16", "cmyk", "rgba", "palette", "truncated", "corrupt", "missing"]
+)
 def test_load_image_kinds(tmp_path, kind):
     image, reason = load_image(str(write_image(tmp_path / f"image.{kind}", kind)))
     if kind in UNREADABLE:

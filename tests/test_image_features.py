@@ -46,7 +46,9 @@ def subset(easy_vqa_val, tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(subset, tmp_path_factory):
     manifest, _ = subset
-    store = FeatureArray.open(str(tmp_path_factory.mktemp("a") / "f.zarr"), manifest["image_id"].tolist(), 1, 1280, CHUNK)
+    store = FeatureArray.open(
+        str(tmp_path_factory.mktemp("a") / "f.zarr"), manifest["image_id"].tolist(), 1, 1280, CHUNK
+    )
     stats = extract_image_features(create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(),
                                    store, device="cpu", batch_size=8)
     return store, stats

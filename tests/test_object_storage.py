@@ -59,8 +59,12 @@ def test_every_artifact_lives_in_the_bucket(s3_server, tmp_path):
     assert event.materialization.metadata["path"].value == f"{ROOT}/metrics/metrics.parquet"
 
     # A rerun from another machine's empty cache reuses what the bucket holds.
-    rerun = materialize_tiny(instance, ROOT, keep=lambda asset, key: asset == "linear_map" and key == "efficientnet_lite0",
-                             cache_dir=str(tmp_path / "other-cache"))
+    rerun = materialize_tiny(
+        instance,
+        ROOT,
+        keep=lambda asset, key: asset == "linear_map" and key == "efficientnet_lite0",
+        cache_dir=str(tmp_path / "other-cache"),
+    )
     (event,) = rerun[("linear_map", "efficientnet_lite0")].get_asset_materialization_events()
     assert event.materialization.metadata["reused"].value is True
 

@@ -108,9 +108,14 @@ def test_metric_tables_for_analysts(materialized):
 
 def test_rematerializing_unchanged_reuses_everything(materialized):
     _, instance, resources, _ = materialized
-    features = dg.materialize(ALL_ASSETS, selection=["image_features"], instance=instance, resources=resources,
-                              partition_key=dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": "easy_vqa.val"}),
-                              run_config=tiny("image_features"))
+    features = dg.materialize(
+        ALL_ASSETS,
+        selection=["image_features"],
+        instance=instance,
+        resources=resources,
+        partition_key=dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": "easy_vqa.val"}),
+        run_config=tiny("image_features"),
+    )
     assert _metadata(features)["chunks_computed"] == 0
     trained = dg.materialize(ALL_ASSETS, selection=["linear_map"], instance=instance, resources=resources,
                              partition_key="efficientnet_lite0", run_config=tiny("linear_map"))
@@ -149,7 +154,9 @@ def test_every_stage_runs_its_checks(materialized):
 def test_a_failing_blocking_check_stops_its_downstream(materialized, monkeypatch):
     """A model that captions nothing fails captions_non_empty; caption_metrics then does not run."""
     _, instance, resources, _ = materialized
-    monkeypatch.setattr(pipeline.captioning, "greedy_captions", lambda mapping, lm, tokenizer, batch, **_: [""] * len(batch))
+    monkeypatch.setattr(
+        pipeline.captioning, "greedy_captions", lambda mapping, lm, tokenizer, batch, **_: [""] * len(batch)
+    )
     key = dg.MultiPartitionKey({"system": "efficientnet_lite0_random", "split": "easy_vqa.val"})
     config = {"ops": {"captions": {"config": {"batch_size": 16, "max_new_tokens": 3}}}}  # new settings: recomputed
     result = dg.materialize(ALL_ASSETS, selection=["captions", "caption_metrics"], partition_key=key,

@@ -167,7 +167,9 @@ def test_every_batch_is_the_stores_rows_across_buffers_and_shards(sharded_store)
 def test_a_resumed_run_skips_to_the_same_batches(sharded_store):
     features, rows, _ = sharded_store
     straight = list(itertools.islice(training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0), 12))
-    resumed = list(itertools.islice(training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0, start=5), 7))
+    resumed = list(
+        itertools.islice(training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0, start=5), 7)
+    )
     for (_, a_rows, a), (_, b_rows, b) in zip(straight[5:], resumed):
         assert np.array_equal(a_rows, b_rows) and np.array_equal(a, b)
 

@@ -63,7 +63,9 @@ def how_to_get(dataset: str, part: str) -> str:
     return getattr(reader, "HOW_TO_GET", f"{dataset} ships with the project")
 
 
-def dataset_caption_metrics(dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict) -> dict[str, float]:
+def dataset_caption_metrics(
+    dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict
+) -> dict[str, float]:
     """Caption metrics particular to a dataset (none for most), beside the standard ones."""
     reader = _reader(dataset)
     if not hasattr(reader, "caption_metrics"):

@@ -119,7 +119,9 @@ def _read_karpathy(directory, splits: tuple[str, ...]) -> ReadResult:
         record = f"images[{index}]"
         split = image.get("split") if isinstance(image, dict) else None
         if split not in KARPATHY_SPLITS:
-            skipped.append(skipped_record(path, record, f"unknown split {split!r}, expected one of {sorted(KARPATHY_SPLITS)}"))
+            skipped.append(
+                skipped_record(path, record, f"unknown split {split!r}, expected one of {sorted(KARPATHY_SPLITS)}")
+            )
             continue
         if split not in splits:
             continue

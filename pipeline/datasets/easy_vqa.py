@@ -166,7 +166,9 @@ def read_manifest(part: str, *, root=None, val_size: int, seed: int) -> ReadResu
     return ReadResult(train if part == "train" else val, [])
 
 
-def caption_metrics(manifest: pd.DataFrame, references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
+def caption_metrics(
+    manifest: pd.DataFrame, references: dict[str, list[str]], candidates: dict[str, str]
+) -> dict[str, float]:
     """Share of captions that name the image's colour, its shape, and both (x100); the references
     say both, so the manifest is not needed."""
     hits = {"colour": 0, "shape": 0, "colour+shape": 0}

@@ -46,7 +46,9 @@ def clip_s(image_embeddings: np.ndarray, candidate_embeddings: np.ndarray) -> np
     return WEIGHT * np.maximum(cos, 0.0)
 
 
-def ref_clip_s(clip_scores: np.ndarray, candidate_embeddings: np.ndarray, reference_embeddings: list[np.ndarray]) -> np.ndarray:
+def ref_clip_s(
+    clip_scores: np.ndarray, candidate_embeddings: np.ndarray, reference_embeddings: list[np.ndarray]
+) -> np.ndarray:
     """Per-image RefCLIP-S from CLIP-S, candidate embeddings (N, d) and each image's references (R_i, d)."""
     candidates = _normalise(candidate_embeddings)
     ref_scores = np.array([

@@ -13,6 +13,11 @@ CAPTION_COLUMNS = ["CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L", "CLIP-S", "RefCLIP-
 def comparison_table(tidy: pd.DataFrame) -> pd.DataFrame:
     """One row per backbone; columns like 'test CIDEr-D' and 'VQA 0-shot'."""
     captions = tidy[(tidy["task"] == "captioning") & tidy["metric"].isin(CAPTION_COLUMNS)]
+    # Splits are named by their dataset too when several datasets are captioned (NoCaps "val" is not COCO's).
+    several = captions["dataset"].nunique() > 1
+    captions = captions.assign(
+        split=(captions["dataset"] + " " + captions["split"]) if several else captions["split"]
+    )
     caption_wide = captions.pivot_table(index="backbone", columns=["split", "metric"], values="value")
     caption_wide.columns = [f"{split} {metric}" for split, metric in caption_wide.columns]
     order = [f"{s} {m}" for s in sorted(captions["split"].unique(), reverse=True) for m in CAPTION_COLUMNS]
