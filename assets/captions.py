@@ -13,9 +13,9 @@ from assets.records import upstream_path
 from assets.resources import Limber
 from assets.systems import SYSTEM_INPUTS, System
 from pipeline.captioning import caption_rows
-from pipeline.datasets import dataset_caption_metrics, load_image
+from pipeline.datasets import dataset_caption_metrics
 from pipeline.metrics.captions import caption_metrics as score_captions
-from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s
+from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_scores
 from storage import config_hash
 from storage.feature_store import OK
 from storage.layout import read_table, write_table
@@ -102,16 +102,7 @@ def _clip_scores(limber: Limber, weights: str, manifest: pd.DataFrame, candidate
         scorer = ClipScorer(weights or None, limber.torch_device())
     except ClipUnavailable as error:
         return {"unavailable": str(error)}
-    images = [load_image(p)[0] for p in manifest["image_path"]]
-    ok = [i for i, image in enumerate(images) if image is not None]
-    image_embeddings = scorer.embed_images([images[i] for i in ok])
-    candidate_embeddings = scorer.embed_texts([candidates[i] for i in ok])
-    reference_embeddings = [scorer.embed_texts(list(manifest["captions"][i])) for i in ok]
-    per_image = clip_s(image_embeddings, candidate_embeddings)
-    return {
-        "CLIP-S": float(per_image.mean()),
-        "RefCLIP-S": float(ref_clip_s(per_image, candidate_embeddings, reference_embeddings).mean()),
-    }
+    return clip_scores(scorer, manifest["image_path"].tolist(), candidates, [list(c) for c in manifest["captions"]])
 
 
 def _in_range(metric: str, value: float) -> bool:

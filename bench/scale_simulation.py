@@ -89,9 +89,11 @@ def measure(rows: int, shard_rows: int) -> dict:
         )
         data_root = str(root / "datasets")
 
+        instances = []
+
         def register():
-            instance = dg.DagsterInstance.ephemeral()
-            return instance, register_dataset_parts(instance, data_root)
+            instances.append(dg.DagsterInstance.ephemeral())
+            return instances[-1], register_dataset_parts(instances[-1], data_root)
 
         register_s, (instance, new) = timed(register)
         new_shard = root / "datasets" / "cc3m" / "train" / f"{len(paths):05d}.tar"
@@ -108,6 +110,8 @@ def measure(rows: int, shard_rows: int) -> dict:
         tick_s, result = min(t for t, _ in ticks), ticks[-1][1]
         assert len(new) == len(paths) and len(result.run_requests) == 1
         assert len(registered_parts(instance, "cc3m.train")) == len(paths) + 1
+        for used in instances:
+            used.dispose()
         return {
             "rows": rows,
             "shards": len(paths),

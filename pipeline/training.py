@@ -71,8 +71,10 @@ def batch_plan(
         raise ValueError(f"a shuffle buffer of {buffer_chunks} chunks x {chunk_rows} rows holds fewer rows than "
                          f"one batch of {batch_size}: raise buffer_chunks to at least {-(-batch_size // chunk_rows)}")
     # Rows are sorted, so each chunk's rows are one contiguous run: O(rows) grouping.
-    chunk_ids, starts = np.unique(rows // chunk_rows, return_index=True)
-    by_chunk = dict(zip(chunk_ids.tolist(), np.split(rows, starts[1:])))
+    chunk_of = rows // chunk_rows
+    starts = np.flatnonzero(np.diff(chunk_of)) + 1
+    chunk_ids = chunk_of[np.concatenate([[0], starts])]
+    by_chunk = dict(zip(chunk_ids.tolist(), np.split(rows, starts)))
     for epoch in itertools.count():
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(chunk_ids)

@@ -72,3 +72,34 @@ def test_timed_step_trains_only_the_map_and_really_checkpoints(checkpointing, pa
 
 def test_peak_flops_table():
     assert bench.peak_bf16_flops("cpu") is None
+
+
+def test_scale_simulation_prints_growth_ratios(tmp_path):
+    out = tmp_path / "sim.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "scale_simulation.py"), "--rows", "2000", "6000",
+                          "--shard-rows", "1000", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "growth (rows x3)" in run.stdout
+    for step in ("training_set", "batch_plan", "register_parts", "sensor_tick"):
+        assert f"| {step} |" in run.stdout
+    small, large = json.loads(out.read_text())
+    assert (small["shards"], large["shards"]) == (2, 6)
+    assert large["trainable_rows"] == 6000 - 6000 // 50  # one row in 50 is unreadable
+
+
+def test_paper_scale_derives_each_stage_from_measured_costs(tmp_path):
+    out = tmp_path / "scale.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "paper_scale.py"), "--backbones", "nfrn50",
+                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    measured = result["measured"]["nfrn50"]
+    assert measured["flops_per_image"] > 1e10 and measured["host_s_per_image"] > 0
+    stages = {row["stage"].split(" ")[0]: row for row in result["stages"]}
+    assert set(stages) == {"image_features", "linear_map", "captions", "vqa_answers"}
+    # Raw float16 NFRN50 features of all of CC3M: 3,318,333 x 2048 x 2 bytes.
+    assert stages["image_features"]["written_gb"] == pytest.approx(3_318_333 * 4096 / 1e9)
+    assert stages["image_features"]["gpu_h"] == pytest.approx(
+        3_318_333 * measured["flops_per_image"] / (0.4 * 989e12) / 3600)
+    assert "| nfrn50 | linear_map" in run.stdout

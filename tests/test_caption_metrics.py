@@ -80,3 +80,34 @@ def test_clip_scorer_refuses_to_run_without_the_real_weights(monkeypatch):
     monkeypatch.setattr("pipeline.metrics.clip_score._cached_openai_weights", lambda: None)
     with pytest.raises(ClipUnavailable, match="timm/vit_base_patch32_clip_224.openai"):
         ClipScorer()
+
+
+class _FixedScorer:
+    """Embeds an image as its mean colour and a text by which colour word it names."""
+
+    COLOURS = {"red": [1.0, 0.0, 0.0], "green": [0.0, 1.0, 0.0], "blue": [0.0, 0.0, 1.0]}
+
+    def embed_images(self, images):
+        return np.stack([np.asarray(image, dtype=float).reshape(-1, 3).mean(0) + 1e-3 for image in images])
+
+    def embed_texts(self, texts):
+        return np.stack([self.COLOURS[t.split()[-1]] for t in texts]) + 1e-3
+
+
+def test_clip_scores_stream_batches_and_skip_unreadable_images(tmp_path):
+    from PIL import Image
+
+    from pipeline.metrics.clip_score import clip_scores
+
+    paths = []
+    for i, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)] * 3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (4, 4), rgb).save(paths[-1])
+    paths.append(str(tmp_path / "missing.png"))
+    candidates = ["a red", "a green", "a red"] * 3 + ["a blue"]
+    references = [["a red"], ["a green"], ["a blue"]] * 3 + [["a blue"]]
+    whole = clip_scores(_FixedScorer(), paths, candidates, references, batch_size=100)
+    batched = clip_scores(_FixedScorer(), paths, candidates, references, batch_size=4)
+    assert batched == pytest.approx(whole)
+    # Two in three captions name the image's colour (CLIP-S 2.5 x ~1), the third names another (~0).
+    assert whole["CLIP-S"] == pytest.approx(2.5 * 2 / 3, abs=0.01)

@@ -51,9 +51,9 @@ def ref_clip_s(
 ) -> np.ndarray:
     """Per-image RefCLIP-S from CLIP-S, candidate embeddings (N, d) and each image's references (R_i, d)."""
     candidates = _normalise(candidate_embeddings)
-    ref_scores = np.array([
-        max(float((_normalise(refs) @ c).max()), 0.0) for c, refs in zip(candidates, reference_embeddings)
-    ])
+    ref_scores = np.array(
+        [max(float((_normalise(refs) @ c).max()), 0.0) for c, refs in zip(candidates, reference_embeddings)]
+    )
     total = clip_scores + ref_scores
     return np.where(total > 0, 2 * clip_scores * ref_scores / np.where(total > 0, total, 1), 0.0)
 
@@ -94,3 +94,26 @@ class ClipScorer:
         with self.torch.inference_mode():
             tokens = self.tokenizer([PREFIX + t for t in texts]).to(self.device)
             return self.model.encode_text(tokens).float().cpu().numpy()
+
+
+def clip_scores(
+    scorer: ClipScorer, image_paths: list[str], candidates: list[str], references: list[list[str]], batch_size: int = 64
+) -> dict[str, float]:
+    """Mean CLIP-S and RefCLIP-S over the readable images, a batch of images at a time (memory does
+    not grow with the split). Unreadable images are left out of both means."""
+    from pipeline.datasets import load_image
+
+    clip, ref = [], []
+    for start in range(0, len(image_paths), batch_size):
+        stop = min(start + batch_size, len(image_paths))
+        images = {i: load_image(image_paths[i])[0] for i in range(start, stop)}
+        ok = [i for i, image in images.items() if image is not None]
+        if not ok:
+            continue
+        candidate_embeddings = scorer.embed_texts([candidates[i] for i in ok])
+        per_image = clip_s(scorer.embed_images([images[i] for i in ok]), candidate_embeddings)
+        clip.append(per_image)
+        ref.append(ref_clip_s(per_image, candidate_embeddings, [scorer.embed_texts(references[i]) for i in ok]))
+    if not clip:
+        return {"CLIP-S": float("nan"), "RefCLIP-S": float("nan")}
+    return {"CLIP-S": float(np.concatenate(clip).mean()), "RefCLIP-S": float(np.concatenate(ref).mean())}
