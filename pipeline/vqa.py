@@ -114,13 +114,12 @@ def answer_questions(
             images = image_tokens(linear_map, torch.from_numpy(eval_rows[batch["row"].to_numpy()]), device)
         if support_rows is not None:
             rows = np.concatenate([e["row"].to_numpy() for e in examples])
-            order = np.argsort(rows, kind="stable")  # ascending reads: each stored chunk once per batch
-            tokens = image_tokens(linear_map, torch.from_numpy(support_rows[rows[order]]), device)
-            support_images = tokens[np.argsort(order)].reshape(len(batch), shots, *tokens.shape[1:])
+            tokens = image_tokens(linear_map, torch.from_numpy(support_rows[rows]), device)
+            support_images = tokens.reshape(len(batch), shots, *tokens.shape[1:])
         prompts = []
-        for k, (question, answers_k) in enumerate(zip(batch["question"], examples)):
+        for k, (question, shown) in enumerate(zip(batch["question"], examples)):
             solved = [(None if support_images is None else support_images[k, j], q, a[0])
-                      for j, (q, a) in enumerate(zip(answers_k["question"], answers_k["answers"]))]
+                      for j, (q, a) in enumerate(zip(shown["question"], shown["answers"]))]
             prompts.append(vqa_prompt(None if images is None else images[k], question, solved))
         generated = greedy_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens)
         answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"])]
