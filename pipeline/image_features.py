@@ -78,10 +78,14 @@ def encode_images(
         tensors, rows = [], []
         for row in range(start, min(start + batch_size, len(paths))):
             image, reason = load_image(paths[row])
-            if image is None:
+            if image is not None:
+                try:  # inside the per-image guard: one bad image never costs the rest of its batch
+                    tensors.append(backbone.preprocess(image))
+                except Exception as error:  # MemoryError included
+                    reason = f"preprocessing failed: {type(error).__name__}: {error}"
+            if reason:
                 reasons[row] = f"{paths[row]}: {reason}"
                 continue
-            tensors.append(backbone.preprocess(image))
             rows.append(row)
         if tensors:
             batch = torch.stack(tensors).to(device)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from upath import UPath
 
@@ -89,6 +89,10 @@ class LocalMirror:
         self.local.mkdir(parents=True, exist_ok=True)
         if not is_local(self.remote):
             for relative, size in self._remote_sizes().items():
+                if relative.startswith("/") or ".." in PurePosixPath(relative).parts:
+                    # The bucket is not trusted: a key must not write outside this working copy.
+                    raise ValueError(f"{self.remote}: stored key {relative!r} leaves its folder; refusing to write "
+                                     f"it outside {self.local}. Delete that object from the store.")
                 local_file = self.local / relative
                 if not local_file.exists() or local_file.stat().st_size != size:
                     local_file.parent.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,83 @@ def test_nocaps_metrics_score_each_domain_as_a_whole(tmp_path, monkeypatch):
     assert scores == {"CIDEr-D (in-domain)": 1.0, "CIDEr-D (near-domain)": 0.5, "CIDEr-D (out-domain)": 1.0}
     with pytest.raises(ValueError, match="not in the NoCaps manifest"):
         nocaps.caption_metrics(manifest, references, {**candidates, "404": "an unknown image"})
+
+
+@pytest.mark.parametrize("file_name", ["../../../etc/passwd", "/etc/passwd", "sub/../../outside.jpg"])
+def test_coco_and_karpathy_paths_that_leave_the_dataset_folder_are_skipped(tmp_path, file_name):
+    directory = tmp_path / "coco"
+    write_image(directory / "val2014" / "good.jpg", "rgb")
+    annotations = {"images": [{"id": 1, "file_name": "good.jpg"}, {"id": 2, "file_name": file_name}],
+                   "annotations": [{"image_id": 1, "id": 1, "caption": "a photo"},
+                                   {"image_id": 2, "id": 2, "caption": "a secret"}]}
+    (directory / "annotations").mkdir(parents=True)
+    (directory / "annotations" / "captions_val2014.json").write_text(json.dumps(annotations))
+    karpathy = {"images": [
+        {"filepath": "val2014", "filename": "good.jpg", "cocoid": 1, "split": "test", "sentences": [{"raw": "a"}]},
+        {"filepath": str(Path(file_name).parent), "filename": Path(file_name).name, "cocoid": 2, "split": "test",
+         "sentences": [{"raw": "b"}]},
+    ]}
+    (directory / "dataset_coco.json").write_text(json.dumps(karpathy))
+    for part in ("val2014", "karpathy_test"):
+        result = read_manifest("coco", part, root=tmp_path)
+        assert result.manifest["image_id"].tolist() == ["1"], part
+        (skipped,) = result.skipped
+        assert "leaves the folder" in skipped["reason"] and skipped["record"] == "images[1]", part
+
+
+def _save(path: Path, image, **options) -> str:
+    image.save(path, **options)
+    return str(path)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    pixels = Image.new("RGB", (40, 20), (255, 0, 0))
+    pixels.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    image, reason = load_image(_save(tmp_path / "rotated.jpg", pixels, exif=exif, quality=95))
+    assert reason is None and image.size == (20, 40)
+    assert image.getpixel((10, 2))[2] > 200  # the blue half is on top once rotated
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I", 1000, 4), ("I", 200, 200), ("F", 0.5, 128),
+])
+def test_32_bit_and_float_grey_are_scaled_to_8_bits(tmp_path, mode, values, expected):
+    import numpy as np
+    from PIL import Image
+
+    pixels = Image.fromarray(np.full((8, 8), values, dtype=np.int32 if mode == "I" else np.float32), mode)
+    image, reason = load_image(_save(tmp_path / "deep.tiff", pixels))
+    assert reason is None and image.getpixel((0, 0)) == (expected,) * 3
+
+
+@pytest.mark.parametrize("mode, values, fragment", [
+    ("I", 100_000, "beyond 16 bits"), ("F", 3.5, "not [0, 1]"),
+])
+def test_deep_images_out_of_range_are_skipped_with_a_reason(tmp_path, mode, values, fragment):
+    import numpy as np
+    from PIL import Image
+
+    pixels = Image.fromarray(np.full((8, 8), values, dtype=np.int32 if mode == "I" else np.float32), mode)
+    image, reason = load_image(_save(tmp_path / "deep.tiff", pixels))
+    assert image is None and reason.startswith("unusable image") and fragment in reason
+
+
+def test_extreme_shapes_are_refused_from_the_header(tmp_path):
+    from PIL import Image
+
+    image, reason = load_image(_save(tmp_path / "strip.png", Image.new("RGB", (1, 50_000))))
+    assert image is None and "1x50000 is more than 20:1" in reason
+
+
+def test_a_fifo_or_folder_is_never_opened(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    for name in ("pipe.jpg", "folder.jpg"):
+        image, reason = load_image(str(tmp_path / name))
+        assert image is None and reason.startswith("not a regular file"), name

@@ -107,3 +107,26 @@ def test_changed_ids_recreate_the_partition(uninterrupted, tmp_path):
     assert FeatureArray.open(str(copy), ids, 1, 1280, CHUNK).is_complete()
     reopened = FeatureArray.open(str(copy), ids[:-1], 1, 1280, CHUNK)
     assert len(reopened.pending_chunks()) == reopened.num_chunks()
+
+
+def test_an_image_that_fails_preprocessing_costs_only_itself(subset):
+    """A MemoryError while resizing one image (a decompression bomb the header checks let by)
+    skips that image with its reason; the rest of its batch is encoded."""
+    from pipeline.image_features import encode_images
+
+    manifest, _ = subset
+    backbone = create_backbone("efficientnet_lite0_random")
+    preprocess, bomb = backbone.preprocess, manifest.loc[3, "image_path"]
+    calls = iter(range(8))  # row 5 is the subset's missing file: it never reaches preprocessing
+
+    def exploding(image):
+        if next(calls) == 3:
+            raise MemoryError("cannot allocate 13 GB")
+        return preprocess(image)
+
+    backbone.preprocess = exploding
+    paths = manifest["image_path"].head(8).tolist()
+    features, reasons = encode_images(backbone, paths, "cpu", batch_size=8)
+    assert reasons[3] == f"{bomb}: preprocessing failed: MemoryError: cannot allocate 13 GB"
+    assert set(reasons) == {3, 5}
+    assert not features[3].any() and all(features[i].any() for i in range(8) if i not in reasons)

@@ -5,6 +5,7 @@ import fsspec
 import numpy as np
 import pytest
 from moto.server import ThreadedMotoServer
+from upath import UPath
 
 from pipeline import load_metrics
 from storage import FeatureArray, StorageLayout
@@ -81,3 +82,16 @@ def test_mirror_uploads_a_rewritten_checkpoint_of_the_same_size(s3_server, tmp_p
     assert s3_server.cat(f"{directory.path}/checkpoint/state.pt") == b"step 200"
     elsewhere = LocalMirror(directory, tmp_path / "other-cache").pull()
     assert (elsewhere / "checkpoint" / "state.pt").read_text() == "step 200"
+
+
+def test_mirror_refuses_a_stored_key_that_leaves_its_folder(tmp_path):
+    """The bucket is not trusted: a key with '..' must not write outside the local cache."""
+    from fsspec.implementations.memory import MemoryFile
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/limber-test/map/ok.bin", b"ok")
+    fs.store["/limber-test/map/../../evil.bin"] = MemoryFile(fs, "/limber-test/map/../../evil.bin", b"evil")
+    mirror = LocalMirror(UPath("memory://limber-test/map"), tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"stored key '\.\./\.\./evil\.bin' leaves its folder"):
+        mirror.pull()
+    assert not list(tmp_path.rglob("evil.bin"))

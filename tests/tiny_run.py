@@ -28,6 +28,8 @@ def materialize_tiny(instance: dg.DagsterInstance, storage_root: str, keep=lambd
     overrides fields of the Limber resource."""
     steps = materialize_all(instance, {"limber": Limber(storage_root=str(storage_root), **resource)},
                             run_config=tiny, keep=keep)
-    failed = [step.label for step in steps if not step.success]
-    assert not failed, f"{failed[0]} failed"
+    failed = [step for step in steps if not step.success]
+    assert not failed, f"{failed[0].label} failed: " + "; ".join(
+        event.message or "" for event in failed[0].result.all_events if event.is_failure
+    )
     return {(step.asset, step.partition): step.result for step in steps}

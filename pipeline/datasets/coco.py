@@ -19,6 +19,7 @@ from pipeline.datasets.manifest import (
     build_result,
     dataset_dir,
     json_list,
+    path_inside,
     read_json_file,
     record_problem,
     skipped_record,
@@ -100,10 +101,11 @@ def read_coco_format(path, images, how_to_get: str, columns: dict[str, tuple[str
             skipped.append(skipped_record(path, record, "empty caption"))
     rows = []
     for record, image in image_records:
-        if not captions[image["id"]]:
-            skipped.append(skipped_record(path, record, f"image {image['id']} has no captions"))
+        image_path, outside = path_inside(images, image["file_name"])
+        if outside or not captions[image["id"]]:
+            skipped.append(skipped_record(path, record, outside or f"image {image['id']} has no captions"))
             continue
-        rows.append((record, {"image_id": str(image["id"]), "image_path": str(images / image["file_name"]),
+        rows.append((record, {"image_id": str(image["id"]), "image_path": str(image_path),
                               "captions": captions[image["id"]], "questions": [],
                               **{name: image[name] for name in columns}}))
     return build_result(rows, skipped, path, columns=[*MANIFEST_COLUMNS, *columns])
@@ -136,7 +138,10 @@ def _read_karpathy(directory, splits: tuple[str, ...]) -> ReadResult:
         if not captions:
             skipped.append(skipped_record(path, record, f"image {image['cocoid']} has no captions"))
             continue
-        image_path = directory / image["filepath"] / image["filename"]
+        image_path, outside = path_inside(directory, image["filepath"], image["filename"])
+        if outside:
+            skipped.append(skipped_record(path, record, outside))
+            continue
         rows.append((record, {"image_id": str(image["cocoid"]), "image_path": str(image_path),
                               "captions": captions, "questions": []}))
     return build_result(rows, skipped, path)

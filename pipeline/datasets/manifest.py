@@ -4,13 +4,14 @@ records instead of crashing, and image loading with skip reasons."""
 import functools
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 
 MANIFEST_COLUMNS = ["image_id", "image_path", "captions", "questions"]
 
@@ -33,6 +34,17 @@ class ReadResult:
 
 def skipped_record(source, record, reason: str) -> dict:
     return {"source": str(source), "record": str(record), "reason": reason}
+
+
+def path_inside(folder: Path, *parts: str) -> tuple[Path | None, str | None]:
+    """``folder / parts``, or why it is refused: a record's path that leaves ``folder`` (``..``, or an
+    absolute path) is never followed. Checked on the path as written, so a folder that is a
+    symbolic link to another disk still works."""
+    path = Path(folder).joinpath(*parts)
+    base = os.path.normpath(folder)
+    if not os.path.normpath(path).startswith(base.rstrip(os.sep) + os.sep):
+        return None, f"image path {'/'.join(parts)!r} leaves the folder {folder}"
+    return path, None
 
 
 def dataset_dir(root, name: str) -> Path:
@@ -118,16 +130,36 @@ def split_off_validation(manifest: pd.DataFrame, size: int, seed: int) -> tuple[
     return manifest[~is_val].reset_index(drop=True), manifest[is_val].reset_index(drop=True)
 
 
+# Limits checked from the header, before decoding: a 1 x 50,000 PNG is tiny on disk and within
+# PIL's pixel limit, but resizing its short side to 384 px would need about 13 GB.
+MAX_PIXELS = 64_000_000
+MAX_ASPECT = 20
+
+
+class UnusableImage(ValueError):
+    """An image that decodes but cannot be used as it is (its size, shape or pixel format)."""
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB as a viewer would show it: transparent pixels over white (a bare convert("RGB") shows
-    whatever colour they hide, usually black), 16-bit grey scaled to 8 bits (a bare convert clips
-    everything above 255 to white)."""
+    """RGB as a viewer would show it: EXIF orientation applied, transparent pixels over white (a
+    bare convert("RGB") shows whatever colour they hide, usually black), 16- and 32-bit grey scaled
+    to 8 bits and float grey in [0, 1] scaled to 0-255 (a bare convert clips them to white or black)."""
+    image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    if image.mode.startswith("I;16"):
-        grey = (np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        low, high = float(grey.min()), float(grey.max())
+        if image.mode == "F":
+            if low < 0 or high > 1:
+                raise UnusableImage(f"float pixels range over [{low:g}, {high:g}], not [0, 1]")
+            scale = 1 / 255
+        elif low < 0 or high > 65535:
+            raise UnusableImage(f"32-bit pixels range over [{low:g}, {high:g}], beyond 16 bits")
+        else:
+            scale = 1 if high <= 255 and not image.mode.startswith("I;16") else 257
+        return Image.fromarray((grey / scale).round().astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
@@ -141,15 +173,24 @@ def load_image(path: str) -> tuple[Image.Image | None, str | None]:
         if "://" in path:
             with _open_url(path) as file:
                 return _decode(file), None
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            return None, "not a regular file (a folder, FIFO or device is never opened)"
         return _decode(path), None
     except FileNotFoundError:
         return None, "missing file"
+    except UnusableImage as error:
+        return None, f"unusable image: {error}"
     except Exception as error:  # PIL raises many types for damaged data; all mean "skip this image"
         return None, f"corrupt image: {type(error).__name__}: {error}"
 
 
 def _decode(file) -> Image.Image:
     with Image.open(file) as image:
+        width, height = image.size  # from the header: nothing is decoded yet
+        if width * height > MAX_PIXELS:
+            raise UnusableImage(f"{width}x{height} has more than {MAX_PIXELS:,} pixels")
+        if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+            raise UnusableImage(f"{width}x{height} is more than {MAX_ASPECT}:1")
         image.load()  # decode now, so truncated files fail here and not inside a batch
         return to_rgb(image)
 
