@@ -24,7 +24,7 @@ def demo(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    overrides = _read_overrides(args.config)
+    overrides = _read_overrides(args.config, defs)
     instance = dg.DagsterInstance.get()
     steps = materialize_all(
         instance, resources, run_config=lambda asset: {"ops": {asset: overrides[asset]} if asset in overrides else {}},
@@ -76,13 +76,34 @@ def score_captions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_overrides(path: str | None) -> dict:
-    """Per-asset run config from a YAML file: {asset name: {"config": {...}}}, as in the launchpad's ops."""
+def _read_overrides(path: str | None, defs) -> dict:
+    """Per-asset run config from a YAML file: {asset name: {"config": {...}}}, as in the launchpad's
+    ops; checked against each asset's config schema before anything runs."""
     if not path:
         return {}
+    import dagster as dg
     import yaml
 
-    return yaml.safe_load(open(path))["ops"]
+    example = "e.g. 'ops: {linear_map: {config: {lr: 0.002}}}'"
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = yaml.safe_load(file)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not isinstance(document, dict) or not isinstance(document.get("ops"), dict):
+        raise ValueError(f"{path} needs an 'ops' mapping of asset names to their config, {example}")
+    assets = {job.name.removesuffix("_job") for job in defs.resolve_all_job_defs() if job.name.endswith("_job")}
+    for asset, value in document["ops"].items():
+        if asset not in assets:
+            raise ValueError(f"{path}: ops.{asset}: no such asset; one of {sorted(assets)}")
+        try:
+            dg.validate_run_config(defs.resolve_job_def(f"{asset}_job"), {"ops": {asset: value}})
+        except dg.DagsterInvalidConfigError as error:
+            problems = "; ".join(" ".join(e.message.split()) for e in error.errors)
+            raise ValueError(f"{path}: ops.{asset}: {problems}") from None
+    return document["ops"]
 
 
 def main(argv: list[str] | None = None) -> int:

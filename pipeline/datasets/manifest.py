@@ -63,6 +63,9 @@ def read_json_file(path: Path, how_to_get: str):
             return json.load(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path} is not valid JSON ({error}); download it again. {how_to_get}") from error
+    except RecursionError:
+        raise DatasetError(f"{path} nests deeper than Python's recursion limit; this is not the expected file. "
+                           f"{how_to_get}") from None
 
 
 def json_list(document, key: str, path: Path) -> list:
@@ -73,6 +76,24 @@ def json_list(document, key: str, path: Path) -> list:
     return document[key]
 
 
+def json_records(path, expected: dict[str, type | tuple], key: str | None = None) -> list[dict]:
+    """Every record of a JSON file that must be whole (a results file, an annotation file being
+    scored): the top-level list, or ``document[key]``. Any bad record is an error naming the file,
+    the record and the problem: a score over part of a file would be a silent wrong result."""
+    path = Path(path)
+    document = read_json_file(path, "Check the path passed.")
+    if key is not None:
+        records = json_list(document, key, path)
+    elif isinstance(document, list):
+        records = document
+    else:
+        raise DatasetError(f"{path}: expected a JSON list of records, found a {type(document).__name__}")
+    for index, record in enumerate(records):
+        if problem := record_problem(record, expected):
+            raise DatasetError(f"{path}: {key or 'record'}[{index}]: {problem}")
+    return records
+
+
 def record_problem(record, expected: dict[str, type]) -> str | None:
     """Why a JSON record lacks the keys and types a reader relies on, or None when it has them."""
     if not isinstance(record, dict):
@@ -80,8 +101,10 @@ def record_problem(record, expected: dict[str, type]) -> str | None:
     for key, kind in expected.items():
         if key not in record:
             return f"malformed record: missing key {key!r}"
-        if not isinstance(record[key], kind):
-            return f"malformed record: {key!r} is {type(record[key]).__name__}, expected {kind.__name__}"
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(record[key], kinds) or (isinstance(record[key], bool) and bool not in kinds):
+            expected_names = " or ".join(k.__name__ for k in kinds)
+            return f"malformed record: {key!r} is {type(record[key]).__name__}, expected {expected_names}"
     return None
 
 

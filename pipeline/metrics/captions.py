@@ -11,9 +11,19 @@ import io
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 JAVA_HINT = "Java is needed for the PTB tokenizer and METEOR: apt-get install default-jre-headless (Java 17 works)"
+# The Java steps get a time limit, so a stuck process gives an error instead of a hang; scoring
+# all of VQAv2-sized caption sets takes well under a minute.
+JAVA_TIMEOUT_S = 900
+
+
+def one_line(text: str) -> str:
+    """A caption as the Java tools need it, one per line: every line break Python knows (\n, \r,
+    \x0b, \x0c, U+2028, U+2029, ...) becomes a space, as does METEOR's field separator '|||'."""
+    return " ".join(" ".join(text.splitlines()).replace("|||", " ").split())
 
 
 def _require_java() -> None:
@@ -28,17 +38,26 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     _require_java()
     jar = Path(ptb.__file__).parent / ptb.STANFORD_CORENLP_3_4_1_JAR
     keys = [k for k, v in captions.items() for _ in v]
-    sentences = "\n".join(c.replace("\n", " ") for v in captions.values() for c in v)
+    sentences = "\n".join(one_line(c) for v in captions.values() for c in v)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "sentences.txt"
-        path.write_text(sentences)
-        output = subprocess.run(
-            ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
-             str(path)],
-            capture_output=True, check=True, text=True,
-        ).stdout
+        path.write_text(sentences, encoding="utf-8")
+        command = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
+                   str(path)]
+        try:
+            output = subprocess.run(command, capture_output=True, check=True, text=True, encoding="utf-8",
+                                    timeout=JAVA_TIMEOUT_S).stdout
+        except subprocess.TimeoutExpired:
+            message = f"the PTB tokenizer did not finish in {JAVA_TIMEOUT_S} s ({len(keys)} captions)"
+            raise RuntimeError(message) from None
+    lines = output.split("\n")
+    lines = lines[: len(keys)] if len(lines) == len(keys) + 1 and not lines[-1] else lines
+    if len(lines) != len(keys):
+        # Captions are paired with their images by position in this file: a count that differs
+        # would score every later caption against another image, so it is an error, never a result.
+        raise RuntimeError(f"the PTB tokenizer returned {len(lines)} lines for {len(keys)} captions")
     tokenized: dict[str, list[str]] = {k: [] for k in captions}
-    for key, line in zip(keys, output.split("\n")):
+    for key, line in zip(keys, lines, strict=True):
         tokenized[key].append(" ".join(w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS))
     return tokenized
 
@@ -54,31 +73,64 @@ def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]
         raise ValueError(
             f"candidates and references cover different images: {len(set(candidates) ^ set(references))} differ"
         )
+    if not candidates:
+        raise ValueError("no captions to score")  # METEOR would wait forever on an empty set
+    empty = [k for k, refs in references.items() if not any(one_line(r) for r in refs)]
+    if empty:
+        raise ValueError(f"{len(empty)} images have no non-empty reference, e.g. {empty[:3]}")
     gts = ptb_tokenize(references)
     res = ptb_tokenize({k: [v] for k, v in candidates.items()})
     scores: dict[str, float] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its n-gram counts
         bleu, _ = Bleu(4).compute_score(gts, res)
     scores.update({f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)})
-    scores["METEOR"] = float(Meteor().compute_score(gts, res)[0])  # its __del__ ends the Java process
+    scores["METEOR"] = _meteor(Meteor, gts, res)
     scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     scores["CIDEr-D"] = float(Cider().compute_score(gts, res)[0])
     return scores
 
 
+def _meteor(meteor_class, gts: dict, res: dict) -> float:
+    """METEOR through pycocoevalcap's Java process, under the time limit: the wrapper blocks on a
+    pipe forever when the process stops answering, so it runs in a thread and is killed on timeout."""
+    meteor = meteor_class()
+    outcome: dict = {}
+
+    def score() -> None:
+        try:
+            outcome["score"] = float(meteor.compute_score(gts, res)[0])
+        except Exception as error:  # reported below, in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=score, daemon=True)
+    thread.start()
+    thread.join(JAVA_TIMEOUT_S)
+    if thread.is_alive():
+        meteor.meteor_p.kill()
+        raise RuntimeError(f"METEOR did not answer in {JAVA_TIMEOUT_S} s ({len(res)} captions)")
+    if "error" in outcome:
+        raise RuntimeError(f"METEOR failed: {outcome['error']}") from outcome["error"]
+    return outcome["score"]  # Meteor's __del__ ends the Java process
+
+
 def score_caption_files(annotations_path: str, results_path: str) -> dict[str, float]:
     """Scores a COCO results file ([{"image_id", "caption"}]) against COCO caption annotations,
-    over the images the results cover (as COCOEvalCap does)."""
-    import json
+    over the images the results cover (as COCOEvalCap does). Captions are paired with references
+    by image id; a malformed file, a duplicate image or an image without references is an error."""
+    from pipeline.datasets.manifest import DatasetError, json_records
 
+    image_id = (int, str)
     references: dict = {}
-    for a in json.load(open(annotations_path))["annotations"]:
+    for a in json_records(annotations_path, {"image_id": image_id, "caption": str}, key="annotations"):
         references.setdefault(a["image_id"], []).append(a["caption"])
     candidates = {}
-    for index, record in enumerate(json.load(open(results_path))):
-        if "image_id" not in record or "caption" not in record:
-            raise ValueError(f"{results_path}: record {index} lacks image_id or caption: {record}")
+    for index, record in enumerate(json_records(results_path, {"image_id": image_id, "caption": str})):
+        if record["image_id"] in candidates:
+            raise DatasetError(f"{results_path}: record[{index}]: image {record['image_id']!r} is captioned twice")
         if record["image_id"] not in references:
-            raise ValueError(f"{results_path}: image {record['image_id']} has no reference in {annotations_path}")
+            raise DatasetError(f"{results_path}: record[{index}]: image {record['image_id']!r} has no reference "
+                               f"in {annotations_path}")
         candidates[record["image_id"]] = record["caption"]
+    if not candidates:
+        raise DatasetError(f"{results_path}: no captions to score")
     return caption_metrics({k: references[k] for k in candidates}, candidates)

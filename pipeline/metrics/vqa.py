@@ -108,24 +108,28 @@ def vqa_accuracy(predictions: dict, gt_answers: dict, answer_types: dict) -> dic
 
 def score_vqa_files(annotations_path: str, questions_path: str, results_path: str) -> dict:
     """Scores a results file ([{"question_id", "answer"}]) against official VQAv2 annotation and
-    question files; like the official evaluator, every annotated question needs exactly one answer."""
-    import json
+    question files; like the official evaluator, every annotated question needs exactly one answer.
+    Any malformed record (an answer that is not a string, null included) is an error naming it."""
+    from pipeline.datasets.manifest import DatasetError, json_records
 
-    annotations = json.load(open(annotations_path))["annotations"]
-    question_ids = {q["question_id"] for q in json.load(open(questions_path))["questions"]}
-    results = json.load(open(results_path))
+    annotations = json_records(annotations_path, {"question_id": int, "answer_type": str, "answers": list},
+                               key="annotations")
+    for index, annotation in enumerate(annotations):
+        if not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in annotation["answers"]):
+            raise DatasetError(f"{annotations_path}: annotations[{index}]: an answer without 'answer' text")
+    question_ids = {q["question_id"] for q in json_records(questions_path, {"question_id": int}, key="questions")}
     annotated = {a["question_id"] for a in annotations}
+    if not annotated:
+        raise DatasetError(f"{annotations_path}: no annotated questions to score")
     if annotated != question_ids:
-        raise ValueError(f"{questions_path} and {annotations_path} list different questions")
+        raise DatasetError(f"{questions_path} and {annotations_path} list different questions")
     predictions = {}
-    for index, record in enumerate(results):
-        if "question_id" not in record or "answer" not in record:
-            raise ValueError(f"{results_path}: record {index} lacks question_id or answer: {record}")
+    for index, record in enumerate(json_records(results_path, {"question_id": int, "answer": str})):
         if record["question_id"] in predictions:
-            raise ValueError(f"{results_path}: question {record['question_id']} is answered twice")
-        predictions[record["question_id"]] = str(record["answer"])
+            raise DatasetError(f"{results_path}: record[{index}]: question {record['question_id']} is answered twice")
+        predictions[record["question_id"]] = record["answer"]
     if set(predictions) != annotated:
-        raise ValueError(
+        raise DatasetError(
             f"{results_path} does not correspond to {annotations_path}: "
             f"{len(annotated - set(predictions))} questions unanswered, "
             f"{len(set(predictions) - annotated)} answers to questions not in the annotations"
