@@ -277,3 +277,58 @@ def test_a_fifo_or_folder_is_never_opened(tmp_path):
     for name in ("pipe.jpg", "folder.jpg"):
         image, reason = load_image(str(tmp_path / name))
         assert image is None and reason.startswith("not a regular file"), name
+
+
+def _shard(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_cc3m_shards_that_cannot_be_read_member_by_member_say_why(tmp_path):
+    (tmp_path / "cc3m" / "train" / "00000.tar").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="is a folder, not a tar shard"):
+        read_manifest("cc3m", "train.00000", root=tmp_path)
+    _shard(tmp_path / "cc3m" / "train" / "00001.tar", {"a.jpg": image_bytes("rgb"), "a.txt": b"x"}, "w:gz")
+    with pytest.raises(DatasetError, match="gzip-compressed.*decompress it"):
+        read_manifest("cc3m", "train.00001", root=tmp_path)
+
+
+def test_a_tar_member_named_with_double_colons_still_loads(tmp_path):
+    _shard(tmp_path / "cc3m" / "val" / "00000.tar", {"a::b.jpg": image_bytes("rgb"), "a::b.txt": b"a photo"})
+    manifest = read_manifest("cc3m", "val.00000", root=tmp_path).manifest
+    (path,) = manifest["image_path"]
+    image, reason = load_image(path)
+    assert reason is None and image.size == (32, 32)
+
+
+def test_tsv_encodings(tmp_path):
+    directory = tmp_path / "cc3m"
+    directory.mkdir()
+    tsv = directory / "Validation_GCC-1.1.0-Validation.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbfa red car\thttp://x/0.jpg\nnul\x00 inside\thttp://x/1.jpg\nok\thttp://x/2.jpg\n")
+    result = read_manifest("cc3m", "val.00000", root=tmp_path)
+    assert [c[0] for c in result.manifest["captions"]] == ["a red car", "ok"]
+    assert [(s["record"], s["reason"]) for s in result.skipped] == [("line 2", "line contains NUL bytes")]
+    tsv.write_bytes("a red car\thttp://x/0.jpg\n".encode("utf-16"))
+    with pytest.raises(DatasetError, match="is UTF-16"):
+        read_manifest("cc3m", "val.00000", root=tmp_path)
+
+
+def test_vqav2_duplicate_annotations_are_counted(tmp_path):
+    write_vqav2(tmp_path)
+    path = tmp_path / "vqav2" / "v2_mscoco_train2014_annotations.json"
+    document = json.loads(path.read_text())
+    (first,) = document["annotations"]
+    document["annotations"].append({**first, "answers": [{**a, "answer": "no"} for a in first["answers"]]})
+    path.write_text(json.dumps(document))
+    result = read_manifest("vqav2", "train", root=tmp_path)
+    assert [q["answers"][0] for q in result.manifest["questions"][0]] == ["yes"]  # the first is kept
+    assert any("duplicate annotation of question 1000 (conflicting answers" in s["reason"] for s in result.skipped)

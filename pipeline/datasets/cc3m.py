@@ -80,8 +80,15 @@ def _read_tsv(path: Path, images: Path, index: int, rows_per_part: int) -> ReadR
     start = index * rows_per_part
     rows, skipped = [], []
     with open(path, "rb") as file:
+        head = file.read(3)
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise DatasetError(f"{path} is UTF-16; the released TSVs are UTF-8: re-save it as UTF-8")
+        file.seek(3 if head == b"\xef\xbb\xbf" else 0)  # a UTF-8 byte-order mark is not part of the caption
         for row, raw in enumerate(itertools.islice(file, start, start + rows_per_part), start=start):
             line_name = f"line {row + 1}"
+            if b"\x00" in raw:
+                skipped.append(skipped_record(path, line_name, "line contains NUL bytes"))
+                continue
             try:
                 fields = raw.decode("utf-8").rstrip("\r\n").split("\t")
             except UnicodeDecodeError:
@@ -102,9 +109,23 @@ def _read_tsv(path: Path, images: Path, index: int, rows_per_part: int) -> ReadR
     return build_result(rows, skipped, path)
 
 
+# Magic bytes of compressed files: a compressed shard reads as a tar stream, but its members cannot
+# be opened one at a time, so every image would fail to load.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
 def _read_shard(path: Path) -> ReadResult:
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder, not a tar shard; move it out of {path.parent}")
+    if path.is_file():
+        with open(path, "rb") as file:
+            head = file.read(6)
+        for magic, codec in COMPRESSED.items():
+            if head.startswith(magic):
+                raise DatasetError(f"{path} is {codec}-compressed; images are read straight from the shard, "
+                                   f"which needs a plain tar (img2dataset's default): decompress it in place")
     try:
-        tar = tarfile.open(path)
+        tar = tarfile.open(path, "r:")  # plain tar only (see COMPRESSED)
     except FileNotFoundError:
         raise DatasetError(f"{path} not found; list_parts gives the shards present. {HOW_TO_GET}") from None
     except tarfile.TarError as error:

@@ -120,7 +120,7 @@ def _read_karpathy(directory, splits: tuple[str, ...]) -> ReadResult:
     for index, image in enumerate(images):
         record = f"images[{index}]"
         split = image.get("split") if isinstance(image, dict) else None
-        if split not in KARPATHY_SPLITS:
+        if not isinstance(split, str) or split not in KARPATHY_SPLITS:
             skipped.append(
                 skipped_record(path, record, f"unknown split {split!r}, expected one of {sorted(KARPATHY_SPLITS)}")
             )

@@ -219,7 +219,8 @@ def _decode(file) -> Image.Image:
 
 
 def _open_url(url: str):
-    member_url, chained, archive = url.partition("::")
+    # The archive is the last "::" part: a member's own name may contain "::".
+    member_url, chained, archive = url.rpartition("::")
     if not chained or "://" not in member_url:  # not an archive member: fsspec opens it as is
         return fsspec.open(url, "rb")
     protocol, _, member = member_url.partition("://")

@@ -102,6 +102,10 @@ def _annotations_by_question(annotations: list, path: Path) -> tuple[dict[int, d
         elif len(answers) != ANSWERS_PER_QUESTION:
             rejected.setdefault(question_id, f"its annotation ({record}) has {len(answers)} answers, "
                                              f"expected {ANSWERS_PER_QUESTION}")
+        elif question_id in annotated:  # a repeated annotation: the first is kept, the repeat is counted
+            same = annotated[question_id]["answers"] == answers
+            skipped.append(skipped_record(path, record, f"duplicate annotation of question {question_id} "
+                                          f"({'identical' if same else 'conflicting answers'}; the first is kept)"))
         else:
-            annotated.setdefault(question_id, annotation)  # a repeated annotation: the first is kept
+            annotated[question_id] = annotation
     return annotated, rejected, skipped
