@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"demo": demo, "score-vqa": score_vqa, "score-captions": score_captions}[args.command](args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"limber {args.command}: {error}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as error:  # bad input or a missing file: one line, exit 2
+        print(f"limber {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

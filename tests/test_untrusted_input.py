@@ -89,6 +89,13 @@ def test_a_caption_with_line_breaks_is_scored_against_its_own_image(tmp_path):
     assert broken == pytest.approx(clean)
 
 
+def test_a_folder_given_as_a_file_is_one_line_too(tmp_path, capsys):
+    (tmp_path / "folder.yaml").mkdir()
+    assert "folder.yaml" in _one_line_error(capsys, ["demo", "--config", str(tmp_path / "folder.yaml")])
+    argv = ["score-captions", "--annotations", str(tmp_path), "--results", str(tmp_path)]
+    assert "not found" in _one_line_error(capsys, argv)
+
+
 @pytest.mark.parametrize("config, fragment", [
     ("", "needs an 'ops' mapping"),
     ("linear_map: {config: {lr: 0.1}}", "needs an 'ops' mapping"),
