@@ -1,4 +1,6 @@
 import itertools
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +221,25 @@ def test_training_on_zarr_shards_resumes_mid_buffer(sharded_store, tiny_gptj, tm
 def test_impossible_batch_plans_raise_naming_the_sizes(rows, chunk_rows, batch_size, buffer_chunks, message):
     with pytest.raises(ValueError, match=message):
         next(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed=0))
+
+
+class _Payload:
+    """What a hostile checkpoint in a shared bucket could hold: unpickling it would run code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({"linear_map": _Payload(marker)}, tmp_path / "state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        train_linear_map(
+            LinearMap(16, 32, TokenLayout("pooled", 1, 2)), None, None, np.zeros((4, 1, 16)), [""] * 4, np.arange(4),
+            steps=1, batch_size=2, lr=1e-3, warmup_steps=1, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0,
+            max_caption_tokens=4, buffer_chunks=1, seed=0, checkpoint_every=1, checkpoint_dir=tmp_path, device="cpu",
+        )
+    assert not marker.exists()
