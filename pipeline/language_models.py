@@ -33,8 +33,11 @@ class LanguageModelSpec:
     def missing_weights(self) -> str | None:
         """Why this LM cannot be prepared here, or None."""
         if self.source.startswith("package:"):
-            module = self.source.removeprefix("package:").split("/", 1)[0]
-            return None if importlib.util.find_spec(module) else f"{self.name} ships in {module}: {self.install_hint}"
+            try:
+                _package_gguf(self.source, self.install_hint)
+            except (ImportError, FileNotFoundError) as error:
+                return str(error)
+            return None
         if self.weights is not None:
             return self.weights.missing()
         return None if Path(self.source).exists() or not offline() else f"{self.source}: {self.install_hint}"

@@ -56,3 +56,12 @@ class RecordingArray:
 @pytest.fixture()
 def recording_array():
     return RecordingArray
+
+
+@pytest.fixture()
+def empty_hf_cache(tmp_path, monkeypatch):
+    """Offline, with a Hugging Face cache that holds nothing, whatever this machine's cache holds."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))

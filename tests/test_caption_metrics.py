@@ -75,10 +75,9 @@ def test_ref_clip_s_is_the_harmonic_mean_with_the_best_reference():
     np.testing.assert_allclose(ref_clip_s(scores, candidates, references), [4 / 3, 0.0])
 
 
-def test_clip_scorer_refuses_to_run_without_the_real_weights(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("pipeline.metrics.clip_score._cached_openai_weights", lambda: None)
-    with pytest.raises(ClipUnavailable, match="timm/vit_base_patch32_clip_224.openai"):
+def test_clip_scorer_refuses_to_run_without_the_real_weights(empty_hf_cache, monkeypatch):
+    monkeypatch.delenv("LIMBER_WEIGHTS_CLIP_VIT_B32", raising=False)
+    with pytest.raises(ClipUnavailable, match="timm/vit_base_patch32_clip_224.openai.*LIMBER_WEIGHTS_CLIP_VIT_B32"):
         ClipScorer()
 
 

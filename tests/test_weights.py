@@ -24,17 +24,13 @@ def test_a_local_path_wins_and_a_missing_one_is_named(tmp_path, monkeypatch):
     assert WEIGHTS.missing().startswith(f"LIMBER_WEIGHTS_GPT_J_6B={tmp_path / 'absent'} does not exist")
 
 
-def test_offline_without_the_cache_says_what_to_fetch(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_offline_without_the_cache_says_what_to_fetch(empty_hf_cache, monkeypatch):
     monkeypatch.delenv("LIMBER_WEIGHTS_GPT_J_6B", raising=False)
     assert "huggingface-cli download EleutherAI/gpt-j-6B" in WEIGHTS.missing()
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_random_and_packaged_backbones_need_nothing_to_fetch(name, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_random_and_packaged_backbones_need_nothing_to_fetch(name, empty_hf_cache):
     spec = backbone_spec(name)
     if spec.pretrained is None:
         assert spec.missing_weights() is None  # random init, or weights from an installed package

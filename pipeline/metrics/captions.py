@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 
 JAVA_HINT = "Java is needed for the PTB tokenizer and METEOR: apt-get install default-jre-headless (Java 17 works)"
-# The Java steps get a time limit, so a stuck process gives an error instead of a hang; scoring
-# all of VQAv2-sized caption sets takes well under a minute.
+# The Java steps get a time limit, so a stuck process gives an error instead of a hang.
 JAVA_TIMEOUT_S = 900
 
 

@@ -8,28 +8,17 @@ like scores and mean nothing.
 
 import numpy as np
 
+from pipeline.weights import Weights
+
 PREFIX = "A photo depicts "
 WEIGHT = 2.5
 CLIP_MODEL = "ViT-B-32-quickgelu"
 CLIP_PRETRAINED = "openai"
 
 
-HF_REPO = "timm/vit_base_patch32_clip_224.openai"
-HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-def _cached_openai_weights() -> str | None:
-    """The cached weights file, if any (checked first: building the model only to fail costs seconds)."""
-    import os
-
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in HF_FILES:
-        found = try_to_load_from_cache(HF_REPO, filename)
-        if isinstance(found, str):
-            return found
-    # Online, open_clip may still download them.
-    return None if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else "download"
+CLIP_VIT_B32 = Weights("clip_vit_b32", "timm/vit_base_patch32_clip_224.openai",
+                       ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+                       f"the OpenAI CLIP ViT-B/32 weights (open_clip '{CLIP_MODEL}', '{CLIP_PRETRAINED}'; a file)")
 
 
 class ClipUnavailable(RuntimeError):
@@ -65,22 +54,16 @@ class ClipScorer:
         import open_clip
         import torch
 
-        if not weights and not _cached_openai_weights():
-            raise ClipUnavailable(
-                f"CLIP-S needs the OpenAI CLIP ViT-B/32 weights ({CLIP_MODEL}, '{CLIP_PRETRAINED}'), which are not in "
-                f"the Hugging Face cache ({HF_REPO}, {' or '.join(HF_FILES)}); fetch them there on a machine with "
-                "network, or pass a local weights file"
-            )
+        weights = weights or CLIP_VIT_B32.local()
+        # Checked first: building the model only to fail offline costs seconds.
+        if not weights and (missing := CLIP_VIT_B32.missing()):
+            raise ClipUnavailable(f"CLIP-S: {missing}")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 CLIP_MODEL, pretrained=weights or CLIP_PRETRAINED, device=device
             )
         except Exception as error:  # open_clip raises several types for absent weights offline
-            raise ClipUnavailable(
-                f"CLIP-S needs the OpenAI CLIP ViT-B/32 weights ({CLIP_MODEL}, '{CLIP_PRETRAINED}'), not found here "
-                f"({type(error).__name__}). Put open_clip_model.safetensors from the Hugging Face repo "
-                "timm/vit_base_patch32_clip_224.openai in the HF cache, or pass its local file path."
-            ) from error
+            raise ClipUnavailable(f"CLIP-S: {CLIP_VIT_B32.error(error)}") from error
         self.model, self.preprocess, self.device = model.eval(), preprocess, device
         self.tokenizer = open_clip.get_tokenizer(CLIP_MODEL)
         self.torch = torch
