@@ -4,26 +4,19 @@
   a new evaluation file) as dynamic partitions and requests their manifests; ``image_features``
   is eager, so each new manifest then gets its features, and nothing else is recomputed.
 - ``caption_evaluation_schedule`` / ``vqa_evaluation_schedule``: nightly by default
-  (``LIMBER_EVAL_CRON``), one run per evaluation partition whose inputs are materialized. The run
-  key names the inputs' materializations, so a repeated tick (or a night with nothing new) requests
-  nothing twice; a retrained map or re-extracted features give a new key and a new run.
+  (``LIMBER_EVAL_CRON``), one run per evaluation partition whose inputs are stored. The run key is
+  the key of those inputs (``assets/inputs.py``), so a repeated tick (or a night with nothing new)
+  requests nothing twice; a retrained map or re-extracted features give a new key and a new run.
 """
 
 import dagster as dg
 
 from assets.captions import caption_metrics, captions
-from assets.config import EVALUATION_CRON
-from assets.partitions import (
-    BLIND,
-    VQA_EVAL,
-    VQA_SUPPORT,
-    caption_partitions,
-    register_dataset_parts,
-    vqa_partitions,
-)
-from assets.records import latest_materialization
+from assets.inputs import Inputs, MissingInput
+from assets.partitions import VQA_EVAL, VQA_SUPPORT, caption_partitions, register_dataset_parts, vqa_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_answers, vqa_metrics
+from pipeline import settings
 
 caption_evaluation_job = dg.define_asset_job(
     "caption_evaluation", selection=[captions, caption_metrics], partitions_def=caption_partitions,
@@ -44,45 +37,42 @@ def new_data(context: dg.SensorEvaluationContext, limber: Limber) -> dg.SensorRe
     return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=k, run_key=f"manifest:{k}") for k in new])
 
 
-def _inputs_version(instance: dg.DagsterInstance, system: str, parts: list[str]) -> str | None:
-    """Storage ids of the latest materializations an evaluation reads, or None if one is missing."""
-    inputs = [("language_model", None)] + [("manifests", part) for part in parts]
-    if system != BLIND:
-        inputs += [("linear_map", system)] + [
-            ("image_features", dg.MultiPartitionKey({"backbone": system, "split": part})) for part in parts
-        ]
-    ids = []
-    for asset, partition in inputs:
-        record = latest_materialization(instance, asset, partition)
-        if record is None:
-            return None
-        ids.append(str(record.storage_id))
-    return "-".join(ids)
+def _inputs_key(limber: Limber, system: str, parts: list[str]) -> str | None:
+    """The key of what an evaluation of ``system`` on ``parts`` reads, or None if one is not stored yet."""
+    inputs = Inputs(limber)
+    try:
+        inputs.language_model()
+        inputs.linear_map(system)
+        for part in parts:
+            inputs.manifest(part)
+            inputs.system_features(system, part)
+    except MissingInput:
+        return None
+    return inputs.key()
 
 
-def _evaluation_requests(instance: dg.DagsterInstance, partitions_def, parts_of) -> list[dg.RunRequest]:
+def _evaluation_requests(limber: Limber, partitions_def, parts_of) -> list[dg.RunRequest]:
     requests = []
     for key in partitions_def.get_partition_keys():
-        system = key.keys_by_dimension["system"]
-        version = _inputs_version(instance, system, parts_of(key))
-        if version is not None:
-            requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}@{version}"))
+        inputs_key = _inputs_key(limber, key.keys_by_dimension["system"], parts_of(key))
+        if inputs_key is not None:
+            requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}@{inputs_key}"))
     return requests
 
 
-@dg.schedule(job=caption_evaluation_job, cron_schedule=EVALUATION_CRON,
+@dg.schedule(job=caption_evaluation_job, cron_schedule=settings.evaluation_cron(),
              default_status=dg.DefaultScheduleStatus.STOPPED)
-def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext):
-    """Captions and caption metrics for every system x evaluation split whose inputs exist."""
-    requests = _evaluation_requests(context.instance, caption_partitions,
-                                    lambda key: [key.keys_by_dimension["split"]])
+def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
+    """Captions and caption metrics for every system x captioning part whose inputs exist."""
+    requests = _evaluation_requests(limber, caption_partitions, lambda key: [key.keys_by_dimension["part"]])
     return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
 
 
-@dg.schedule(job=vqa_evaluation_job, cron_schedule=EVALUATION_CRON, default_status=dg.DefaultScheduleStatus.STOPPED)
-def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext):
+@dg.schedule(job=vqa_evaluation_job, cron_schedule=settings.evaluation_cron(),
+             default_status=dg.DefaultScheduleStatus.STOPPED)
+def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
     """Few-shot VQA for every system x shot count whose inputs exist."""
-    requests = _evaluation_requests(context.instance, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
+    requests = _evaluation_requests(limber, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
     return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
 
 

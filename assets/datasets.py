@@ -3,11 +3,11 @@
 import dagster as dg
 import pandas as pd
 
-from assets.config import DatasetConfig
-from assets.partitions import dataset_part, part_partitions
+from assets.config import PROFILE, DatasetConfig
+from assets.partitions import part_partitions
 from assets.resources import Limber
 from pipeline.datasets import read_manifest
-from storage.layout import write_table
+from storage.layout import dataset_part, stored_key, table_key, write_table
 
 MANIFEST_VALID = "manifest_valid"
 
@@ -23,7 +23,9 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: 
     """The images of one dataset part, with their reference captions and questions.
 
     Records a reader cannot use (malformed, duplicate, dangling) are skipped, counted here and
-    listed with their file and reason in ``<part>.skipped.parquet`` beside the manifest.
+    listed with their file and reason in ``<part>.skipped.parquet`` beside the manifest. The
+    manifest's key is a hash of its content: an unchanged manifest is not written again, and
+    everything downstream of it is reused.
     """
     dataset, part = dataset_part(context.partition_key)
     options = {"val_size": config.val_size, "seed": config.seed} if dataset == "easy_vqa" else {}
@@ -31,13 +33,20 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: 
     manifest = result.manifest.head(config.max_images) if config.max_images else result.manifest
     path = limber.layout.manifest(context.partition_key)
     skipped = pd.DataFrame(result.skipped, columns=["source", "record", "reason"])
-    write_table(skipped, limber.layout.skipped_records(context.partition_key))
-    write_table(manifest, path)
+    key = table_key(manifest)
+    reused = stored_key(path) == key
+    if not reused:
+        write_table(skipped, limber.layout.skipped_records(context.partition_key), key)
+        write_table(manifest, path, key)  # written last: its key marks the part done
     if len(skipped):
         context.log.warning(f"{len(skipped)} records skipped; first: {skipped.iloc[0].to_dict()}")
+    preview_rows = PROFILE["reporting"]["preview_rows"]
     yield dg.MaterializeResult(
+        data_version=dg.DataVersion(key),
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "key": key,
+            "reused": reused,
             "images": len(manifest),
             "questions": int(manifest["questions"].str.len().sum()),
             "images_without_caption": int((manifest["captions"].str.len() == 0).sum()),
@@ -46,7 +55,7 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: 
                 skipped["reason"].str.split(":").str[0].value_counts().to_dict() if len(skipped) else {}
             ),
             "preview": dg.MetadataValue.md(
-                manifest[["image_id", "captions"]].head(10).astype(str).to_markdown(index=False)
+                manifest[["image_id", "captions"]].head(preview_rows).astype(str).to_markdown(index=False)
             ),
         }
     )

@@ -6,11 +6,10 @@ a time. Across runs, GPU assets also share the instance's ``gpu`` pool (``pool=G
 in deploy/dagster.yaml.
 """
 
-import os
-
 import dagster as dg
 
-EXECUTOR_ENV = "LIMBER_EXECUTOR"
+from pipeline import settings
+
 EXECUTORS = ("multiprocess", "k8s")
 GPU_POOL = "gpu"
 GPU_TAG_KEY, GPU_TAG_VALUE = "limber/gpu", "true"
@@ -35,21 +34,21 @@ STEP_K8S_CONFIG = {
 
 
 def executor_name() -> str:
-    name = os.environ.get(EXECUTOR_ENV) or "multiprocess"
+    name = settings.executor_name()
     if name not in EXECUTORS:
-        raise ValueError(f"{EXECUTOR_ENV}={name!r} is not an executor; choose one of {list(EXECUTORS)}")
+        raise ValueError(f"{settings.EXECUTOR_ENV}={name!r} is not an executor; choose one of {list(EXECUTORS)}")
     return name
 
 
 def executor() -> dg.ExecutorDefinition:
     """The executor named by LIMBER_EXECUTOR; LIMBER_MAX_CONCURRENT caps steps at once per run."""
-    cap = os.environ.get("LIMBER_MAX_CONCURRENT")
+    cap = settings.max_concurrent()
     if executor_name() == "k8s":
         from dagster_k8s import k8s_job_executor
 
         # GPU steps queue on the instance-wide "gpu" pool, not on a per-run limit.
-        return k8s_job_executor.configured({"max_concurrent": int(cap or 8), "step_k8s_config": STEP_K8S_CONFIG})
+        return k8s_job_executor.configured({"max_concurrent": cap or 8, "step_k8s_config": STEP_K8S_CONFIG})
     return dg.multiprocess_executor.configured({
-        "max_concurrent": int(cap) if cap else None,  # None: one process per CPU
+        "max_concurrent": cap,  # None: one process per CPU
         "tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": GPU_TAG_VALUE, "limit": 1}],
     })

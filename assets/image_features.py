@@ -1,17 +1,17 @@
-"""Frozen image features per backbone x dataset split, streamed into Zarr and resumable."""
+"""Frozen image features per backbone x dataset part, streamed into Zarr and resumable."""
 
 import dagster as dg
 import numpy as np
 
-from assets.config import ExtractionConfig
+from assets.config import PROFILE, ExtractionConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
+from assets.inputs import Inputs
 from assets.partitions import feature_partitions
 from assets.resources import Limber
 from pipeline.encoders import backbone_spec, create_backbone
 from pipeline.image_features import extract_image_features
 from storage import FeatureArray
-from storage.layout import read_table
 
 FEATURES_VALID = "features_valid"
 
@@ -41,14 +41,20 @@ def feature_checks(features: FeatureArray, manifest_ids: list[str]) -> dg.AssetC
     op_tags=GPU_TAGS,
 )
 def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, limber: Limber):
-    """One frozen backbone's features for every image of one split (float16, one Zarr array)."""
+    """One frozen backbone's features for every image of one part (float16, one Zarr array).
+
+    Keyed by the manifest and the encoder (its layer, layout, image size and weights' fingerprint):
+    features stored under another key are computed again; under the same key only unfinished chunks.
+    """
     keys = context.partition_key.keys_by_dimension
-    backbone_name, part = keys["backbone"], keys["split"]
-    manifest = read_table(limber.layout.manifest(part))
+    backbone_name, part = keys["backbone"], keys["part"]
+    inputs = Inputs(limber)
+    manifest = inputs.manifest(part)
     spec = backbone_spec(backbone_name)
+    key = inputs.key(encoder=spec.fingerprint())
     path = limber.layout.image_features(backbone_name, part)
     store = FeatureArray.open(
-        str(path), manifest["image_id"].tolist(), spec.layout.positions, spec.feature_dim, config.chunk_rows
+        str(path), manifest["image_id"].tolist(), spec.layout.positions, spec.feature_dim, config.chunk_rows, key
     )
     pending = len(store.pending_chunks())
     context.log.info(f"{backbone_name} on {part}: {pending} of {store.num_chunks()} chunks to compute")
@@ -62,8 +68,11 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
         )
     skipped = store.skipped
     yield dg.MaterializeResult(
+        data_version=dg.DataVersion(key),
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "key": key,
+            "reused": pending == 0,
             "rows": len(manifest),
             "shape": str(tuple(store.features.shape)),
             "dtype": str(store.features.dtype),
@@ -73,7 +82,9 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
             "chunks_reused": store.num_chunks() - pending,
             "images_per_second": round(stats.images_per_second, 2) if stats else 0.0,
             "skipped_images": len(skipped),
-            "skip_reasons": dg.MetadataValue.json({str(k): v for k, v in list(skipped.items())[:100]}),
-        }
+            "skip_reasons": dg.MetadataValue.json(
+                {str(k): v for k, v in list(skipped.items())[: PROFILE["reporting"]["listed_skips"]]}
+            ),
+        },
     )
     yield feature_checks(store, manifest["image_id"].tolist())

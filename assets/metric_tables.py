@@ -1,31 +1,36 @@
 """The tables analysts read: one tidy long table, and a wide comparison shaped like the paper's."""
 
-from datetime import UTC, datetime
-
 import dagster as dg
 import numpy as np
-import pandas as pd
 
 from assets.captions import caption_metrics
-from assets.partitions import VQA_EVAL, caption_partitions, dataset_part, vqa_partitions
-from assets.records import latest_materialization
+from assets.inputs import Inputs
+from assets.partitions import BLIND, VQA_EVAL, caption_partitions, vqa_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
-from pipeline.metrics.table import comparison_table, metrics_bar_chart
+from pipeline.metrics.table import comparison_table, metrics_bar_chart, tidy_metrics
 from pipeline.plots import markdown_image
-from storage.layout import read_table, storage_path, write_table
+from storage.layout import dataset_part, read_table, stored_key, write_table
 
 TABLE_COMPLETE = "table_complete"
 
 
-def _latest(context, asset, partitions_def) -> list[tuple[dict, object, float]]:
-    """(partition dimensions, metrics path, timestamp) of every materialized partition."""
-    found = []
-    for key in partitions_def.get_partition_keys():
-        record = latest_materialization(context.instance, asset, key)
-        if record is not None:
-            path = storage_path(record.asset_materialization.metadata["path"].value)
-            found.append((key.keys_by_dimension, path, record.timestamp))
+def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
+    """(labels, metric rows, key) of every caption_metrics and vqa_metrics partition stored so far."""
+    lm, layout, found = limber.language_model, limber.layout, []
+    partitions = [("captioning", caption_metrics, caption_partitions), ("vqa", vqa_metrics, vqa_partitions)]
+    for task, asset, partitions_def in partitions:
+        for partition in partitions_def.get_partition_keys():
+            keys = partition.keys_by_dimension
+            system, part, shots = keys["system"], keys.get("part", VQA_EVAL), int(keys.get("shots", 0))
+            path = layout.caption_metrics(system, lm, part) if task == "captioning" else layout.vqa_metrics(
+                system, lm, shots)
+            if stored_key(path) is None:
+                continue
+            dataset, split = dataset_part(part)
+            labels = {"system": system, "backbone": "" if system == BLIND else system, "lm": lm,
+                      "dataset": dataset, "split": split, "task": task, "shots": shots}
+            found.append((labels, inputs.table(asset.key.to_user_string(), path), stored_key(path)))
     return found
 
 
@@ -40,37 +45,34 @@ def _latest(context, asset, partitions_def) -> list[tuple[dict, object, float]]:
                                    description="no value is NaN without a note saying why")],
 )
 def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
-    """Every materialized caption and VQA metric, one row per (system, split, task, metric, shots)."""
-    rows = []
-    sources = [("captioning", caption_metrics, caption_partitions), ("vqa", vqa_metrics, vqa_partitions)]
-    for task, asset, partitions in sources:
-        for keys, path, timestamp in _latest(context, asset, partitions):
-            dataset, split = dataset_part(keys.get("split", VQA_EVAL))
-            for record in read_table(path).to_dict("records"):
-                rows.append({
-                    "backbone": keys["system"], "lm": limber.language_model, "dataset": dataset, "split": split,
-                    "task": task, "metric": record["metric"], "shots": int(keys.get("shots", 0)),
-                    "value": float(record["value"]), "n": int(record["n"]), "note": record["note"],
-                    "materialized_at": datetime.fromtimestamp(timestamp, tz=UTC),
-                    "config_hash": path.parent.name,
-                })
-    if not rows:
+    """Every stored caption and VQA metric, one row per (system, part, task, metric, shots)."""
+    inputs = Inputs(limber)
+    results = _stored_metrics(limber, inputs)
+    if not results:
         raise ValueError("no caption_metrics or vqa_metrics partition is materialized yet")
-    tidy = pd.DataFrame(rows)
-    wide = comparison_table(tidy)
-    path = limber.layout.metrics_table()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_table(tidy, path)
-    write_table(wide, limber.layout.comparison_table())
-    png = metrics_bar_chart(tidy)
-    path.with_name("metrics.png").write_bytes(png)
-    yield dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(path)),
-        "comparison_path": dg.MetadataValue.path(str(limber.layout.comparison_table())),
-        "rows": len(tidy),
-        "comparison": dg.MetadataValue.md(wide.round(2).to_markdown()),
-        "chart": dg.MetadataValue.md(markdown_image(png, "metrics by backbone")),
-    })
+    key = inputs.key()
+    layout = limber.layout
+    path = layout.metrics_table()
+    reused = stored_key(path) == key
+    if not reused:
+        tidy = tidy_metrics(results)
+        write_table(comparison_table(tidy), layout.comparison_table(), key)
+        layout.metrics_chart().write_bytes(metrics_bar_chart(tidy))
+        write_table(tidy, path, key)  # written last: its key marks the tables done
+    tidy = read_table(path)
+    wide = read_table(layout.comparison_table())
+    yield dg.MaterializeResult(
+        data_version=dg.DataVersion(key),
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "comparison_path": dg.MetadataValue.path(str(layout.comparison_table())),
+            "key": key,
+            "reused": reused,
+            "rows": len(tidy),
+            "comparison": dg.MetadataValue.md(wide.round(2).to_markdown()),
+            "chart": dg.MetadataValue.md(markdown_image(layout.metrics_chart().read_bytes(), "metrics by system")),
+        },
+    )
     unexplained = tidy[tidy["value"].isna() & (tidy["note"] == "")]
     yield dg.AssetCheckResult(
         check_name=TABLE_COMPLETE,

@@ -1,9 +1,16 @@
-"""Partitions of the asset graph: backbone, dataset part, and their products.
+"""Partitions of the asset graph, and the mappings that say which upstream partitions each reads.
 
 A dataset *part* is a partition key "dataset.split" or "dataset.split.shard" ("easy_vqa.test",
 "cc3m.train.00042"). Parts are dynamic partitions: they are registered when their files appear in
 the raw-data folder (the ``new_data`` sensor, or ``register_dataset_parts``), so a new CC3M shard
 adds one partition and triggers only its own work.
+
+An evaluation partition belongs to a *system*: a backbone with its trained map, or ``blind``, the
+LM shown no image. The ``system`` dimension maps exactly onto the ``backbone`` dimension (blind onto
+nothing). Dagster's built-in mappings cannot map a dynamic dimension onto a static one or a
+single-dimension asset onto one value of a two-dimension one, so the evaluation assets depend on
+every part's features, every evaluation manifest and every linear map; what each partition really
+reads is in its result's key (``assets/inputs.py``), so nothing is reused stale.
 """
 
 import dagster as dg
@@ -11,33 +18,35 @@ import dagster as dg
 from assets.config import PROFILE
 from pipeline.datasets import list_parts
 from pipeline.vqa import SHOTS
+from storage.layout import dataset_part, in_prefix
 
-DATASETS = PROFILE["datasets"]
-TRAIN, VALIDATION = DATASETS["train"], DATASETS["validation"]
-VQA_EVAL, VQA_SUPPORT = DATASETS["vqa"], DATASETS["vqa_support"]
-PROFILE_PARTS = [TRAIN, VALIDATION, VQA_EVAL, VQA_SUPPORT, *DATASETS["captioning"]]
-
-backbone_partitions = dg.StaticPartitionsDefinition(PROFILE["models"]["backbones"])
-part_partitions = dg.DynamicPartitionsDefinition(name="dataset_parts")
-feature_partitions = dg.MultiPartitionsDefinition({"backbone": backbone_partitions, "split": part_partitions})
-
+ROLES = PROFILE["datasets"]  # which part plays which role in the method
+TRAIN, VALIDATION = ROLES["train"], ROLES["validation"]
+VQA_EVAL, VQA_SUPPORT = ROLES["vqa"], ROLES["vqa_support"]
+CAPTIONING = ROLES["captioning"]
+PROFILE_PARTS = [TRAIN, VALIDATION, VQA_EVAL, VQA_SUPPORT, *CAPTIONING]
+BACKBONES = PROFILE["models"]["backbones"]
 BLIND = "blind"  # the baseline that sees no image: same prompts, image tokens left out
-system_partitions = dg.StaticPartitionsDefinition([*PROFILE["models"]["backbones"], BLIND])
-eval_split_partitions = dg.StaticPartitionsDefinition(DATASETS["captioning"])
-caption_partitions = dg.MultiPartitionsDefinition({"system": system_partitions, "split": eval_split_partitions})
+
+backbone_partitions = dg.StaticPartitionsDefinition(BACKBONES)
+part_partitions = dg.DynamicPartitionsDefinition(name="dataset_parts")
+feature_partitions = dg.MultiPartitionsDefinition({"backbone": backbone_partitions, "part": part_partitions})
+
+system_partitions = dg.StaticPartitionsDefinition([*BACKBONES, BLIND])
+captioning_part_partitions = dg.StaticPartitionsDefinition(CAPTIONING)
+caption_partitions = dg.MultiPartitionsDefinition({"system": system_partitions, "part": captioning_part_partitions})
 shot_partitions = dg.StaticPartitionsDefinition([str(n) for n in SHOTS])
 vqa_partitions = dg.MultiPartitionsDefinition({"shots": shot_partitions, "system": system_partitions})
 
+# image_features[backbone, *] -> an evaluation partition of the same system; blind reads none.
+SYSTEM_FEATURES = dg.MultiPartitionMapping({
+    "backbone": dg.DimensionPartitionMapping("system", dg.StaticPartitionMapping({b: b for b in BACKBONES})),
+})
 
-def dataset_part(part_key: str) -> tuple[str, str]:
-    """'cc3m.train.00042' -> ('cc3m', 'train.00042')."""
-    dataset, part = part_key.split(".", 1)
-    return dataset, part
 
-
-def in_prefix(part_key: str, prefix: str) -> bool:
-    """Whether a part belongs to a profile entry: the part itself, or one of its shards."""
-    return part_key == prefix or part_key.startswith(prefix + ".")
+def evaluation_manifests(parts: list[str]) -> dg.PartitionMapping:
+    """The manifests an evaluation asset reads: only these parts, never a training shard."""
+    return dg.SpecificPartitionsPartitionMapping(sorted(set(parts)))
 
 
 def discover_parts(data_root: str) -> list[str]:

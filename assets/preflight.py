@@ -3,11 +3,12 @@ without building a model, so ``limber demo`` says everything missing at once ins
 midway through the graph."""
 
 from assets.config import PROFILE
-from assets.partitions import PROFILE_PARTS, dataset_part, discover_parts, in_prefix
+from assets.partitions import PROFILE_PARTS, discover_parts
 from assets.resources import Limber
 from pipeline.datasets import how_to_get
 from pipeline.encoders import backbone_spec
 from pipeline.language_models import language_model_spec
+from storage.layout import dataset_part, in_prefix
 
 
 def preflight(limber: Limber) -> list[str]:

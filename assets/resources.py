@@ -1,30 +1,30 @@
 """The run-wide resource: where storage and raw data live, which LM is frozen, which device runs the models."""
 
-import os
-
 import dagster as dg
 import torch
 from pydantic import Field
 
 from assets.config import PROFILE
-from pipeline.language_models import load_language_model
+from pipeline import settings
+from pipeline.language_models import load_language_model, prepared_description
 from storage import StorageLayout
 from storage.layout import LocalMirror
 
 
 class Limber(dg.ConfigurableResource):
     storage_root: str = Field(
-        default=os.environ.get("LIMBER_STORAGE", "data"),
+        default=settings.storage_root(),
         description="root of every stored artifact: a folder or an fsspec URL such as s3://bucket/prefix "
-        "(LIMBER_STORAGE)",
+        f"({settings.STORAGE_ENV})",
     )
     data_root: str = Field(
-        default=os.environ.get("LIMBER_DATA", "datasets"),
-        description="folder of the raw datasets (CC3M shards, COCO, NoCaps, VQAv2 files) (LIMBER_DATA)",
+        default=settings.data_root(),
+        description=f"folder of the raw datasets (CC3M shards, COCO, NoCaps, VQAv2 files) ({settings.DATA_ENV})",
     )
     cache_dir: str = Field(
-        default=os.environ.get("LIMBER_CACHE", "~/.cache/limber"),
-        description="local working copies of checkpoints when the storage root is an object store (LIMBER_CACHE)",
+        default=settings.cache_dir(),
+        description="local working copies of checkpoints when the storage root is an object store "
+        f"({settings.CACHE_ENV})",
     )
     language_model: str = Field(
         default=PROFILE["models"]["language_model"], description="registered LM name, HF id or local path"
@@ -37,6 +37,10 @@ class Limber(dg.ConfigurableResource):
 
     def mirror(self, path) -> LocalMirror:
         return LocalMirror(path, self.cache_dir)
+
+    def prepared_lm(self) -> dict | None:
+        """The description of the LM prepared under the storage root, or None."""
+        return prepared_description(self.mirror(self.layout.language_model(self.language_model)).pull())
 
     def load_lm(self):
         """(model, tokenizer, description) of the prepared LM, frozen, on this resource's device."""

@@ -2,79 +2,77 @@
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 
-from assets.config import VqaConfig
+from assets.config import PROFILE, VqaConfig
+from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
-from assets.partitions import VQA_EVAL, VQA_SUPPORT, vqa_partitions
-from assets.records import upstream_path
+from assets.image_features import image_features
+from assets.inputs import Inputs
+from assets.language_model import language_model
+from assets.linear_map import linear_map
+from assets.partitions import SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
 from assets.resources import Limber
-from assets.systems import SYSTEM_INPUTS, System
-from pipeline.image_features import ChunkedRows
-from pipeline.metrics.vqa import vqa_accuracy
-from pipeline.vqa import (
-    SHOTS,
-    answer_questions,
-    draw_support,
-    flatten_questions,
-    pool_questions,
-    sample_questions,
-    support_pool,
-)
-from storage import config_hash
-from storage.layout import read_table, write_table
+from pipeline.metrics.vqa import answers_accuracy
+from pipeline.vqa import evaluate_vqa
+from storage.layout import read_table, stored_key, write_table
 
 ACCURACY_IN_RANGE = "accuracy_in_range"
 
 
+def _system_and_shots(context) -> tuple[str, int]:
+    keys = context.partition_key.keys_by_dimension
+    return keys["system"], int(keys["shots"])
+
+
 @dg.asset(
     partitions_def=vqa_partitions,
-    deps=SYSTEM_INPUTS,
+    deps=[dg.AssetDep(image_features, partition_mapping=SYSTEM_FEATURES),
+          dg.AssetDep(manifests, partition_mapping=evaluation_manifests([VQA_EVAL, VQA_SUPPORT])),
+          dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()), language_model],
     group_name="evaluation",
     kinds={"parquet"},
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
 )
 def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Limber) -> dg.MaterializeResult:
-    """Answers to a fixed subset of evaluation questions, with n solved support examples in the prompt."""
-    keys = context.partition_key.keys_by_dimension
-    shots, system = int(keys["shots"]), System.resolve(context, keys["system"])
-    inputs = config_hash({"linear_map": system.linear_map_hash, "vqa": config.model_dump()})
-    path = limber.layout.evaluation("vqa_answers", system.name, limber.language_model, inputs, f"{shots}-shot")
-    reused = path.exists()
+    """Answers to a fixed subset of evaluation questions, with n solved support examples in the prompt.
+
+    Keyed by the eval manifest and features, the support manifest and features (n > 0 only), the
+    system's map, the LM and this asset's config."""
+    system, shots = _system_and_shots(context)
+    inputs = Inputs(limber)
+    manifest = inputs.manifest(VQA_EVAL)
+    store = inputs.system_features(system, VQA_EVAL)
+    support_manifest = inputs.manifest(VQA_SUPPORT) if shots else None
+    support_store = inputs.system_features(system, VQA_SUPPORT) if shots else None
+    stored_map = inputs.linear_map(system)
+    inputs.language_model()
+    key = inputs.key(vqa=config.model_dump(), shots=shots)
+    path = limber.layout.vqa_answers(system, limber.language_model, shots)
+    reused = stored_key(path) == key
     if not reused:
-        questions = sample_questions(
-            flatten_questions(read_table(limber.layout.manifest(VQA_EVAL))), config.questions, config.seed
-        )
-        support_manifest = read_table(limber.layout.manifest(VQA_SUPPORT))
-        # Solved examples come from a fixed pool of support images, the same for every system.
-        pool = support_pool(len(support_manifest), config.support_images, config.seed)
-        train_questions = pool_questions(flatten_questions(support_manifest), pool)
-        support = draw_support(train_questions, len(questions), max(SHOTS), config.seed)
-        device = limber.torch_device()
         lm, tokenizer, _ = limber.load_lm()
-        mapping = system.linear_map(limber)
-        features = support_features = None
-        if mapping is not None:
-            features = system.features(limber, VQA_EVAL).features
-            if shots:
-                support_store = system.features(limber, VQA_SUPPORT).features
-                support_features = ChunkedRows(support_store)[np.arange(pool.start, pool.stop)]
-        answers = answer_questions(
-            lm, tokenizer, questions, train_questions, support, shots=shots, batch_size=config.batch_size,
-            max_new_tokens=config.max_new_tokens, linear_map=mapping, features=features,
-            support_features=support_features, device=device,
+        table = evaluate_vqa(
+            lm, tokenizer, manifest, support_manifest, shots=shots, questions=config.questions, seed=config.seed,
+            support_images=config.support_images, linear_map=stored_map.load() if stored_map else None,
+            store=store, support_store=support_store, batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens, device=limber.torch_device(),
             on_batch=lambda done, total: context.log.info(f"answered {done}/{total}"),
         )
-        columns = ["question_id", "image_id", "question", "answers", "answer_type", "prediction"]
-        write_table(questions.assign(prediction=answers)[columns], path)
+        write_table(table, path, key)
     table = read_table(path)
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(path)),
-        "reused": reused,
-        "questions": len(table),
-        "preview": dg.MetadataValue.md(table.head(10).astype(str).to_markdown(index=False)),
-    })
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(key),
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "key": key,
+            "reused": reused,
+            "questions": len(table),
+            "preview": dg.MetadataValue.md(
+                table.head(PROFILE["reporting"]["preview_rows"]).astype(str).to_markdown(index=False)
+            ),
+        },
+    )
 
 
 @dg.asset(
@@ -85,30 +83,30 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     check_specs=[dg.AssetCheckSpec(ACCURACY_IN_RANGE, asset="vqa_metrics", blocking=True,
                                    description="every accuracy a number in [0, 100] over at least one question")],
 )
-def vqa_metrics(context: dg.AssetExecutionContext):
-    """VQA accuracy (official evaluator's rules), overall and per answer type, x100.
-
-    easy-vqa has one answer per question; it is scored as ten identical ground-truth answers.
-    """
-    answers_path = upstream_path(context, vqa_answers)
-    table = read_table(answers_path)
-    gt = {q: list(a) * (10 if len(a) == 1 else 1) for q, a in zip(table["question_id"], table["answers"])}
-    report = vqa_accuracy(dict(zip(table["question_id"], table["prediction"])), gt,
-                          dict(zip(table["question_id"], table["answer_type"])))
-    rows = [{"metric": "VQA accuracy", "value": report["overall"], "n": len(table), "note": ""}] + [
-        {"metric": f"VQA accuracy ({t})", "value": v, "n": int((table["answer_type"] == t).sum()), "note": ""}
-        for t, v in sorted(report["perAnswerType"].items())
-    ]
-    path = answers_path.with_suffix(".metrics.parquet")
-    write_table(pd.DataFrame(rows), path)
-    yield dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(path)),
-        "n": len(table),
-        **{r["metric"]: dg.MetadataValue.float(r["value"]) for r in rows},
-    })
-    values = np.array([r["value"] for r in rows], dtype=float)
+def vqa_metrics(context: dg.AssetExecutionContext, limber: Limber):
+    """VQA accuracy (official evaluator's rules), overall and per answer type, x100."""
+    system, shots = _system_and_shots(context)
+    inputs = Inputs(limber)
+    answers = inputs.table("vqa_answers", limber.layout.vqa_answers(system, limber.language_model, shots))
+    key = inputs.key()
+    path = limber.layout.vqa_metrics(system, limber.language_model, shots)
+    reused = stored_key(path) == key
+    if not reused:
+        write_table(answers_accuracy(answers), path, key)
+    table = read_table(path)
+    yield dg.MaterializeResult(
+        data_version=dg.DataVersion(key),
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "key": key,
+            "reused": reused,
+            "n": len(answers),
+            **{m: dg.MetadataValue.float(float(v)) for m, v in zip(table["metric"], table["value"])},
+        },
+    )
+    values = table["value"].to_numpy(dtype=float)
     yield dg.AssetCheckResult(
         check_name=ACCURACY_IN_RANGE,
-        passed=bool(len(table) > 0 and np.isfinite(values).all() and ((values >= 0) & (values <= 100)).all()),
-        metadata={"questions": len(table), "min": float(np.nanmin(values)), "max": float(np.nanmax(values))},
+        passed=bool(len(answers) > 0 and np.isfinite(values).all() and ((values >= 0) & (values <= 100)).all()),
+        metadata={"questions": len(answers), "min": float(np.nanmin(values)), "max": float(np.nanmax(values))},
     )

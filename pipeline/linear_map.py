@@ -40,9 +40,18 @@ class LinearMap(nn.Module):
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps({**self.config(), **(extra or {})}, indent=2))
+        # The weights, written last, mark the map finished.
         save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
                   directory / "linear_map.safetensors")
-        (directory / "config.json").write_text(json.dumps({**self.config(), **(extra or {})}, indent=2))
+
+    @staticmethod
+    def stored_key(directory: str | Path) -> str | None:
+        """The ``key`` saved with a finished map in ``directory`` (None when no map is saved there)."""
+        directory = Path(directory)
+        if not (directory / "linear_map.safetensors").exists():
+            return None
+        return json.loads((directory / "config.json").read_text()).get("key", "")
 
     @classmethod
     def load(cls, directory: str | Path) -> "LinearMap":

@@ -23,6 +23,29 @@ from pipeline.linear_map import LinearMap
 IGNORE = -100
 
 
+def training_set(parts: list) -> tuple:
+    """Every train part's features as one array, with each row's caption and the trainable rows.
+
+    ``parts`` is a list of ``(store, manifest)``: a FeatureArray and its part's manifest (image_id,
+    reference captions). A manifest record joins its feature row by image id; a row is trainable
+    when its image was encoded and it has a reference caption (the first one is trained on).
+    """
+    from pipeline.captioning import rows_by_id
+    from storage.feature_store import OK, ConcatenatedFeatures
+
+    features = ConcatenatedFeatures([store for store, _ in parts])
+    captions = [""] * len(features)
+    rows = []
+    for index, (store, manifest) in enumerate(parts):
+        with_caption = manifest[manifest["captions"].str.len() > 0]
+        local = rows_by_id(store.ids, with_caption["image_id"].tolist(), "training set")
+        encoded = store.status[local] == OK
+        for row, references in zip(features.global_rows(index, local[encoded]), with_caption["captions"][encoded]):
+            captions[row] = references[0]
+        rows.append(np.sort(features.global_rows(index, local[encoded])))
+    return features, captions, np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
 def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up over ``warmup_steps``, then linear decay to zero at ``total_steps``."""
     if step < warmup_steps:

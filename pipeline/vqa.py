@@ -84,7 +84,7 @@ def answer_questions(
     tokenizer,
     questions: pd.DataFrame,
     support_questions: pd.DataFrame,
-    support: np.ndarray,
+    support: np.ndarray | None,
     *,
     shots: int,
     batch_size: int,
@@ -108,7 +108,8 @@ def answer_questions(
     answers = []
     for start in range(0, len(questions), batch_size):
         batch = questions.iloc[start : start + batch_size]
-        examples = [support_questions.iloc[support[i, :shots]] for i in range(start, start + len(batch))]
+        examples = [support_questions.iloc[support[i, :shots]] if shots else support_questions.iloc[:0]
+                    for i in range(start, start + len(batch))]
         images = support_images = None
         if eval_rows is not None:
             images = image_tokens(linear_map, torch.from_numpy(eval_rows[batch["row"].to_numpy()]), device)
@@ -126,3 +127,54 @@ def answer_questions(
         if on_batch:
             on_batch(len(answers), len(questions))
     return answers
+
+
+def evaluate_vqa(
+    lm,
+    tokenizer,
+    manifest: pd.DataFrame,
+    support_manifest: pd.DataFrame | None,
+    *,
+    shots: int,
+    questions: int,
+    seed: int,
+    support_images: int,
+    linear_map: LinearMap | None = None,
+    store=None,
+    support_store=None,
+    **decoding,
+) -> pd.DataFrame:
+    """Answers to a seeded sample of ``questions`` questions of ``manifest`` at ``shots`` shots, as a
+    table ``(question_id, image_id, question, answers, answer_type, prediction)``.
+
+    Solved examples come from a seeded pool of ``support_images`` images of ``support_manifest``
+    (needed only when ``shots`` > 0), the same for every system. Feature rows are found by image id
+    in ``store`` / ``support_store`` (FeatureArrays), never by position; with no linear map (the
+    blind system) no features are read.
+    """
+    from pipeline.captioning import rows_by_id
+
+    sample = sample_questions(flatten_questions(manifest), questions, seed)
+    features = support_features = None
+    if linear_map is not None:
+        features = store.features
+        sample = sample.assign(row=rows_by_id(store.ids, sample["image_id"].tolist(), "vqa questions"))
+        sample = sample.sort_values("row", kind="stable").reset_index(drop=True)
+    if shots:
+        pool = support_pool(len(support_manifest), support_images, seed)
+        pool_manifest = support_manifest.iloc[pool].reset_index(drop=True)
+        support_questions = flatten_questions(pool_manifest)
+        if linear_map is not None:
+            pool_rows = rows_by_id(support_store.ids, pool_manifest["image_id"].tolist(), "vqa support")
+            ascending = np.argsort(pool_rows, kind="stable")  # read in stored order, kept in the pool's
+            support_features = np.empty((len(pool_rows), *support_store.features.shape[1:]), np.float16)
+            support_features[ascending] = ChunkedRows(support_store.features)[pool_rows[ascending]]
+    else:
+        support_questions = pd.DataFrame(columns=["row", "question", "answers"])
+    support = draw_support(support_questions, len(sample), max(SHOTS), seed) if shots else None
+    predictions = answer_questions(
+        lm, tokenizer, sample, support_questions, support, shots=shots, linear_map=linear_map, features=features,
+        support_features=support_features, **decoding,
+    )
+    columns = ["question_id", "image_id", "question", "answers", "answer_type", "prediction"]
+    return sample.assign(prediction=predictions)[columns]

@@ -8,6 +8,8 @@ Layout of a partition group:
   written last, after its features and skip reasons, so it marks the chunk as finished: a
   process killed mid-chunk leaves status 0 there and a rerun recomputes only that chunk.
 - attribute ``skipped``: {row: reason} for rows whose image could not be read.
+- attribute ``key``: the key of everything the features were computed from (the manifest, the
+  encoder and its weights); a store opened under another key is started again.
 
 Exactly one process writes a partition, and chunks are whole-array chunks (no sharding), so no
 two writers ever share a chunk.
@@ -26,12 +28,15 @@ class FeatureArray:
     group: zarr.Group
 
     @classmethod
-    def open(cls, path: str, ids: list[str], positions: int, dim: int, chunk_rows: int) -> "FeatureArray":
-        """Opens the partition at ``path``, creating it (or recreating it if its ids changed)."""
+    def open(
+        cls, path: str, ids: list[str], positions: int, dim: int, chunk_rows: int, key: str = ""
+    ) -> "FeatureArray":
+        """Opens the partition at ``path``, creating it (or recreating it if its key or ids changed)."""
         try:
             group = zarr.open_group(path, mode="r+")
             same = (
-                group["features"].shape == (len(ids), positions, dim)
+                group.attrs.get("key", "") == key
+                and group["features"].shape == (len(ids), positions, dim)
                 and group["features"].chunks[0] == chunk_rows
                 and list(group["ids"][:]) == list(ids)
             )
@@ -49,7 +54,7 @@ class FeatureArray:
         group.create_array("status", shape=(rows,), chunks=(chunk_rows,), dtype="int8", fill_value=PENDING)
         if rows:
             group["ids"][:] = np.asarray(ids, dtype=str)
-        group.attrs["skipped"] = {}
+        group.attrs.update({"skipped": {}, "key": key})
         return cls(group)
 
     @classmethod
@@ -67,6 +72,10 @@ class FeatureArray:
     @property
     def status(self) -> np.ndarray:
         return self.group["status"][:]
+
+    @property
+    def key(self) -> str:
+        return self.group.attrs.get("key", "")
 
     @property
     def chunk_rows(self) -> int:

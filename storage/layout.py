@@ -1,4 +1,5 @@
-"""Where every artifact lives under the storage root. The only module that builds storage paths.
+"""Where every artifact lives under the storage root. The only module that builds storage paths,
+parses dataset-part keys, and reads or writes the key a stored result carries.
 
 The root is a local folder or an fsspec URL (``s3://bucket/prefix``); paths are ``UPath`` objects,
 so the same code writes Parquet, Zarr and JSON to either. Credentials and endpoints come from the
@@ -16,8 +17,8 @@ from upath import UPath
 
 
 def config_hash(config) -> str:
-    """Short stable hash of a JSON-able config: names the directory of a result it determines."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    """Short stable hash of a JSON-able value: the key of a result computed from it."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def storage_path(location: str | os.PathLike) -> UPath:
@@ -30,8 +31,22 @@ def is_local(path: UPath) -> bool:
     return path.protocol in ("", "file", "local")
 
 
+def dataset_part(part_key: str) -> tuple[str, str]:
+    """A dataset part's partition key, parsed: 'cc3m.train.00042' -> ('cc3m', 'train.00042')."""
+    dataset, part = part_key.split(".", 1)
+    return dataset, part
+
+
+def in_prefix(part_key: str, prefix: str) -> bool:
+    """Whether a part belongs to a profile entry: the part itself, or one of its shards."""
+    return part_key == prefix or part_key.startswith(prefix + ".")
+
+
 @dataclass(frozen=True)
 class StorageLayout:
+    """Every stored artifact has one fixed path per asset partition and carries the key of what it
+    was computed from (``stored_key``); a result whose key differs from its inputs' is recomputed."""
+
     root: UPath
 
     @classmethod
@@ -39,26 +54,43 @@ class StorageLayout:
         return cls(storage_path(location))
 
     def manifest(self, part_key: str) -> UPath:
-        dataset, part = part_key.split(".", 1)
+        dataset, part = dataset_part(part_key)
         return self.root / "manifests" / dataset / f"{part}.parquet"
 
     def skipped_records(self, part_key: str) -> UPath:
         """Records a dataset reader skipped (file, record, reason), next to the manifest."""
-        return self.manifest(part_key).with_suffix(".skipped.parquet")
+        dataset, part = dataset_part(part_key)
+        return self.root / "manifests" / dataset / f"{part}.skipped.parquet"
 
     def image_features(self, backbone: str, part_key: str) -> UPath:
-        dataset, part = part_key.split(".", 1)
+        dataset, part = dataset_part(part_key)
         return self.root / "features" / dataset / part / f"{backbone}.zarr"
 
     def language_model(self, name: str) -> UPath:
         return self.root / "language_models" / _safe(name)
 
-    def linear_map(self, backbone: str, language_model: str, settings_hash: str) -> UPath:
-        return self.root / "linear_maps" / _safe(language_model) / backbone / settings_hash
+    def linear_map(self, backbone: str, language_model: str) -> UPath:
+        """A folder: the weights, their config (with the key), the loss curve, and the checkpoints."""
+        return self.root / "linear_maps" / _safe(language_model) / backbone
 
-    def evaluation(self, task: str, system: str, language_model: str, inputs_hash: str, partition: str) -> UPath:
-        """Captions / answers / scores of one system, keyed by the hash of everything they depend on."""
-        return self.root / task / _safe(language_model) / system / inputs_hash / f"{partition}.parquet"
+    def captions(self, system: str, language_model: str, part_key: str) -> UPath:
+        dataset, part = dataset_part(part_key)
+        return self.root / "captions" / _safe(language_model) / system / dataset / f"{part}.parquet"
+
+    def coco_results(self, system: str, language_model: str, part_key: str) -> UPath:
+        """The same captions in the COCO results format, for any external scorer."""
+        dataset, part = dataset_part(part_key)
+        return self.root / "captions" / _safe(language_model) / system / dataset / f"{part}.coco.json"
+
+    def caption_metrics(self, system: str, language_model: str, part_key: str) -> UPath:
+        dataset, part = dataset_part(part_key)
+        return self.root / "caption_metrics" / _safe(language_model) / system / dataset / f"{part}.parquet"
+
+    def vqa_answers(self, system: str, language_model: str, shots: int) -> UPath:
+        return self.root / "vqa_answers" / _safe(language_model) / system / f"{shots}-shot.parquet"
+
+    def vqa_metrics(self, system: str, language_model: str, shots: int) -> UPath:
+        return self.root / "vqa_metrics" / _safe(language_model) / system / f"{shots}-shot.parquet"
 
     def metrics_table(self) -> UPath:
         """The tidy metric table analysts read with pandas."""
@@ -66,6 +98,9 @@ class StorageLayout:
 
     def comparison_table(self) -> UPath:
         return self.root / "metrics" / "comparison.parquet"
+
+    def metrics_chart(self) -> UPath:
+        return self.root / "metrics" / "metrics.png"
 
 
 class LocalMirror:
@@ -122,6 +157,9 @@ def _safe(name: str) -> str:
     return name.replace("/", "--")
 
 
+KEY_FIELD = b"limber.key"  # Parquet file metadata: the key of what the table was computed from
+
+
 def read_table(path: UPath):
     """A Parquet table from local or object storage (through fsspec, so its S3 settings apply)."""
     import pandas as pd
@@ -129,6 +167,31 @@ def read_table(path: UPath):
     return pd.read_parquet(path.path, filesystem=path.fs)
 
 
-def write_table(table, path: UPath) -> None:
+def write_table(table, path: UPath, key: str = "") -> None:
+    """Writes a table with its key in the file's metadata, so a reader knows what it was computed from."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(path.path, filesystem=path.fs)
+    arrow = pa.Table.from_pandas(table)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), KEY_FIELD: key.encode()})
+    with path.open("wb") as file:
+        pq.write_table(arrow, file)
+
+
+def stored_key(path: UPath) -> str | None:
+    """The key a stored table was written with; None when there is no table there."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    with path.open("rb") as file:
+        metadata = pq.read_schema(file).metadata or {}
+    return metadata.get(KEY_FIELD, b"").decode()
+
+
+def table_key(table) -> str:
+    """The key of a table's content (for a manifest: what everything downstream was computed from)."""
+    import pandas as pd
+
+    return config_hash(json.loads(pd.DataFrame(table).to_json(orient="split", index=False)))

@@ -55,7 +55,7 @@ def write_random_weights(directory: Path, tokenizer) -> dict[str, str]:
     save_file(half(timm.create_model("nf_resnet50")), directory / "nf_resnet50.safetensors")
     beit = BeitModel(BeitConfig(**BEIT_LARGE_CONFIG), add_pooling_layer=False).half()
     beit.save_pretrained(directory / "beit_large")
-    beit_pt22k_processor().save_pretrained(directory / "beit_large")
+    beit_pt22k_processor(224).save_pretrained(directory / "beit_large")
     gptj = GPTJForCausalLM(
         GPTJConfig(
             vocab_size=len(tokenizer),

@@ -59,7 +59,7 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
         return result
 
     def features_key(part):
-        return dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": part})
+        return dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "part": part})
 
     def evaluate(cursor):
         return dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
@@ -71,7 +71,7 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
         materialize("manifests", part)
     evaluation = evaluate(evaluation.cursor)
     requested = evaluation.get_requested_partitions(dg.AssetKey("image_features"))
-    assert {k.keys_by_dimension["split"] for k in requested} == {"cc3m.train.00000", "cc3m.val.00000"}
+    assert {k.keys_by_dimension["part"] for k in requested} == {"cc3m.train.00000", "cc3m.val.00000"}
     for part in ("cc3m.train.00000", "cc3m.val.00000"):
         materialize("image_features", features_key(part))
 
@@ -81,7 +81,7 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
     materialize("manifests", "cc3m.train.00001")
     evaluation = evaluate(evaluation.cursor)
     requested = evaluation.get_requested_partitions(dg.AssetKey("image_features"))
-    assert {k.keys_by_dimension["split"] for k in requested} == {"cc3m.train.00001"}
+    assert {k.keys_by_dimension["part"] for k in requested} == {"cc3m.train.00001"}
     extracted = materialize("image_features", features_key("cc3m.train.00001"))
     (event,) = extracted.get_asset_materialization_events()
     assert event.materialization.metadata["skipped_images"].value == 0
@@ -126,7 +126,7 @@ def test_evaluation_schedules_request_what_has_inputs_once(instance):
 
     record("linear_map", "efficientnet_lite0")
     for part in ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train"):
-        record("image_features", dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": part}))
+        record("image_features", dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "part": part}))
     requests = caption_evaluation_schedule(context)
     assert sorted(r.partition_key.keys_by_dimension["system"] for r in requests) == ["blind"] * 2 + [
         "efficientnet_lite0"] * 2

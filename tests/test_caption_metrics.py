@@ -5,7 +5,7 @@ import numpy as np
 import pycocoevalcap.tokenizer.ptbtokenizer as ptb
 import pytest
 
-from pipeline.cli import main
+from assets.cli import main
 from pipeline.metrics import captions as caption_module
 from pipeline.metrics.captions import caption_metrics, ptb_tokenize
 from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s

@@ -21,9 +21,9 @@ def test_dataset_parts_are_registered_dynamic_partitions():
     assert register_dataset_parts(instance, "unused") == []  # already known: nothing new
     keys = feature_partitions.get_partition_keys(dynamic_partitions_store=instance)
     assert len(keys) == 2 * 3
-    key = dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "split": "easy_vqa.train"})
+    key = dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "part": "easy_vqa.train"})
     assert key in keys
-    assert key.keys_by_dimension == {"backbone": "efficientnet_lite0", "split": "easy_vqa.train"}
+    assert key.keys_by_dimension == {"backbone": "efficientnet_lite0", "part": "easy_vqa.train"}
 
 
 def test_linear_map_depends_on_its_backbones_features_only():

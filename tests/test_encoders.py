@@ -50,3 +50,18 @@ def test_random_backbone_is_seeded_and_differs_from_pretrained(lite0):
     assert torch.equal(a, b)
     assert not torch.allclose(a, pretrained)
 
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "nfrn50_random"])
+def test_the_image_size_comes_from_the_spec(name):
+    """Preprocessing resizes to the registry's image_size; no factory holds its own."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    spec = replace(backbone_spec(name), image_size=160)
+    _, preprocess = spec.factory(spec, False)
+    assert preprocess(Image.new("RGB", (300, 200))).shape == (3, 160, 160)
+    _, preprocess = backbone_spec(name).factory(backbone_spec(name), False)
+    size = backbone_spec(name).image_size
+    assert preprocess(Image.new("RGB", (300, 200))).shape == (3, size, size)

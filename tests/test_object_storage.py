@@ -55,7 +55,7 @@ def test_every_artifact_lives_in_the_bucket(s3_server, tmp_path):
     features = FeatureArray.read(str(layout.image_features("efficientnet_lite0", "easy_vqa.test")))
     assert features.is_complete() and np.isfinite(features.features[:]).all()
     tidy = load_metrics(ROOT)
-    assert set(tidy["backbone"]) == {"efficientnet_lite0", "blind"} and tidy["value"].notna().any()
+    assert set(tidy["system"]) == {"efficientnet_lite0", "blind"} and tidy["value"].notna().any()
     (event,) = results[("metric_tables", None)].get_asset_materialization_events()
     assert event.materialization.metadata["path"].value == f"{ROOT}/metrics/metrics.parquet"
 
@@ -71,7 +71,7 @@ def test_every_artifact_lives_in_the_bucket(s3_server, tmp_path):
 
 
 def test_mirror_uploads_a_rewritten_checkpoint_of_the_same_size(s3_server, tmp_path):
-    directory = StorageLayout.at(ROOT).linear_map("backbone", "lm", "settings")
+    directory = StorageLayout.at(ROOT).linear_map("backbone", "lm")
     mirror = LocalMirror(directory, tmp_path / "cache")
     local = mirror.pull()
     (local / "checkpoint").mkdir()

@@ -104,7 +104,7 @@ def test_the_metric_table_has_every_system_and_metric(paper_run):
     tidy = pd.read_parquet(storage / "metrics" / "metrics.parquet")
     caption_metrics = ["CIDEr-D", "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CLIP-S", "RefCLIP-S"]
     for system in SYSTEMS:
-        rows = tidy[tidy["backbone"] == system]
+        rows = tidy[tidy["system"] == system]
         coco = set(rows[(rows["dataset"] == "coco") & (rows["split"] == "karpathy_test")]["metric"])
         nocaps = set(rows[(rows["dataset"] == "nocaps") & (rows["split"] == "val")]["metric"])
         assert set(caption_metrics) <= coco, system
@@ -123,7 +123,7 @@ def test_the_metric_table_has_every_system_and_metric(paper_run):
 
 def test_paper_demo_without_weights_or_data_says_what_is_missing(tmp_path):
     done = _run_paper_profile(
-        [sys.executable, "-m", "pipeline.cli", "demo"],
+        [sys.executable, "-m", "assets.cli", "demo"],
         {
             "LIMBER_DATA": str(tmp_path / "empty"),
             "LIMBER_STORAGE": str(tmp_path / "storage"),

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import main
+from assets.cli import main
 from pipeline.datasets.manifest import DatasetError
 from pipeline.metrics.captions import score_caption_files
 from pipeline.metrics.vqa import score_vqa_files

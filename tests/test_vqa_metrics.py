@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.cli import main
+from assets.cli import main
 from pipeline.metrics.vqa import process_digit_article, process_punctuation, question_accuracy, vqa_accuracy
 
 

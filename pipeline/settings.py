@@ -1,0 +1,130 @@
+"""Every setting in one place: the named profiles and the ``LIMBER_*`` environment variables.
+
+``default`` is the embedded demo (easy-vqa, EfficientNet-Lite0, SmolLM2-135M, 2 CPU cores);
+``paper`` is LiMBeR's recipe (NOTES section 1), written as its differences from the default, as
+nanoGPT's config files are. The Dagster config classes (``assets/config.py``) take their defaults
+from the active profile, so any single value can still be changed per run in the launchpad.
+
+No other module reads a ``LIMBER_*`` variable: they are read here, when asked for, so a test or a
+run that sets one sees it.
+"""
+
+import os
+import re
+
+DEFAULT: dict[str, dict] = {
+    "models": {"backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "language_model": "smollm2-135m"},
+    # Dataset parts are "dataset.split[.shard]" keys; "train" names a prefix: every shard under it.
+    "datasets": {
+        "train": "easy_vqa.train", "validation": "easy_vqa.val", "captioning": ["easy_vqa.val", "easy_vqa.test"],
+        "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
+    },
+    "extraction": {"batch_size": 16, "chunk_rows": 256},
+    "training": {
+        "steps": 120, "batch_size": 16, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
+        "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
+        "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50,
+    },
+    # How the linear_map asset reports: loss lines, the final-loss window, validation captions
+    # decoded from the paper's prompt and from none. None of these change the trained weights.
+    "training_report": {
+        "log_every": 50, "final_loss_window": 20, "sample_captions": 8, "sample_caption_tokens": 12,
+        "sample_prompt": "A picture of",
+    },
+    # A 135M LM continues "A picture of" with its own prior and mostly ignores the image tokens
+    # (see the linear_map asset's validation captions, which show both prompts), so the embedded
+    # demo captions from the image tokens alone, as it was trained.
+    "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
+    "vqa": {"questions": 150, "seed": 0, "batch_size": 25, "max_new_tokens": 4, "support_images": 0},
+    # Rows of a table shown in an asset's metadata, and skip reasons listed there.
+    "reporting": {"preview_rows": 10, "listed_skips": 100},
+}  # fmt: skip
+
+PAPER_CHANGES: dict[str, dict] = {
+    "models": {
+        "backbones": ["clip_rn50x16", "nfrn50", "nfrn50_random", "beit_large", "beit_large_ft"],
+        "language_model": "gpt-j-6b",
+    },
+    "datasets": {
+        "train": "cc3m.train", "validation": "cc3m.val", "captioning": ["coco.karpathy_test", "nocaps.val"],
+        "vqa": "vqav2.val", "vqa_support": "vqav2.train", "val_size": 0,
+    },
+    "extraction": {"batch_size": 64, "chunk_rows": 1024},
+    # 15,000 steps at an effective batch of about 2048 (16 A100s in the paper; here 128 micro-batches of 16).
+    "training": {
+        "steps": 15000, "batch_size": 2048, "micro_batch_size": 16, "lr": 8e-4, "warmup_steps": 100,
+        "max_caption_tokens": 64, "buffer_chunks": 16, "checkpoint_every": 500,
+    },
+    "training_report": {"log_every": 100},
+    "captioning": {"prompt": "A picture of", "max_new_tokens": 30, "batch_size": 64},
+    # All VQAv2 val questions; solved examples from a pool of 1,024 VQAv2 train images (CLIP
+    # features: about 0.9 GB in memory).
+    "vqa": {"questions": 0, "batch_size": 32, "max_new_tokens": 10, "support_images": 1024},
+}  # fmt: skip
+
+
+def _with_changes(base: dict[str, dict], changes: dict[str, dict]) -> dict[str, dict]:
+    return {section: {**values, **changes.get(section, {})} for section, values in base.items()}
+
+
+PROFILES: dict[str, dict[str, dict]] = {"default": DEFAULT, "paper": _with_changes(DEFAULT, PAPER_CHANGES)}
+
+# The environment variables, with their defaults.
+PROFILE_ENV = "LIMBER_PROFILE"  # which profile the Definitions load
+STORAGE_ENV, STORAGE_DEFAULT = "LIMBER_STORAGE", "data"  # root of every stored artifact (folder or URL)
+DATA_ENV, DATA_DEFAULT = "LIMBER_DATA", "datasets"  # raw datasets
+CACHE_ENV, CACHE_DEFAULT = "LIMBER_CACHE", "~/.cache/limber"  # local copies of object-store checkpoints
+EVAL_CRON_ENV, EVAL_CRON_DEFAULT = "LIMBER_EVAL_CRON", "0 3 * * *"  # nightly re-evaluation
+EXECUTOR_ENV, EXECUTOR_DEFAULT = "LIMBER_EXECUTOR", "multiprocess"  # or "k8s"
+MAX_CONCURRENT_ENV = "LIMBER_MAX_CONCURRENT"  # steps at once per run (unset: the executor's own default)
+WEIGHTS_ENV_PREFIX = "LIMBER_WEIGHTS_"  # + the model's name: a local copy of its weights
+
+
+def _get(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def profile_name() -> str:
+    name = _get(PROFILE_ENV, "default")
+    if name not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV}={name!r} is not a profile; choose one of {sorted(PROFILES)}")
+    return name
+
+
+def active_profile() -> dict[str, dict]:
+    return PROFILES[profile_name()]
+
+
+def storage_root() -> str:
+    return _get(STORAGE_ENV, STORAGE_DEFAULT)
+
+
+def data_root() -> str:
+    return _get(DATA_ENV, DATA_DEFAULT)
+
+
+def cache_dir() -> str:
+    return _get(CACHE_ENV, CACHE_DEFAULT)
+
+
+def evaluation_cron() -> str:
+    return _get(EVAL_CRON_ENV, EVAL_CRON_DEFAULT)
+
+
+def executor_name() -> str:
+    return _get(EXECUTOR_ENV, EXECUTOR_DEFAULT)
+
+
+def max_concurrent() -> int | None:
+    value = _get(MAX_CONCURRENT_ENV)
+    return int(value) if value else None
+
+
+def weights_env(model_name: str) -> str:
+    """``gpt-j-6b`` -> ``LIMBER_WEIGHTS_GPT_J_6B``: every character but a letter or digit becomes ``_``."""
+    return WEIGHTS_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", model_name.upper())
+
+
+def weights_path(model_name: str) -> str | None:
+    """The local path of a model's weights named by its ``LIMBER_WEIGHTS_<NAME>``, if set."""
+    return _get(weights_env(model_name))

@@ -1,0 +1,132 @@
+"""Every stored result is keyed by everything it read (assets/inputs.py): an unchanged rerun reuses
+every step and writes no file, and a changed input recomputes exactly the results that read it."""
+
+import hashlib
+
+import dagster as dg
+import pytest
+import torch
+
+import pipeline.encoders
+from assets.materialize import materialize_all
+from assets.resources import Limber
+from pipeline.weights import PackageWeights
+from tests.tiny_run import TINY
+
+SYSTEMS = ("efficientnet_lite0", "efficientnet_lite0_random", "blind")
+LITE0, RANDOM = "efficientnet_lite0", "efficientnet_lite0_random"
+
+
+def keep(asset: str, key) -> bool:
+    """One captioning part and two shot counts: enough to tell which results were recomputed."""
+    dims = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else {}
+    return dims.get("shots", "0") in ("0", "1") and (asset not in ("captions", "caption_metrics")
+                                                     or dims.get("part") == "easy_vqa.test")
+
+
+class Graph:
+    """One storage root and instance, materialized again after each change of an input."""
+
+    def __init__(self, root):
+        self.root, self.instance = root, dg.DagsterInstance.ephemeral()
+        self.config = {asset: {"config": dict(values["config"])} for asset, values in TINY.items()}
+
+    def run(self) -> dict[str, bool]:
+        """{asset[partition]: reused} of every step."""
+        resources = {"limber": Limber(storage_root=str(self.root))}
+        steps = materialize_all(self.instance, resources, keep=keep,
+                                run_config=lambda asset: {"ops": {asset: self.config[asset]}
+                                                          if asset in self.config else {}})
+        failed = [step for step in steps if not step.success]
+        assert not failed, f"{failed[0].label} failed"
+        return {step.label: step.metadata["reused"] for step in steps}
+
+    def files(self) -> dict[str, tuple[str, int]]:
+        return {str(p.relative_to(self.root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+                for p in sorted(self.root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    graph = Graph(tmp_path_factory.mktemp("storage"))
+    first = graph.run()
+    assert not any(first.values()), "a first run into an empty root reused something"
+    return graph
+
+
+def recomputed(steps: dict[str, bool]) -> set[str]:
+    return {label for label, reused in steps.items() if not reused}
+
+
+def labels(asset: str, systems=SYSTEMS, parts=None, shots=("0", "1")) -> set[str]:
+    """The step labels of an asset for some systems (backbones), as materialize_all names them."""
+    if asset in ("captions", "caption_metrics"):
+        return {f"{asset}[easy_vqa.test|{s}]" for s in systems}
+    if asset in ("vqa_answers", "vqa_metrics"):
+        return {f"{asset}[{n}|{s}]" for n in shots for s in systems}
+    if asset == "image_features":
+        return {f"{asset}[{b}|{p}]" for b in systems for p in parts}
+    if asset == "linear_map":
+        return {f"{asset}[{b}]" for b in systems}
+    raise KeyError(asset)
+
+
+EVALUATION = ("captions", "caption_metrics", "vqa_answers", "vqa_metrics")
+
+
+def downstream_of_system(system: str) -> set[str]:
+    return set().union(*(labels(a, [system]) for a in EVALUATION)) | {"metric_tables"}
+
+
+def test_an_unchanged_rerun_reuses_every_step_and_writes_no_file(graph):
+    before = graph.files()
+    steps = graph.run()
+    assert recomputed(steps) == set()
+    assert graph.files() == before
+
+
+def test_new_captioning_settings_recompute_only_captions_and_their_metrics(graph):
+    graph.config["captions"]["config"]["max_new_tokens"] = 3
+    expected = labels("captions") | labels("caption_metrics") | {"metric_tables"}
+    assert recomputed(graph.run()) == expected
+
+
+def test_new_vqa_settings_recompute_only_answers_and_their_metrics(graph):
+    graph.config["vqa_answers"]["config"]["questions"] = 5
+    assert recomputed(graph.run()) == labels("vqa_answers") | labels("vqa_metrics") | {"metric_tables"}
+
+
+def test_new_encoder_weights_recompute_that_backbone_and_nothing_else(graph, tmp_path, monkeypatch):
+    """The lite0 weights file changes (one tensor perturbed): its features, map and evaluations are
+    recomputed; the random encoder and the blind system are reused."""
+    weights = torch.load(pipeline.encoders.LITE0_WEIGHTS.path(), map_location="cpu", weights_only=True)
+    first = next(iter(weights))
+    weights[first] = weights[first] * 1.01
+    changed = tmp_path / "lite0.pth"
+    torch.save(weights, changed)
+    real = PackageWeights.path
+    monkeypatch.setattr(PackageWeights, "path", lambda self: changed if self.name == LITE0 else real(self))
+    expected = labels("image_features", [LITE0], ["easy_vqa.test", "easy_vqa.train", "easy_vqa.val"])
+    expected |= {f"linear_map[{LITE0}]"} | downstream_of_system(LITE0)
+    assert recomputed(graph.run()) == expected
+
+
+def test_a_new_validation_carve_out_recomputes_what_reads_train_or_val(graph):
+    """Another seed carves another validation set out of easy-vqa train: the train and val manifests
+    change, the test manifest does not. The blind system's captions of test and its 0-shot answers
+    read neither, so they are reused; its 1-shot answers draw solved examples from train: recomputed."""
+    graph.config["manifests"]["config"]["seed"] = 1
+    expected = {"manifests[easy_vqa.train]", "manifests[easy_vqa.val]"}
+    expected |= labels("image_features", [LITE0, RANDOM], ["easy_vqa.train", "easy_vqa.val"])
+    expected |= labels("linear_map", [LITE0, RANDOM]) | downstream_of_system(LITE0) | downstream_of_system(RANDOM)
+    expected |= {"vqa_answers[1|blind]", "vqa_metrics[1|blind]"}
+    assert recomputed(graph.run()) == expected
+
+
+def test_a_new_language_model_recomputes_everything_but_manifests_and_features(graph, monkeypatch):
+    real = PackageWeights.fingerprint
+    monkeypatch.setattr(PackageWeights, "fingerprint",
+                        lambda self: real(self) + (":retrained" if self.name == "smollm2-135m" else ""))
+    expected = {"language_model"} | labels("linear_map", [LITE0, RANDOM])
+    expected |= set().union(*(downstream_of_system(s) for s in SYSTEMS))
+    assert recomputed(graph.run()) == expected
