@@ -32,6 +32,7 @@ browser:
 
 test: setup browser
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 ui: setup $(DAGSTER_HOME)/dagster.yaml

@@ -19,11 +19,15 @@ from assets.vqa import vqa_answers, vqa_metrics
 from pipeline import settings
 
 caption_evaluation_job = dg.define_asset_job(
-    "caption_evaluation", selection=[captions, caption_metrics], partitions_def=caption_partitions,
+    "caption_evaluation",
+    selection=[captions, caption_metrics],
+    partitions_def=caption_partitions,
     description="captions and their metrics for one system on one evaluation split",
 )
 vqa_evaluation_job = dg.define_asset_job(
-    "vqa_evaluation", selection=[vqa_answers, vqa_metrics], partitions_def=vqa_partitions,
+    "vqa_evaluation",
+    selection=[vqa_answers, vqa_metrics],
+    partitions_def=vqa_partitions,
     description="few-shot VQA answers and accuracy for one system at one shot count",
 )
 
@@ -60,16 +64,20 @@ def _evaluation_requests(limber: Limber, partitions_def, parts_of) -> list[dg.Ru
     return requests
 
 
-@dg.schedule(job=caption_evaluation_job, cron_schedule=settings.evaluation_cron(),
-             default_status=dg.DefaultScheduleStatus.STOPPED)
+@dg.schedule(
+    job=caption_evaluation_job,
+    cron_schedule=settings.evaluation_cron(),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)
 def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
     """Captions and caption metrics for every system x captioning part whose inputs exist."""
     requests = _evaluation_requests(limber, caption_partitions, lambda key: [key.keys_by_dimension["part"]])
     return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
 
 
-@dg.schedule(job=vqa_evaluation_job, cron_schedule=settings.evaluation_cron(),
-             default_status=dg.DefaultScheduleStatus.STOPPED)
+@dg.schedule(
+    job=vqa_evaluation_job, cron_schedule=settings.evaluation_cron(), default_status=dg.DefaultScheduleStatus.STOPPED
+)
 def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
     """Few-shot VQA for every system x shot count whose inputs exist."""
     requests = _evaluation_requests(limber, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
@@ -77,7 +85,9 @@ def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limbe
 
 
 automation = dg.AutomationConditionSensorDefinition(
-    "automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.STOPPED,
+    "automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.STOPPED,
     description="extracts features of new parts and rebuilds metric_tables after evaluations",
 )
 

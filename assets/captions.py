@@ -5,11 +5,11 @@ import json
 import dagster as dg
 import pandas as pd
 
-from assets.config import PROFILE, CaptioningConfig, CaptionMetricsConfig
+from assets.config import CaptioningConfig, CaptionMetricsConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
-from assets.inputs import Inputs
+from assets.inputs import Inputs, preview, stored_result, stored_table
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import CAPTIONING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
@@ -18,7 +18,7 @@ from pipeline.captioning import caption_images
 from pipeline.metrics.captions import split_caption_metrics
 from pipeline.metrics.table import out_of_range
 from storage.feature_store import OK
-from storage.layout import dataset_part, read_table, stored_key, write_table
+from storage.layout import dataset_part
 
 CAPTIONS_NON_EMPTY = "captions_non_empty"
 METRICS_IN_RANGE = "metrics_in_range"
@@ -41,15 +41,24 @@ def captions_check(table: pd.DataFrame, readable: int) -> dg.AssetCheckResult:
 
 @dg.asset(
     partitions_def=caption_partitions,
-    deps=[dg.AssetDep(image_features, partition_mapping=SYSTEM_FEATURES),
-          dg.AssetDep(manifests, partition_mapping=evaluation_manifests(CAPTIONING)),
-          dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()), language_model],
+    deps=[
+        dg.AssetDep(image_features, partition_mapping=SYSTEM_FEATURES),
+        dg.AssetDep(manifests, partition_mapping=evaluation_manifests(CAPTIONING)),
+        dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
+        language_model,
+    ],
     group_name="evaluation",
     kinds={"parquet"},
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
-    check_specs=[dg.AssetCheckSpec(CAPTIONS_NON_EMPTY, asset="captions", blocking=True,
-                                   description="at most half of the readable images got an empty caption")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            CAPTIONS_NON_EMPTY,
+            asset="captions",
+            blocking=True,
+            description="at most half of the readable images got an empty caption",
+        )
+    ],
 )
 def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber: Limber):
     """Greedy captions from [image tokens, prompt]; the blind system gets the prompt alone.
@@ -63,35 +72,39 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
     inputs.language_model()
     key = inputs.key(captioning=config.model_dump())
     path = limber.layout.captions(system, limber.language_model, part)
-    reused = stored_key(path) == key
-    if not reused:
+    coco = limber.layout.coco_results(system, limber.language_model, part)
+
+    def caption() -> pd.DataFrame:
         lm, tokenizer, _ = limber.load_lm()
         table = caption_images(
-            stored_map.load() if stored_map else None, lm, tokenizer, manifest["image_id"].tolist(), store,
-            prompt=config.prompt, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-            device=limber.torch_device(), on_batch=lambda done, total: context.log.info(f"captioned {done}/{total}"),
+            stored_map.load() if stored_map else None,
+            lm,
+            tokenizer,
+            manifest["image_id"].tolist(),
+            store,
+            prompt=config.prompt,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            device=limber.torch_device(),
+            on_batch=lambda done, total: context.log.info(f"captioned {done}/{total}"),
         )
-        coco = limber.layout.coco_results(system, limber.language_model, part)
         coco.parent.mkdir(parents=True, exist_ok=True)
         coco.write_text(json.dumps(table[["image_id", "caption"]].to_dict("records")))
-        write_table(table, path, key)  # written last: its key marks the captions done
-    table = read_table(path)
+        return table
+
+    table, reused = stored_table(path, key, caption)
     readable = len(table) if store is None else int((store.status == OK).sum())
-    references = dict(zip(manifest["image_id"], manifest["captions"]))
-    preview = table.head(PROFILE["reporting"]["preview_rows"])
-    preview = preview.assign(reference=[c[0] if len(c) else "" for c in preview["image_id"].map(references)])
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "coco_results": dg.MetadataValue.path(str(limber.layout.coco_results(system, limber.language_model, part))),
-            "key": key,
-            "reused": reused,
-            "captions": len(table),
-            "empty_captions": int((table["caption"].str.strip() == "").sum()),
-            "prompt": config.prompt,
-            "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
-        },
+    references = dict(zip(manifest["image_id"], manifest["captions"], strict=True))
+    shown = table.assign(reference=[c[0] if len(c) else "" for c in table["image_id"].map(references)])
+    yield stored_result(
+        path,
+        key,
+        reused,
+        coco_results=dg.MetadataValue.path(str(coco)),
+        captions=len(table),
+        empty_captions=int((table["caption"].str.strip() == "").sum()),
+        prompt=config.prompt,
+        preview=preview(shown),
     )
     yield captions_check(table, readable)
 
@@ -107,8 +120,14 @@ def metrics_check(table: pd.DataFrame) -> dg.AssetCheckResult:
     deps=[captions, dg.AssetDep(manifests, partition_mapping=evaluation_manifests(CAPTIONING))],
     group_name="evaluation",
     kinds={"parquet"},
-    check_specs=[dg.AssetCheckSpec(METRICS_IN_RANGE, asset="caption_metrics", blocking=True,
-                                   description="scores within their ranges; NaN only with a note saying why")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            METRICS_IN_RANGE,
+            asset="caption_metrics",
+            blocking=True,
+            description="scores within their ranges; NaN only with a note saying why",
+        )
+    ],
 )
 def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsConfig, limber: Limber):
     """Standard caption metrics of one system on one whole part (CIDEr-D's IDF over the whole part)."""
@@ -119,22 +138,20 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
     clip_weights = inputs.clip_weights(config.clip_weights)
     key = inputs.key()
     path = limber.layout.caption_metrics(system, limber.language_model, part)
-    reused = stored_key(path) == key
-    if not reused:
+
+    def score() -> pd.DataFrame:
         table = split_caption_metrics(manifest, generated, dataset_part(part)[0], clip_weights, limber.torch_device())
         for note in set(table["note"]) - {""}:
             context.log.warning(note)
-        write_table(table, path, key)
-    table = read_table(path)
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "key": key,
-            "reused": reused,
-            "n": int(table["n"].iloc[0]),
-            **{m: (note or dg.MetadataValue.float(round(float(v), 4)))
-               for m, v, note in zip(table["metric"], table["value"], table["note"])},
-        },
+        return table
+
+    table, reused = stored_table(path, key, score)
+    scores = zip(table["metric"], table["value"], table["note"], strict=True)
+    yield stored_result(
+        path,
+        key,
+        reused,
+        n=int(table["n"].iloc[0]),
+        **{m: (note or dg.MetadataValue.float(round(float(v), 4))) for m, v, note in scores},
     )
     yield metrics_check(table)

@@ -28,8 +28,11 @@ def demo(args: argparse.Namespace) -> int:
     overrides = _read_overrides(args.config, defs)
     instance = dg.DagsterInstance.get()
     steps = materialize_all(
-        instance, resources, run_config=lambda asset: {"ops": {asset: overrides[asset]} if asset in overrides else {}},
-        on_start=lambda label: print(f"==> {label}", flush=True), tags={"limber/command": "demo"},
+        instance,
+        resources,
+        run_config=lambda asset: {"ops": {asset: overrides[asset]} if asset in overrides else {}},
+        on_start=lambda label: print(f"==> {label}", flush=True),
+        tags={"limber/command": "demo"},
     )
     print(f"dataset parts registered: {len(instance.get_dynamic_partitions('dataset_parts'))}")
     if steps and not steps[-1].success:
@@ -37,8 +40,7 @@ def demo(args: argparse.Namespace) -> int:
 
     print("\nStep list (asset[partition], status, seconds, work done):")
     for step in steps:
-        work = {k: step.metadata[k] for k in ("reused", "chunks_computed", "final_loss")
-                if k in step.metadata}
+        work = {k: step.metadata[k] for k in ("reused", "chunks_computed", "final_loss") if k in step.metadata}
         print(f"  {step.label:55s} {'ok' if step.success else 'FAILED':6s} {step.seconds:7.1f}s  {work}")
     computed = [step.label for step in steps if not step.metadata.get("reused", False)]
     print(f"\nComputed (not reused from cache): {', '.join(computed) or 'nothing'}")

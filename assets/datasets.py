@@ -3,7 +3,8 @@
 import dagster as dg
 import pandas as pd
 
-from assets.config import PROFILE, DatasetConfig
+from assets.config import DatasetConfig
+from assets.inputs import preview, stored_result
 from assets.partitions import part_partitions
 from assets.resources import Limber
 from pipeline.datasets import read_manifest
@@ -16,8 +17,14 @@ MANIFEST_VALID = "manifest_valid"
     partitions_def=part_partitions,
     group_name="datasets",
     kinds={"parquet"},
-    check_specs=[dg.AssetCheckSpec(MANIFEST_VALID, asset="manifests", blocking=True,
-                                   description="unique ids, at least one image, every image has a path")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            MANIFEST_VALID,
+            asset="manifests",
+            blocking=True,
+            description="unique ids, at least one image, every image has a path",
+        )
+    ],
 )
 def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: Limber):
     """The images of one dataset part, with their reference captions and questions.
@@ -40,24 +47,18 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: 
         write_table(manifest, path, key)  # written last: its key marks the part done
     if len(skipped):
         context.log.warning(f"{len(skipped)} records skipped; first: {skipped.iloc[0].to_dict()}")
-    preview_rows = PROFILE["reporting"]["preview_rows"]
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "key": key,
-            "reused": reused,
-            "images": len(manifest),
-            "questions": int(manifest["questions"].str.len().sum()),
-            "images_without_caption": int((manifest["captions"].str.len() == 0).sum()),
-            "skipped_records": len(skipped),
-            "skip_reasons": dg.MetadataValue.json(
-                skipped["reason"].str.split(":").str[0].value_counts().to_dict() if len(skipped) else {}
-            ),
-            "preview": dg.MetadataValue.md(
-                manifest[["image_id", "captions"]].head(preview_rows).astype(str).to_markdown(index=False)
-            ),
-        }
+    yield stored_result(
+        path,
+        key,
+        reused,
+        images=len(manifest),
+        questions=int(manifest["questions"].str.len().sum()),
+        images_without_caption=int((manifest["captions"].str.len() == 0).sum()),
+        skipped_records=len(skipped),
+        skip_reasons=dg.MetadataValue.json(
+            skipped["reason"].str.split(":").str[0].value_counts().to_dict() if len(skipped) else {}
+        ),
+        preview=preview(manifest[["image_id", "captions"]]),
     )
     yield dg.AssetCheckResult(
         check_name=MANIFEST_VALID,

@@ -14,8 +14,15 @@ from assets.resources import Limber
 from assets.vqa import vqa_answers, vqa_metrics
 
 ALL_ASSETS = [
-    manifests, image_features, language_model, linear_map,
-    captions, caption_metrics, vqa_answers, vqa_metrics, metric_tables,
+    manifests,
+    image_features,
+    language_model,
+    linear_map,
+    captions,
+    caption_metrics,
+    vqa_answers,
+    vqa_metrics,
+    metric_tables,
 ]
 
 # One job per asset (a Dagster job spans one partitions definition), plus the evaluation jobs the

@@ -19,10 +19,12 @@ GPU_TAG_KEY, GPU_TAG_VALUE = "limber/gpu", "true"
 GPU_TAGS = {
     GPU_TAG_KEY: GPU_TAG_VALUE,
     "dagster-k8s/config": {
-        "container_config": {"resources": {
-            "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": 1},
-            "limits": {"memory": "64Gi", "nvidia.com/gpu": 1},
-        }},
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": 1},
+                "limits": {"memory": "64Gi", "nvidia.com/gpu": 1},
+            }
+        },
         "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
     },
 }
@@ -48,7 +50,9 @@ def executor() -> dg.ExecutorDefinition:
 
         # GPU steps queue on the instance-wide "gpu" pool, not on a per-run limit.
         return k8s_job_executor.configured({"max_concurrent": cap or 8, "step_k8s_config": STEP_K8S_CONFIG})
-    return dg.multiprocess_executor.configured({
-        "max_concurrent": cap,  # None: one process per CPU
-        "tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": GPU_TAG_VALUE, "limit": 1}],
-    })
+    return dg.multiprocess_executor.configured(
+        {
+            "max_concurrent": cap,  # None: one process per CPU
+            "tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": GPU_TAG_VALUE, "limit": 1}],
+        }
+    )

@@ -6,7 +6,7 @@ import numpy as np
 from assets.config import PROFILE, ExtractionConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
-from assets.inputs import Inputs
+from assets.inputs import Inputs, stored_result
 from assets.partitions import feature_partitions
 from assets.resources import Limber
 from pipeline.encoders import backbone_spec, create_backbone
@@ -33,8 +33,14 @@ def feature_checks(features: FeatureArray, manifest_ids: list[str]) -> dg.AssetC
     deps=[manifests],
     group_name="features",
     kinds={"pytorch", "zarr"},
-    check_specs=[dg.AssetCheckSpec(FEATURES_VALID, asset="image_features", blocking=True,
-                                   description="finite, one row per manifest image in its order, every chunk done")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            FEATURES_VALID,
+            asset="image_features",
+            blocking=True,
+            description="finite, one row per manifest image in its order, every chunk done",
+        )
+    ],
     # A newly registered part (a new CC3M shard) is extracted as soon as its manifest exists.
     automation_condition=dg.AutomationCondition.eager(),
     pool=GPU_POOL,
@@ -62,29 +68,29 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
     if pending:
         backbone = create_backbone(backbone_name, limber.torch_device())
         stats = extract_image_features(
-            backbone, manifest["image_path"].tolist(), store,
-            device=limber.torch_device(), batch_size=config.batch_size,
+            backbone,
+            manifest["image_path"].tolist(),
+            store,
+            device=limber.torch_device(),
+            batch_size=config.batch_size,
             on_chunk=lambda done, total: context.log.info(f"chunk {done}/{total}"),
         )
     skipped = store.skipped
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "key": key,
-            "reused": pending == 0,
-            "rows": len(manifest),
-            "shape": str(tuple(store.features.shape)),
-            "dtype": str(store.features.dtype),
-            "layer": spec.layer,
-            "weights": spec.weights,
-            "chunks_computed": stats.chunks_computed if stats else 0,
-            "chunks_reused": store.num_chunks() - pending,
-            "images_per_second": round(stats.images_per_second, 2) if stats else 0.0,
-            "skipped_images": len(skipped),
-            "skip_reasons": dg.MetadataValue.json(
-                {str(k): v for k, v in list(skipped.items())[: PROFILE["reporting"]["listed_skips"]]}
-            ),
-        },
+    yield stored_result(
+        path,
+        key,
+        pending == 0,
+        rows=len(manifest),
+        shape=str(tuple(store.features.shape)),
+        dtype=str(store.features.dtype),
+        layer=spec.layer,
+        weights=spec.weights,
+        chunks_computed=stats.chunks_computed if stats else 0,
+        chunks_reused=store.num_chunks() - pending,
+        images_per_second=round(stats.images_per_second, 2) if stats else 0.0,
+        skipped_images=len(skipped),
+        skip_reasons=dg.MetadataValue.json(
+            {str(k): v for k, v in list(skipped.items())[: PROFILE["reporting"]["listed_skips"]]}
+        ),
     )
     yield feature_checks(store, manifest["image_id"].tolist())

@@ -1,4 +1,5 @@
-"""What an asset partition reads, found through the storage layout, each with the key it was stored under.
+"""What an asset partition reads, found through the storage layout, each with the key it was
+stored under; and the result it stores under the key of what it read.
 
 An asset asks ``Inputs`` for everything it reads; ``key(**settings)`` is then the hash of the keys
 of everything read plus the asset's own settings. It is the one place a result's key is computed,
@@ -6,16 +7,19 @@ so a key cannot leave out something read: a changed manifest, encoder weights, f
 LM changes the key of exactly the results that read it, and those are recomputed.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import dagster as dg
 import pandas as pd
 
+from assets.config import PROFILE
 from assets.partitions import BLIND
 from assets.resources import Limber
 from pipeline.linear_map import LinearMap
 from pipeline.metrics.clip_score import CLIP_VIT_B32
 from storage import FeatureArray, config_hash
-from storage.layout import read_table, stored_key
+from storage.layout import read_table, stored_key, write_table
 
 
 class MissingInput(FileNotFoundError):
@@ -29,8 +33,9 @@ class Inputs:
 
     def _record(self, name: str, key: str | None) -> None:
         if key is None:
-            raise MissingInput(f"{name} is not materialized yet (nothing under {self.limber.storage_root}): "
-                               "materialize it first")
+            raise MissingInput(
+                f"{name} is not materialized yet (nothing under {self.limber.storage_root}): materialize it first"
+            )
         self.read[name] = key
 
     def key(self, **settings) -> str:
@@ -55,8 +60,9 @@ class Inputs:
     def language_model(self) -> dict:
         """The prepared LM's description; load it with ``limber.load_lm()``."""
         description = self.limber.prepared_lm()
-        self._record(f"language_model[{self.limber.language_model}]",
-                     description.get("fingerprint") if description else None)
+        self._record(
+            f"language_model[{self.limber.language_model}]", description.get("fingerprint") if description else None
+        )
         return description
 
     def linear_map(self, system: str) -> "StoredMap | None":
@@ -91,3 +97,26 @@ class StoredMap:
 
     def load(self) -> LinearMap:
         return LinearMap.load(self.limber.mirror(self.directory).pull())
+
+
+def stored_table(path, key: str, compute: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, bool]:
+    """The table stored at ``path`` under ``key``: computed and written only when the stored key
+    differs; returns it and whether it was reused."""
+    reused = stored_key(path) == key
+    if not reused:
+        write_table(compute(), path, key)  # the key, written with the table, marks it complete
+    return read_table(path), reused
+
+
+def stored_result(path, key: str, reused: bool, **metadata) -> dg.MaterializeResult:
+    """A keyed result's materialization: its path, its key (also its Dagster data version, so the
+    UI's Unsynced follows the keys) and whether it was reused."""
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(key),
+        metadata={"path": dg.MetadataValue.path(str(path)), "key": key, "reused": reused, **metadata},
+    )
+
+
+def preview(table: pd.DataFrame) -> dg.MetadataValue:
+    """The first rows of a table, as markdown for the asset's page."""
+    return dg.MetadataValue.md(table.head(PROFILE["reporting"]["preview_rows"]).astype(str).to_markdown(index=False))

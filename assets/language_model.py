@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.inputs import stored_result
 from assets.resources import Limber
 from pipeline.language_models import prepare_language_model
 
@@ -17,7 +18,4 @@ def language_model(context: dg.AssetExecutionContext, limber: Limber) -> dg.Mate
     context.log.info(f"preparing {limber.language_model} in {directory}")
     description = prepare_language_model(limber.language_model, mirror.pull())
     mirror.push()
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(description["fingerprint"]),
-        metadata={"path": dg.MetadataValue.path(str(directory)), "reused": before == description, **description},
-    )
+    return stored_result(directory, description["fingerprint"], before == description, **description)

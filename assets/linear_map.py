@@ -11,7 +11,7 @@ from assets.config import TrainingConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
-from assets.inputs import Inputs, MissingInput
+from assets.inputs import Inputs, MissingInput, stored_result
 from assets.language_model import language_model
 from assets.partitions import TRAIN, VALIDATION, backbone_partitions, registered_parts
 from assets.resources import Limber
@@ -49,11 +49,14 @@ def _train_inputs(context, limber: Limber, backbone: str) -> tuple[Inputs, list[
         except MissingInput:
             continue
     if not parts:
-        raise FileNotFoundError(f"no {backbone} features of a {TRAIN} part are extracted yet: "
-                                "materialize image_features first")
+        raise FileNotFoundError(
+            f"no {backbone} features of a {TRAIN} part are extracted yet: materialize image_features first"
+        )
     if len(parts) < len(registered):
-        context.log.warning(f"{len(registered) - len(parts)} of {len(registered)} {TRAIN} parts have no "
-                            f"{backbone} features yet and are left out of training")
+        context.log.warning(
+            f"{len(registered) - len(parts)} of {len(registered)} {TRAIN} parts have no "
+            f"{backbone} features yet and are left out of training"
+        )
     return inputs, parts, read
 
 
@@ -67,11 +70,19 @@ def validation_captions(context, limber: Limber, config: TrainingConfig, backbon
     store = inputs.features(backbone, part)
     rows = rows_by_id(store.ids, manifest["image_id"].tolist(), "validation captions")
     sample = torch.from_numpy(ChunkedRows(store.features)[rows])
-    table = pd.DataFrame({"image_id": manifest["image_id"],
-                          "reference": [c[0] if len(c) else "" for c in manifest["captions"]]})
+    table = pd.DataFrame(
+        {"image_id": manifest["image_id"], "reference": [c[0] if len(c) else "" for c in manifest["captions"]]}
+    )
     for column, prompt in ((f"from '{config.sample_prompt}'", config.sample_prompt), ("no prompt", "")):
-        table[column] = greedy_captions(mapping, lm, tokenizer, sample, prompt=prompt,
-                                        max_new_tokens=config.sample_caption_tokens, device=limber.torch_device())
+        table[column] = greedy_captions(
+            mapping,
+            lm,
+            tokenizer,
+            sample,
+            prompt=prompt,
+            max_new_tokens=config.sample_caption_tokens,
+            device=limber.torch_device(),
+        )
     return table
 
 
@@ -86,10 +97,14 @@ def validation_captions(context, limber: Limber, config: TrainingConfig, backbon
     kinds={"pytorch", "safetensors"},
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
-    check_specs=[dg.AssetCheckSpec(
-        LOSS_DECREASED, asset="linear_map", blocking=True,
-        description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
-    )],
+    check_specs=[
+        dg.AssetCheckSpec(
+            LOSS_DECREASED,
+            asset="linear_map",
+            blocking=True,
+            description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
+        )
+    ],
 )
 def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
     """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
@@ -117,50 +132,69 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         features, captions, rows = training_set(read)
         torch.manual_seed(config.seed)  # the initial weights, too, come from the settings
         mapping = LinearMap(spec.feature_dim, lm_description["hidden_size"], spec.layout, dropout=config.dropout)
-        context.log.info(f"training on {len(rows)} cached {backbone} features from {len(parts)} parts "
-                         f"for {config.steps} steps on {device}")
+        context.log.info(
+            f"training on {len(rows)} cached {backbone} features from {len(parts)} parts "
+            f"for {config.steps} steps on {device}"
+        )
 
         def log_loss(step: int, loss: float) -> None:
             if step % config.log_every == 0:
                 context.log.info(f"step {step}: loss {loss:.4f}")
 
         result = train_linear_map(
-            mapping, lm, tokenizer, features, captions, rows,
-            steps=config.steps, batch_size=config.batch_size, micro_batch_size=config.micro_batch_size,
-            lr=config.lr, warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
-            betas=(config.beta1, config.beta2), grad_clip=config.grad_clip,
-            max_caption_tokens=config.max_caption_tokens, buffer_chunks=config.buffer_chunks, seed=config.seed,
+            mapping,
+            lm,
+            tokenizer,
+            features,
+            captions,
+            rows,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            micro_batch_size=config.micro_batch_size,
+            lr=config.lr,
+            warmup_steps=config.warmup_steps,
+            weight_decay=config.weight_decay,
+            betas=(config.beta1, config.beta2),
+            grad_clip=config.grad_clip,
+            max_caption_tokens=config.max_caption_tokens,
+            buffer_chunks=config.buffer_chunks,
+            seed=config.seed,
             checkpoint_every=config.checkpoint_every,
             # One checkpoint folder per key: a run never resumes another key's training.
-            checkpoint_dir=local / "checkpoints" / key, device=device,
-            on_step=log_loss, on_checkpoint=mirror.push,
+            checkpoint_dir=local / "checkpoints" / key,
+            device=device,
+            on_step=log_loss,
+            on_checkpoint=mirror.push,
         )
         summary = {
-            "settings": config.weight_settings(), "losses": result.losses, "train_rows": len(rows),
-            "train_parts": parts, "resumed_from_step": result.resumed_from,
-            "samples_per_second": round(result.samples_per_second, 2), "shuffle_buffers": result.buffers,
+            "settings": config.weight_settings(),
+            "losses": result.losses,
+            "train_rows": len(rows),
+            "train_parts": parts,
+            "resumed_from_step": result.resumed_from,
+            "samples_per_second": round(result.samples_per_second, 2),
+            "shuffle_buffers": result.buffers,
         }
         (local / "loss.png").write_bytes(loss_curve_png(result.losses, f"{backbone} -> {limber.language_model}"))
-        mapping.save(local, extra={"key": key, "backbone": backbone, "language_model": limber.language_model,
-                                   "training": summary})
+        mapping.save(
+            local,
+            extra={"key": key, "backbone": backbone, "language_model": limber.language_model, "training": summary},
+        )
         mirror.push()
 
     samples = validation_captions(context, limber, config, backbone, mapping, lm, tokenizer)
     losses = summary["losses"]
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(directory)),
-            "key": key,
-            "reused": reused,
-            "train_parts": len(summary["train_parts"]),
-            "steps": len(losses),
-            "first_loss": round(losses[0], 4),
-            "final_loss": round(float(np.mean(losses[-config.final_loss_window:])), 4),
-            "samples_per_second": summary["samples_per_second"],
-            "shuffle_buffers": summary["shuffle_buffers"],
-            "loss_curve": dg.MetadataValue.md(markdown_image((local / "loss.png").read_bytes(), "loss curve")),
-            "validation_captions": dg.MetadataValue.md(samples.to_markdown(index=False)),
-        },
+    yield stored_result(
+        directory,
+        key,
+        reused,
+        train_parts=len(summary["train_parts"]),
+        steps=len(losses),
+        first_loss=round(losses[0], 4),
+        final_loss=round(float(np.mean(losses[-config.final_loss_window :])), 4),
+        samples_per_second=summary["samples_per_second"],
+        shuffle_buffers=summary["shuffle_buffers"],
+        loss_curve=dg.MetadataValue.md(markdown_image((local / "loss.png").read_bytes(), "loss curve")),
+        validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
     )
     yield loss_check(losses)

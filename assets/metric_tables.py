@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 
 from assets.captions import caption_metrics
-from assets.inputs import Inputs
+from assets.inputs import Inputs, stored_result, stored_table
 from assets.partitions import BLIND, VQA_EVAL, caption_partitions, vqa_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
@@ -23,26 +23,41 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
         for partition in partitions_def.get_partition_keys():
             keys = partition.keys_by_dimension
             system, part, shots = keys["system"], keys.get("part", VQA_EVAL), int(keys.get("shots", 0))
-            path = layout.caption_metrics(system, lm, part) if task == "captioning" else layout.vqa_metrics(
-                system, lm, shots)
+            path = (
+                layout.caption_metrics(system, lm, part)
+                if task == "captioning"
+                else layout.vqa_metrics(system, lm, shots)
+            )
             if stored_key(path) is None:
                 continue
             dataset, split = dataset_part(part)
-            labels = {"system": system, "backbone": "" if system == BLIND else system, "lm": lm,
-                      "dataset": dataset, "split": split, "task": task, "shots": shots}
+            labels = {
+                "system": system,
+                "backbone": "" if system == BLIND else system,
+                "lm": lm,
+                "dataset": dataset,
+                "split": split,
+                "task": task,
+                "shots": shots,
+            }
             found.append((labels, inputs.table(asset.key.to_user_string(), path), stored_key(path)))
     return found
 
 
 @dg.asset(
-    deps=[dg.AssetDep(caption_metrics, partition_mapping=dg.AllPartitionMapping()),
-          dg.AssetDep(vqa_metrics, partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        dg.AssetDep(caption_metrics, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(vqa_metrics, partition_mapping=dg.AllPartitionMapping()),
+    ],
     group_name="reporting",
     kinds={"parquet", "pandas"},
     # Rebuilt after any evaluation finishes, even while other systems are still missing.
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
-    check_specs=[dg.AssetCheckSpec(TABLE_COMPLETE, asset="metric_tables",
-                                   description="no value is NaN without a note saying why")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            TABLE_COMPLETE, asset="metric_tables", description="no value is NaN without a note saying why"
+        )
+    ],
 )
 def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
     """Every stored caption and VQA metric, one row per (system, part, task, metric, shots)."""
@@ -53,25 +68,23 @@ def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
     key = inputs.key()
     layout = limber.layout
     path = layout.metrics_table()
-    reused = stored_key(path) == key
-    if not reused:
+
+    def tables():
         tidy = tidy_metrics(results)
         write_table(comparison_table(tidy), layout.comparison_table(), key)
         layout.metrics_chart().write_bytes(metrics_bar_chart(tidy))
-        write_table(tidy, path, key)  # written last: its key marks the tables done
-    tidy = read_table(path)
+        return tidy  # the tidy table, written last by stored_table
+
+    tidy, reused = stored_table(path, key, tables)
     wide = read_table(layout.comparison_table())
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "comparison_path": dg.MetadataValue.path(str(layout.comparison_table())),
-            "key": key,
-            "reused": reused,
-            "rows": len(tidy),
-            "comparison": dg.MetadataValue.md(wide.round(2).to_markdown()),
-            "chart": dg.MetadataValue.md(markdown_image(layout.metrics_chart().read_bytes(), "metrics by system")),
-        },
+    yield stored_result(
+        path,
+        key,
+        reused,
+        comparison_path=dg.MetadataValue.path(str(layout.comparison_table())),
+        rows=len(tidy),
+        comparison=dg.MetadataValue.md(wide.round(2).to_markdown()),
+        chart=dg.MetadataValue.md(markdown_image(layout.metrics_chart().read_bytes(), "metrics by system")),
     )
     unexplained = tidy[tidy["value"].isna() & (tidy["note"] == "")]
     yield dg.AssetCheckResult(

@@ -39,9 +39,11 @@ shot_partitions = dg.StaticPartitionsDefinition([str(n) for n in SHOTS])
 vqa_partitions = dg.MultiPartitionsDefinition({"shots": shot_partitions, "system": system_partitions})
 
 # image_features[backbone, *] -> an evaluation partition of the same system; blind reads none.
-SYSTEM_FEATURES = dg.MultiPartitionMapping({
-    "backbone": dg.DimensionPartitionMapping("system", dg.StaticPartitionMapping({b: b for b in BACKBONES})),
-})
+SYSTEM_FEATURES = dg.MultiPartitionMapping(
+    {
+        "backbone": dg.DimensionPartitionMapping("system", dg.StaticPartitionMapping({b: b for b in BACKBONES})),
+    }
+)
 
 
 def evaluation_manifests(parts: list[str]) -> dg.PartitionMapping:

@@ -2,19 +2,19 @@
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
-from assets.config import PROFILE, VqaConfig
+from assets.config import VqaConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
-from assets.inputs import Inputs
+from assets.inputs import Inputs, preview, stored_result, stored_table
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
 from assets.resources import Limber
 from pipeline.metrics.vqa import answers_accuracy
 from pipeline.vqa import evaluate_vqa
-from storage.layout import read_table, stored_key, write_table
 
 ACCURACY_IN_RANGE = "accuracy_in_range"
 
@@ -26,9 +26,12 @@ def _system_and_shots(context) -> tuple[str, int]:
 
 @dg.asset(
     partitions_def=vqa_partitions,
-    deps=[dg.AssetDep(image_features, partition_mapping=SYSTEM_FEATURES),
-          dg.AssetDep(manifests, partition_mapping=evaluation_manifests([VQA_EVAL, VQA_SUPPORT])),
-          dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()), language_model],
+    deps=[
+        dg.AssetDep(image_features, partition_mapping=SYSTEM_FEATURES),
+        dg.AssetDep(manifests, partition_mapping=evaluation_manifests([VQA_EVAL, VQA_SUPPORT])),
+        dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
+        language_model,
+    ],
     group_name="evaluation",
     kinds={"parquet"},
     pool=GPU_POOL,
@@ -49,30 +52,29 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     inputs.language_model()
     key = inputs.key(vqa=config.model_dump(), shots=shots)
     path = limber.layout.vqa_answers(system, limber.language_model, shots)
-    reused = stored_key(path) == key
-    if not reused:
+
+    def answer() -> pd.DataFrame:
         lm, tokenizer, _ = limber.load_lm()
-        table = evaluate_vqa(
-            lm, tokenizer, manifest, support_manifest, shots=shots, questions=config.questions, seed=config.seed,
-            support_images=config.support_images, linear_map=stored_map.load() if stored_map else None,
-            store=store, support_store=support_store, batch_size=config.batch_size,
-            max_new_tokens=config.max_new_tokens, device=limber.torch_device(),
+        return evaluate_vqa(
+            lm,
+            tokenizer,
+            manifest,
+            support_manifest,
+            shots=shots,
+            questions=config.questions,
+            seed=config.seed,
+            support_images=config.support_images,
+            linear_map=stored_map.load() if stored_map else None,
+            store=store,
+            support_store=support_store,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            device=limber.torch_device(),
             on_batch=lambda done, total: context.log.info(f"answered {done}/{total}"),
         )
-        write_table(table, path, key)
-    table = read_table(path)
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "key": key,
-            "reused": reused,
-            "questions": len(table),
-            "preview": dg.MetadataValue.md(
-                table.head(PROFILE["reporting"]["preview_rows"]).astype(str).to_markdown(index=False)
-            ),
-        },
-    )
+
+    table, reused = stored_table(path, key, answer)
+    return stored_result(path, key, reused, questions=len(table), preview=preview(table))
 
 
 @dg.asset(
@@ -80,8 +82,14 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     deps=[vqa_answers],
     group_name="evaluation",
     kinds={"parquet"},
-    check_specs=[dg.AssetCheckSpec(ACCURACY_IN_RANGE, asset="vqa_metrics", blocking=True,
-                                   description="every accuracy a number in [0, 100] over at least one question")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            ACCURACY_IN_RANGE,
+            asset="vqa_metrics",
+            blocking=True,
+            description="every accuracy a number in [0, 100] over at least one question",
+        )
+    ],
 )
 def vqa_metrics(context: dg.AssetExecutionContext, limber: Limber):
     """VQA accuracy (official evaluator's rules), overall and per answer type, x100."""
@@ -90,19 +98,10 @@ def vqa_metrics(context: dg.AssetExecutionContext, limber: Limber):
     answers = inputs.table("vqa_answers", limber.layout.vqa_answers(system, limber.language_model, shots))
     key = inputs.key()
     path = limber.layout.vqa_metrics(system, limber.language_model, shots)
-    reused = stored_key(path) == key
-    if not reused:
-        write_table(answers_accuracy(answers), path, key)
-    table = read_table(path)
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(key),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "key": key,
-            "reused": reused,
-            "n": len(answers),
-            **{m: dg.MetadataValue.float(float(v)) for m, v in zip(table["metric"], table["value"])},
-        },
+    table, reused = stored_table(path, key, lambda: answers_accuracy(answers))
+    accuracies = zip(table["metric"], table["value"], strict=True)
+    yield stored_result(
+        path, key, reused, n=len(answers), **{m: dg.MetadataValue.float(float(v)) for m, v in accuracies}
     )
     values = table["value"].to_numpy(dtype=float)
     yield dg.AssetCheckResult(

@@ -131,8 +131,9 @@ def make_step(lm, batch: int, caption_len: int, device: str):
     tokenizer = FixedCaptions(caption_len - 1)  # caption_tokens appends the EOS
     ids = caption_tokens(tokenizer, ["a caption"] * batch, caption_len)
     labels = caption_labels(ids, spec.layout.num_tokens, tokenizer.eos_token_id)
-    features = np.random.default_rng(0).standard_normal(
-        (batch, spec.layout.positions, spec.feature_dim)).astype(np.float16)  # as cached (float16)
+    features = (
+        np.random.default_rng(0).standard_normal((batch, spec.layout.positions, spec.feature_dim)).astype(np.float16)
+    )  # as cached (float16)
 
     def step() -> float:
         loss = caption_loss(linear_map, lm, features, ids, labels, device)
@@ -160,8 +161,9 @@ def median_seconds(fn, warmup: int, iters: int, device: str) -> float:
     return statistics.median(times)
 
 
-def bench_training(size: str, device: str, batch: int, caption_len: int, warmup: int, iters: int,
-                   checkpointing: bool) -> dict:
+def bench_training(
+    size: str, device: str, batch: int, caption_len: int, warmup: int, iters: int, checkpointing: bool
+) -> dict:
     lm = build_lm(size, device, checkpointing)
     step, linear_map, seq_len = make_step(lm, batch, caption_len, device)
     cuda = device.startswith("cuda")
@@ -177,14 +179,25 @@ def bench_training(size: str, device: str, batch: int, caption_len: int, warmup:
     peak = peak_bf16_flops(device)
     counts = lm_param_counts(lm.config)
     return {
-        "lm_config": LM_SIZES[size], "lm_params": sum(counts.values()), "lm_param_counts": counts,
-        "attn_implementation": lm.config._attn_implementation, "dtype": str(next(lm.parameters()).dtype),
-        "gradient_checkpointing": checkpointing, "batch": batch, "image_tokens": image_tokens,
-        "caption_tokens": seq_len - image_tokens, "seq_len": seq_len, "linear_map_params": map_params,
-        "step_s": seconds, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
+        "lm_config": LM_SIZES[size],
+        "lm_params": sum(counts.values()),
+        "lm_param_counts": counts,
+        "attn_implementation": lm.config._attn_implementation,
+        "dtype": str(next(lm.parameters()).dtype),
+        "gradient_checkpointing": checkpointing,
+        "batch": batch,
+        "image_tokens": image_tokens,
+        "caption_tokens": seq_len - image_tokens,
+        "seq_len": seq_len,
+        "linear_map_params": map_params,
+        "step_s": seconds,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": flops,
         "flops_formula": "4*P + 12*L*T*d + 4*P_map*k/T (P: LM params except input embedding)",
-        "peak_bf16_flops": peak, "mfu": flops * tokens_per_s / peak if peak else None,
-        "resident_bytes": resident, "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "peak_bf16_flops": peak,
+        "mfu": flops * tokens_per_s / peak if peak else None,
+        "resident_bytes": resident,
+        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "final_loss": step(),
     }
 
@@ -210,32 +223,50 @@ def bench_features(device: str, batch: int, warmup: int, iters: int) -> dict:
         # No warm-up: the model is warm from the forward timing above and the files are in the page cache.
         end_to_end_s = median_seconds(lambda: encode_images(backbone, paths, device, batch), 0, iters, device)
     return {
-        "backbone": BACKBONE, "params": sum(p.numel() for p in backbone.model.parameters()), "image_size": size,
-        "batch": batch, "forward_s": forward_s, "forward_images_per_s": batch / forward_s,
-        "encode_images_s": end_to_end_s, "encode_images_per_s": batch / end_to_end_s, "jpeg_size": "640x480",
+        "backbone": BACKBONE,
+        "params": sum(p.numel() for p in backbone.model.parameters()),
+        "image_size": size,
+        "batch": batch,
+        "forward_s": forward_s,
+        "forward_images_per_s": batch / forward_s,
+        "encode_images_s": end_to_end_s,
+        "encode_images_per_s": batch / end_to_end_s,
+        "jpeg_size": "640x480",
     }
 
 
 def report(result: dict) -> str:
     t, f = result["training"], result["features"]
     gib = lambda b: f"{b / 2**30:.1f} GiB" if b is not None else "n/a"  # noqa: E731
-    mfu = f"{100 * t['mfu']:.1f}%" if t["mfu"] is not None else "n/a (" + (
-        "CPU" if result["device"] == "cpu" else "device not in the peak-FLOPs table") + ")"
-    label = "PAPER size (GPT-J-6B architecture)" if result["size"] == "paper" else \
-        "SMALL size (2-layer GPT-J, width 256): checks the code path, NOT comparable to a GPU"
+    mfu = (
+        f"{100 * t['mfu']:.1f}%"
+        if t["mfu"] is not None
+        else "n/a (" + ("CPU" if result["device"] == "cpu" else "device not in the peak-FLOPs table") + ")"
+    )
+    label = (
+        "PAPER size (GPT-J-6B architecture)"
+        if result["size"] == "paper"
+        else "SMALL size (2-layer GPT-J, width 256): checks the code path, NOT comparable to a GPU"
+    )
     rows = [
         ("device", f"{result['device_name']} ({result['device']})"),
         ("size", label),
-        ("LM params", f"{t['lm_params'] / 1e9:.3f} B, {t['dtype']}, attention {t['attn_implementation']}, "
-                      f"checkpointing {'on' if t['gradient_checkpointing'] else 'off'}"),
+        (
+            "LM params",
+            f"{t['lm_params'] / 1e9:.3f} B, {t['dtype']}, attention {t['attn_implementation']}, "
+            f"checkpointing {'on' if t['gradient_checkpointing'] else 'off'}",
+        ),
         ("train batch x tokens", f"{t['batch']} x ({t['image_tokens']} image + {t['caption_tokens']} caption)"),
         ("train step", f"{1000 * t['step_s']:.1f} ms (median of {result['iters']})"),
         ("train tokens/s", f"{t['tokens_per_s']:,.0f}"),
         ("FLOPs/token", f"{t['flops_per_token']:.4g} = {t['flops_formula']}"),
         ("MFU", mfu),
         ("GPU memory", f"peak {gib(t['peak_bytes'])} (resident before the step {gib(t['resident_bytes'])})"),
-        (f"{f['backbone']} forward", f"{f['forward_images_per_s']:,.1f} images/s at batch {f['batch']}, "
-                                     f"{f['image_size']} px ({f['params'] / 1e6:.0f} M params)"),
+        (
+            f"{f['backbone']} forward",
+            f"{f['forward_images_per_s']:,.1f} images/s at batch {f['batch']}, "
+            f"{f['image_size']} px ({f['params'] / 1e6:.0f} M params)",
+        ),
         ("encode_images (JPEG)", f"{f['encode_images_per_s']:,.1f} images/s (decode + preprocess + forward)"),
     ]
     return "\n".join(f"{k:22s} {v}" for k, v in rows)
@@ -258,12 +289,23 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "device": args.device, "size": size, "iters": iters, "warmup": d["warmup"],
-        "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+        "device": args.device,
+        "size": size,
+        "iters": iters,
+        "warmup": d["warmup"],
+        "device_name": torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
         else f"{cpu_name()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
-        "training": bench_training(size, args.device, args.batch or d["batch"], args.caption, d["warmup"], iters,
-                                   checkpointing=not args.no_checkpointing),
+        "training": bench_training(
+            size,
+            args.device,
+            args.batch or d["batch"],
+            args.caption,
+            d["warmup"],
+            iters,
+            checkpointing=not args.no_checkpointing,
+        ),
     }
     gc.collect()
     if args.device.startswith("cuda"):

@@ -31,9 +31,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPTJConfig
 
-from assets.config import PROFILES
 from pipeline.datasets import load_image
 from pipeline.encoders import create_backbone
+from pipeline.settings import PROFILES
 from storage import FeatureArray
 
 _spec = importlib.util.spec_from_file_location("benchmark", Path(__file__).with_name("benchmark.py"))

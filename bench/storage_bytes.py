@@ -59,8 +59,13 @@ def main() -> None:
                 backbone, weights = create_backbone(name, "cpu", pretrained=False), "random (no weights here)"
             spec = backbone_spec(name)
             store_path = Path(tmp) / f"{name}.zarr"
-            store = FeatureArray.open(str(store_path), [str(i) for i in range(len(paths))], spec.layout.positions,
-                                      spec.feature_dim, args.chunk_rows)
+            store = FeatureArray.open(
+                str(store_path),
+                [str(i) for i in range(len(paths))],
+                spec.layout.positions,
+                spec.feature_dim,
+                args.chunk_rows,
+            )
             extract_image_features(backbone, paths, store, device="cpu", batch_size=8)
             raw = spec.layout.positions * spec.feature_dim * 2
             stored = stored_bytes(store_path) / len(paths)

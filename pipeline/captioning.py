@@ -71,13 +71,22 @@ def rows_by_id(store_ids, image_ids, where: str) -> np.ndarray:
     row_of = {image_id: row for row, image_id in enumerate(np.asarray(store_ids).tolist())}
     missing = [i for i in image_ids if i not in row_of]
     if missing:
-        raise ValueError(f"{where}: {len(missing)} image ids have no feature row (first: {missing[0]!r}); "
-                         "the features were extracted from another manifest: materialize image_features again")
+        raise ValueError(
+            f"{where}: {len(missing)} image ids have no feature row (first: {missing[0]!r}); "
+            "the features were extracted from another manifest: materialize image_features again"
+        )
     return np.array([row_of[i] for i in image_ids], dtype=np.int64)
 
 
-def caption_images(linear_map: LinearMap | None, lm, tokenizer, image_ids: list, store,
-                   on_batch: Callable[[int, int], None] | None = None, **decoding) -> pd.DataFrame:
+def caption_images(
+    linear_map: LinearMap | None,
+    lm,
+    tokenizer,
+    image_ids: list,
+    store,
+    on_batch: Callable[[int, int], None] | None = None,
+    **decoding,
+) -> pd.DataFrame:
     """Captions of the given images, joined to their feature rows by id: ``(image_id, caption)`` in
     the order of ``image_ids``. ``store`` has ``ids``, ``status`` and ``features`` (a FeatureArray),
     or is None for the blind system; an image the encoder could not read gets ``""``."""

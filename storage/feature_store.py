@@ -47,7 +47,10 @@ class FeatureArray:
         group = zarr.open_group(path, mode="w")
         rows = len(ids)
         group.create_array(
-            "features", shape=(rows, positions, dim), chunks=(chunk_rows, positions, dim), dtype="float16",
+            "features",
+            shape=(rows, positions, dim),
+            chunks=(chunk_rows, positions, dim),
+            dtype="float16",
             fill_value=0,
         )
         group.create_array("ids", shape=(rows,), chunks=(max(rows, 1),), dtype=str)

@@ -126,8 +126,10 @@ class LocalMirror:
             for relative, size in self._remote_sizes().items():
                 if relative.startswith("/") or ".." in PurePosixPath(relative).parts:
                     # The bucket is not trusted: a key must not write outside this working copy.
-                    raise ValueError(f"{self.remote}: stored key {relative!r} leaves its folder; refusing to write "
-                                     f"it outside {self.local}. Delete that object from the store.")
+                    raise ValueError(
+                        f"{self.remote}: stored key {relative!r} leaves its folder; refusing to write "
+                        f"it outside {self.local}. Delete that object from the store."
+                    )
                 local_file = self.local / relative
                 if not local_file.exists() or local_file.stat().st_size != size:
                     local_file.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,7 @@ class LocalMirror:
     def _remote_sizes(self) -> dict[str, int]:
         prefix = self.remote.path.rstrip("/") + "/"
         self.remote.fs.invalidate_cache(prefix)
-        return {path[len(prefix):]: info["size"] for path, info in self.remote.fs.find(prefix, detail=True).items()}
+        return {path[len(prefix) :]: info["size"] for path, info in self.remote.fs.find(prefix, detail=True).items()}
 
 
 def _safe(name: str) -> str:

@@ -32,9 +32,18 @@ def tiny_gptj(prepared_lm):
     tokenizer = AutoTokenizer.from_pretrained(prepared_lm / "checkpoint")
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        lm = GPTJForCausalLM(GPTJConfig(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
-                                        n_positions=512, bos_token_id=tokenizer.eos_token_id,
-                                        eos_token_id=tokenizer.eos_token_id))
+        lm = GPTJForCausalLM(
+            GPTJConfig(
+                vocab_size=len(tokenizer),
+                n_embd=64,
+                n_layer=2,
+                n_head=4,
+                rotary_dim=8,
+                n_positions=512,
+                bos_token_id=tokenizer.eos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        )
     return lm.eval().requires_grad_(False), tokenizer
 
 
@@ -65,3 +74,45 @@ def empty_hf_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+EVAL_ROWS, EVAL_CHUNK, EVAL_DIM = 40, 8, 16
+
+
+@pytest.fixture()
+def stored_features(tmp_path, recording_array):
+    """40 rows of (3, 16) float16 features in 8-row Zarr chunks, every read recorded."""
+    import numpy as np
+    import zarr
+
+    array = zarr.create_array(
+        str(tmp_path / "features.zarr"),
+        shape=(EVAL_ROWS, 3, EVAL_DIM),
+        chunks=(EVAL_CHUNK, 3, EVAL_DIM),
+        dtype="float16",
+    )
+    array[:] = np.random.default_rng(0).standard_normal((EVAL_ROWS, 3, EVAL_DIM))
+    return recording_array(array)
+
+
+@pytest.fixture()
+def counting_map():
+    """A linear map (16 -> 64, 3 grid tokens) recording how many images each call projects."""
+    from pipeline.encoders import TokenLayout
+    from pipeline.linear_map import LinearMap
+
+    class CountingMap(LinearMap):
+        def __init__(self):
+            super().__init__(EVAL_DIM, 64, TokenLayout("grid", 3, 1))
+            self.calls = []
+
+        def forward(self, features):
+            self.calls.append(features.shape[0])
+            return super().forward(features)
+
+    return CountingMap().eval()
+
+
+def assert_whole_chunks_once(reads, chunk=EVAL_CHUNK):
+    assert all(start % chunk == 0 and stop == start + chunk for start, stop in reads), reads
+    assert len(set(reads)) == len(reads), f"a chunk was read twice: {reads}"

@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from PIL import Image
+
+from pipeline.datasets import DatasetError, read_manifest
 
 # What load_image must answer for the image kinds that cannot be read.
 UNREADABLE = {"truncated": "corrupt image", "corrupt": "corrupt image", "missing": "missing file"}
@@ -73,6 +77,7 @@ def _write_json(path: Path, document) -> None:
 
 # --- CC3M -----------------------------------------------------------------------------------------
 
+
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -117,8 +122,11 @@ def write_cc3m_shards(root: Path) -> dict[str, Planted]:
                 if reason:
                     planted[part].skipped[key] = reason
                 else:
-                    planted[part].rows[key] = {"image_path": f"tar://{key}.{extension}::{path}",
-                                               "captions": [caption.decode().strip()], "questions": []}
+                    planted[part].rows[key] = {
+                        "image_path": f"tar://{key}.{extension}::{path}",
+                        "captions": [caption.decode().strip()],
+                        "questions": [],
+                    }
                     planted[part].images[key] = kind
     return planted
 
@@ -165,12 +173,16 @@ def write_cc3m_tsv(root: Path) -> dict[str, Planted]:
         (b"a dead link\thttp://example.com/9.jpg", "missing", None),
         (b"the last line has no newline\thttp://example.com/10.jpg", "rgb", None),
     ]
-    val = [(b"a validation image\thttp://example.com/v0.jpg", "rgb", None),
-           (b"another one\thttp://example.com/v1.jpg", "gray", None)]
+    val = [
+        (b"a validation image\thttp://example.com/v0.jpg", "rgb", None),
+        (b"another one\thttp://example.com/v1.jpg", "gray", None),
+    ]
     directory.mkdir(parents=True, exist_ok=True)
     planted = {}
-    for split, lines, file_name in (("train", train, "Train_GCC-training.tsv"),
-                                    ("val", val, "Validation_GCC-1.1.0-Validation.tsv")):
+    for split, lines, file_name in (
+        ("train", train, "Train_GCC-training.tsv"),
+        ("val", val, "Validation_GCC-1.1.0-Validation.tsv"),
+    ):
         (directory / file_name).write_bytes(
             b"\n".join(line for line, _, _ in lines) + (b"\n" if split == "val" else b"")
         )
@@ -181,13 +193,17 @@ def write_cc3m_tsv(root: Path) -> dict[str, Planted]:
                 part.skipped[f"line {row + 1}"] = reason
                 continue
             path = write_image(directory / "images" / split / f"{image_id}.jpg", kind)
-            part.rows[image_id] = {"image_path": str(path), "captions": [line.split(b"\t")[0].decode()],
-                                   "questions": []}
+            part.rows[image_id] = {
+                "image_path": str(path),
+                "captions": [line.split(b"\t")[0].decode()],
+                "questions": [],
+            }
             part.images[image_id] = kind
     return planted
 
 
 # --- COCO -----------------------------------------------------------------------------------------
+
 
 class _Records:
     """A JSON list under construction that remembers which of its records must be skipped."""
@@ -201,8 +217,14 @@ class _Records:
         self.items.append(record)
 
 
-def _coco_format(path: Path, image_dir: Path, images: list[tuple], bad_images: list[tuple],
-                 bad_annotations: list[tuple], domain: bool = False) -> Planted:
+def _coco_format(
+    path: Path,
+    image_dir: Path,
+    images: list[tuple],
+    bad_images: list[tuple],
+    bad_annotations: list[tuple],
+    domain: bool = False,
+) -> Planted:
     """A COCO-format caption file. images: (id, kind, captions, domain); bad ones are
     (record, reason); annotations are added for every good image's captions."""
     planted = Planted()
@@ -214,8 +236,12 @@ def _coco_format(path: Path, image_dir: Path, images: list[tuple], bad_images: l
         write_image(image_dir / file_name, kind)
         for caption in captions:
             annotations.add({"image_id": image_id, "id": len(annotations.items), "caption": caption})
-        planted.rows[str(image_id)] = {"image_path": str(image_dir / file_name), "captions": captions,
-                                       "questions": [], **({"domain": image_domain} if domain else {})}
+        planted.rows[str(image_id)] = {
+            "image_path": str(image_dir / file_name),
+            "captions": captions,
+            "questions": [],
+            **({"domain": image_domain} if domain else {}),
+        }
         planted.images[str(image_id)] = kind
     for record, reason in bad_images:
         image_records.add(record, reason)
@@ -249,10 +275,20 @@ def write_coco(root: Path) -> dict[str, Planted]:
         ({"image_id": 2, "id": 102, "caption": "  "}, "empty caption"),
     ]
     planted = {
-        "val2014": _coco_format(directory / "annotations" / "captions_val2014.json", directory / "val2014",
-                                val_images, bad_val_images, bad_val_annotations),
-        "train2014": _coco_format(directory / "annotations" / "captions_train2014.json", directory / "train2014",
-                                  [(100, "rgb", ["a training image"], None)], [], []),
+        "val2014": _coco_format(
+            directory / "annotations" / "captions_val2014.json",
+            directory / "val2014",
+            val_images,
+            bad_val_images,
+            bad_val_annotations,
+        ),
+        "train2014": _coco_format(
+            directory / "annotations" / "captions_train2014.json",
+            directory / "train2014",
+            [(100, "rgb", ["a training image"], None)],
+            [],
+            [],
+        ),
     }
     planted.update(_write_karpathy(directory))
     return planted
@@ -273,14 +309,22 @@ def _write_karpathy(directory: Path) -> dict[str, Planted]:
             else:
                 path = write_image(directory / record["filepath"] / record["filename"], kind)
                 planted.rows[str(record["cocoid"])] = {
-                    "image_path": str(path), "captions": [s["raw"].strip() for s in record["sentences"]],
-                    "questions": []}
+                    "image_path": str(path),
+                    "captions": [s["raw"].strip() for s in record["sentences"]],
+                    "questions": [],
+                }
                 planted.images[str(record["cocoid"])] = kind
         images.append(record)
 
     def image(cocoid, split, sentences, folder="val2014"):
-        return {"filepath": folder, "filename": f"COCO_{folder}_{cocoid:012d}.jpg", "cocoid": cocoid, "split": split,
-                "sentences": [{"raw": s, "tokens": s.split()} for s in sentences], "imgid": cocoid}
+        return {
+            "filepath": folder,
+            "filename": f"COCO_{folder}_{cocoid:012d}.jpg",
+            "cocoid": cocoid,
+            "split": split,
+            "sentences": [{"raw": s, "tokens": s.split()} for s in sentences],
+            "imgid": cocoid,
+        }
 
     add(image(1, "test", ["a man riding a horse ", "a horse and its rider"]))
     add(image(11, "train", ["a training image"], folder="train2014"))
@@ -296,6 +340,7 @@ def _write_karpathy(directory: Path) -> dict[str, Planted]:
 
 
 # --- NoCaps ---------------------------------------------------------------------------------------
+
 
 def write_nocaps(root: Path) -> dict[str, Planted]:
     directory = root.resolve() / "nocaps"
@@ -318,11 +363,20 @@ def write_nocaps(root: Path) -> dict[str, Planted]:
         ({"image_id": 404, "id": 50, "caption": "an orphan"}, "unknown image id 404"),
         ({"image_id": 0, "id": 51}, "missing key 'caption'"),
     ]
-    return {"val": _coco_format(directory / "nocaps_val_4500_captions.json", directory / "images",
-                                images, bad_images, bad_annotations, domain=True)}
+    return {
+        "val": _coco_format(
+            directory / "nocaps_val_4500_captions.json",
+            directory / "images",
+            images,
+            bad_images,
+            bad_annotations,
+            domain=True,
+        )
+    }
 
 
 # --- VQAv2 ----------------------------------------------------------------------------------------
+
 
 def vqa_answers(answers: list[str]) -> list[dict]:
     return [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]
@@ -351,33 +405,96 @@ def write_vqav2(root: Path) -> dict[str, Planted]:
             path = write_image(root / "coco" / f"{split}2014" / f"COCO_{split}2014_{image_id:012d}.jpg", kind)
             for question_id, question, answers, answer_type in image_questions:
                 questions.add({"image_id": image_id, "question": question, "question_id": question_id})
-                annotations.add({"question_id": question_id, "image_id": image_id, "answer_type": answer_type,
-                                 "question_type": "are", "multiple_choice_answer": answers[0],
-                                 "answers": vqa_answers(answers)})
-            part.rows[str(image_id)] = {"image_path": str(path), "captions": [], "questions": [
-                {"question_id": str(q), "question": text, "answers": answers, "answer_type": answer_type}
-                for q, text, answers, answer_type in image_questions]}
+                annotations.add(
+                    {
+                        "question_id": question_id,
+                        "image_id": image_id,
+                        "answer_type": answer_type,
+                        "question_type": "are",
+                        "multiple_choice_answer": answers[0],
+                        "answers": vqa_answers(answers),
+                    }
+                )
+            part.rows[str(image_id)] = {
+                "image_path": str(path),
+                "captions": [],
+                "questions": [
+                    {"question_id": str(q), "question": text, "answers": answers, "answer_type": answer_type}
+                    for q, text, answers, answer_type in image_questions
+                ],
+            }
             part.images[str(image_id)] = kind
         if split == "val":
             good = {"image_id": 2, "answer_type": "yes/no", "answers": vqa_answers(yes)}
             questions.add({"image_id": 2, "question": "Nine answers?", "question_id": 21}, "has 9 answers, expected 10")
             annotations.add({**good, "question_id": 21, "answers": vqa_answers(yes[:9])})
-            questions.add({"image_id": 3, "question": "An answer without text?", "question_id": 31},
-                          "an answer without 'answer' text")
-            annotations.add({**good, "image_id": 3, "question_id": 31,
-                             "answers": vqa_answers(yes[:9]) + [{"answer_id": 10}]})
+            questions.add(
+                {"image_id": 3, "question": "An answer without text?", "question_id": 31},
+                "an answer without 'answer' text",
+            )
+            annotations.add(
+                {**good, "image_id": 3, "question_id": 31, "answers": vqa_answers(yes[:9]) + [{"answer_id": 10}]}
+            )
             questions.add({"image_id": 8, "question": "Unannotated?", "question_id": 80}, "has no annotation")
             questions.add({"image_id": 1, "question_id": 12}, "missing key 'question'")
-            questions.add({"image_id": 1, "question": "Is it sunny again?", "question_id": 10},
-                          "duplicate question id 10")
+            questions.add(
+                {"image_id": 1, "question": "Is it sunny again?", "question_id": 10}, "duplicate question id 10"
+            )
             questions.add(
                 {"image_id": 9, "question": "Which image?", "question_id": 90}, "its annotation about image 99"
             )
             annotations.add({**good, "image_id": 99, "question_id": 90})
-            annotations.add({"image_id": 1, "answer_type": "other", "answers": vqa_answers(yes)},
-                            "missing key 'question_id'")
-        _write_json(root / "vqav2" / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
-                    {"data_subtype": f"{split}2014", "questions": questions.items})
-        _write_json(root / "vqav2" / f"v2_mscoco_{split}2014_annotations.json",
-                    {"data_subtype": f"{split}2014", "annotations": annotations.items})
+            annotations.add(
+                {"image_id": 1, "answer_type": "other", "answers": vqa_answers(yes)}, "missing key 'question_id'"
+            )
+        _write_json(
+            root / "vqav2" / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
+            {"data_subtype": f"{split}2014", "questions": questions.items},
+        )
+        _write_json(
+            root / "vqav2" / f"v2_mscoco_{split}2014_annotations.json",
+            {"data_subtype": f"{split}2014", "annotations": annotations.items},
+        )
     return planted
+
+
+# --- Generated malformed input for the readers' property tests (hypothesis strategies) ---
+
+GOOD_ID = 424242  # ids that generated records are kept away from, so the good record stays as it is
+SCALARS = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=6)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=9), inner, max_size=3),
+    max_leaves=6,
+)
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def records(keys: list[str]) -> st.SearchStrategy:
+    """Records with the reader's keys, each present or not, of any JSON type; or any JSON at all."""
+    return st.one_of(JSON, st.dictionaries(st.sampled_from(keys), JSON | SCALARS, max_size=len(keys)))
+
+
+def far_from_good(record) -> bool:
+    return not (
+        isinstance(record, dict)
+        and any(record.get(k) in (GOOD_ID, str(GOOD_ID)) for k in ("id", "image_id", "cocoid", "question_id"))
+    )
+
+
+def read_or_none(dataset: str, part: str, root: Path):
+    try:
+        return read_manifest(dataset, part, root=root)
+    except DatasetError:
+        return None
+
+
+def write_json(path: Path, document) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+
+
+def good_row(result, image_id: str) -> dict:
+    rows = result.manifest[result.manifest["image_id"] == image_id].to_dict("records")
+    assert len(rows) == 1, f"the good record {image_id} was lost: {result.skipped[:3]}"
+    return rows[0]

@@ -53,8 +53,14 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
     resources = {"limber": limber}
 
     def materialize(asset, key, config=None):
-        result = dg.materialize(ALL_ASSETS, selection=[asset], partition_key=key, instance=instance,
-                                resources=resources, run_config=config or tiny(asset))
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=[asset],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            run_config=config or tiny(asset),
+        )
         assert result.success
         return result
 
@@ -62,8 +68,9 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
         return dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "part": part})
 
     def evaluate(cursor):
-        return dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
-                                                 asset_selection=dg.AssetSelection.assets("image_features"))
+        return dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=cursor, asset_selection=dg.AssetSelection.assets("image_features")
+        )
 
     evaluation = evaluate(None)  # the automation sensor's first tick: manifests missing, nothing to do
     assert evaluation.total_requested == 0
@@ -90,50 +97,79 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
     shutil.copytree(prepared_lm, limber.layout.language_model(limber.language_model).path)
     monkeypatch.setattr(assets.linear_map, "TRAIN", "cc3m.train")
     monkeypatch.setattr(assets.linear_map, "VALIDATION", "cc3m.val")
-    trained = materialize("linear_map", "efficientnet_lite0", {"ops": {"linear_map": {"config": {
-        "steps": 24, "batch_size": 2, "warmup_steps": 12, "checkpoint_every": 12, "sample_captions": 1}}}})
+    trained = materialize(
+        "linear_map",
+        "efficientnet_lite0",
+        {
+            "ops": {
+                "linear_map": {
+                    "config": {
+                        "steps": 24,
+                        "batch_size": 2,
+                        "warmup_steps": 12,
+                        "checkpoint_every": 12,
+                        "sample_captions": 1,
+                    }
+                }
+            }
+        },
+    )
     (event,) = trained.get_asset_materialization_events()
     assert event.materialization.metadata["train_parts"].value == 2
     (check,) = trained.get_asset_check_evaluations()
     assert check.check_name == "loss_decreased" and check.passed
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
+def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
+    """Run keys are the keys of the stored inputs: a repeated tick asks nothing new, a retrained map
+    gives new keys for its own system only."""
+    import json
 
+    import numpy as np
+    import pandas as pd
 
-def test_evaluation_schedules_request_what_has_inputs_once(instance):
+    from assets.partitions import BACKBONES
+    from pipeline.encoders import TokenLayout
+    from pipeline.linear_map import LinearMap
+    from storage import FeatureArray
+    from storage.layout import write_table
+
+    limber = Limber(storage_root=str(tmp_path))
+    layout, parts = limber.layout, ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train")
     caption_evaluation_schedule = defs.get_schedule_def("caption_evaluation_schedule")
     vqa_evaluation_schedule = defs.get_schedule_def("vqa_evaluation_schedule")
     assert caption_evaluation_schedule.cron_schedule == "0 3 * * *"
-    context = dg.build_schedule_context(instance=instance)
+    context = dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral(), resources={"limber": limber})
     assert isinstance(caption_evaluation_schedule(context), dg.SkipReason)
 
-    def record(asset, partition=None):
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=partition))
-
-    assets.partitions.register_dataset_parts(instance, "unused")
-    record("language_model")
-    for part in ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train"):
-        record("manifests", part)
+    lm_dir = layout.language_model(limber.language_model)
+    lm_dir.mkdir(parents=True, exist_ok=True)
+    (lm_dir / "language_model.json").write_text(json.dumps({"name": limber.language_model, "fingerprint": "lm"}))
+    for part in parts:
+        write_table(pd.DataFrame({"image_id": ["a", "b"]}), layout.manifest(part), key=f"manifest {part}")
     # Only the blind baseline has every input: no backbone has features or a map yet.
     requests = caption_evaluation_schedule(context)
     assert sorted(r.partition_key.keys_by_dimension["system"] for r in requests) == ["blind", "blind"]
     first_keys = {r.run_key for r in requests}
     assert first_keys == {r.run_key for r in caption_evaluation_schedule(context)}  # a repeated tick: same keys
 
-    record("linear_map", "efficientnet_lite0")
-    for part in ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train"):
-        record("image_features", dg.MultiPartitionKey({"backbone": "efficientnet_lite0", "part": part}))
+    def train(key):
+        directory = layout.linear_map("efficientnet_lite0", limber.language_model)
+        LinearMap(4, 8, TokenLayout("pooled", 1, 1)).save(directory, extra={"key": key})
+
+    train("first")
+    for part in parts:
+        store = FeatureArray.open(str(layout.image_features("efficientnet_lite0", part)), ["a", "b"], 1, 4, 2, "f")
+        store.write_chunk(0, np.zeros((2, 1, 4)), {})
     requests = caption_evaluation_schedule(context)
-    assert sorted(r.partition_key.keys_by_dimension["system"] for r in requests) == ["blind"] * 2 + [
-        "efficientnet_lite0"] * 2
+    assert (
+        sorted(r.partition_key.keys_by_dimension["system"] for r in requests)
+        == ["blind"] * 2 + ["efficientnet_lite0"] * 2
+    )
     assert first_keys <= {r.run_key for r in requests}  # blind's inputs did not change: same run keys
     vqa = vqa_evaluation_schedule(context)
-    assert len(vqa) == 2 * 4 and {r.job_name for r in vqa} in ({None}, {"vqa_evaluation"})
+    assert len(vqa) == 2 * 4 and len(BACKBONES) == 2 and {r.job_name for r in vqa} in ({None}, {"vqa_evaluation"})
 
-    record("linear_map", "efficientnet_lite0")  # a retrained map: new run keys for that system only
+    train("retrained")  # a retrained map: new run keys for that system only
     retrained = {r.run_key for r in caption_evaluation_schedule(context)}
     assert first_keys <= retrained and len(retrained - {r.run_key for r in requests}) == 2

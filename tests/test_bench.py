@@ -20,16 +20,26 @@ _spec.loader.exec_module(bench)
 
 def test_small_benchmark_runs_on_cpu_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "benchmark.py"), "--device", "cpu", "--iters", "1",
-                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "benchmark.py"), "--device", "cpu", "--iters", "1", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "SMALL size" in run.stdout and "n/a (CPU)" in run.stdout
     result = json.loads(out.read_text())
     assert {"date", "device", "device_name", "torch", "size", "iters", "training", "features"} <= result.keys()
     assert result["size"] == "small" and result["device"] == "cpu"
     train, features = result["training"], result["features"]
-    for value in (train["tokens_per_s"], train["step_s"], features["forward_images_per_s"],
-                  features["encode_images_per_s"], train["final_loss"]):
+    for value in (
+        train["tokens_per_s"],
+        train["step_s"],
+        features["forward_images_per_s"],
+        features["encode_images_per_s"],
+        train["final_loss"],
+    ):
         assert math.isfinite(value) and value > 0
     assert (train["batch"], train["image_tokens"], train["caption_tokens"]) == (2, 144, 32)
     assert train["tokens_per_s"] == pytest.approx(2 * 176 / train["step_s"])
@@ -76,9 +86,23 @@ def test_peak_flops_table():
 
 def test_scale_simulation_prints_growth_ratios(tmp_path):
     out = tmp_path / "sim.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "scale_simulation.py"), "--rows", "2000", "6000",
-                          "--shard-rows", "1000", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "scale_simulation.py"),
+            "--rows",
+            "2000",
+            "6000",
+            "--shard-rows",
+            "1000",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "growth (rows x3)" in run.stdout
     for step in ("training_set", "batch_plan", "register_parts", "sensor_tick"):
@@ -90,8 +114,13 @@ def test_scale_simulation_prints_growth_ratios(tmp_path):
 
 def test_paper_scale_derives_each_stage_from_measured_costs(tmp_path):
     out = tmp_path / "scale.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "paper_scale.py"), "--backbones", "nfrn50",
-                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "paper_scale.py"), "--backbones", "nfrn50", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     measured = result["measured"]["nfrn50"]
@@ -101,5 +130,6 @@ def test_paper_scale_derives_each_stage_from_measured_costs(tmp_path):
     # Raw float16 NFRN50 features of all of CC3M: 3,318,333 x 2048 x 2 bytes.
     assert stages["image_features"]["written_gb"] == pytest.approx(3_318_333 * 4096 / 1e9)
     assert stages["image_features"]["gpu_h"] == pytest.approx(
-        3_318_333 * measured["flops_per_image"] / (0.4 * 989e12) / 3600)
+        3_318_333 * measured["flops_per_image"] / (0.4 * 989e12) / 3600
+    )
     assert "| nfrn50 | linear_map" in run.stdout

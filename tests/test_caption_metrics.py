@@ -50,13 +50,26 @@ def test_missing_java_names_the_fix(monkeypatch):
 
 def test_score_captions_command(tmp_path, capsys):
     pairs = [(int(k), c) for k, cs in REFERENCES.items() for c in cs]
-    annotations = {"images": [{"id": i} for i in (1, 2, 3)],
-                   "annotations": [{"image_id": k, "id": n, "caption": c} for n, (k, c) in enumerate(pairs)]}
+    annotations = {
+        "images": [{"id": i} for i in (1, 2, 3)],
+        "annotations": [{"image_id": k, "id": n, "caption": c} for n, (k, c) in enumerate(pairs)],
+    }
     results = [{"image_id": int(k), "caption": v[0]} for k, v in REFERENCES.items()]
     (tmp_path / "a.json").write_text(json.dumps(annotations))
     (tmp_path / "r.json").write_text(json.dumps(results))
-    assert main(["score-captions", "--annotations", str(tmp_path / "a.json"), "--results", str(tmp_path / "r.json"),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "score-captions",
+                "--annotations",
+                str(tmp_path / "a.json"),
+                "--results",
+                str(tmp_path / "r.json"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert scores["BLEU-1"] > 0.95 and scores["CIDEr-D"] > 1
 

@@ -8,8 +8,17 @@ from assets.partitions import backbone_partitions, discover_parts, feature_parti
 def test_definitions_load_and_validate():
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"manifests", "image_features", "language_model", "linear_map", "captions", "caption_metrics",
-                    "vqa_answers", "vqa_metrics", "metric_tables"}
+    assert keys == {
+        "manifests",
+        "image_features",
+        "language_model",
+        "linear_map",
+        "captions",
+        "caption_metrics",
+        "vqa_answers",
+        "vqa_metrics",
+        "metric_tables",
+    }
     assert len(ALL_ASSETS) == len(keys)
 
 
@@ -43,12 +52,19 @@ def test_paper_profile_is_one_environment_variable_away():
     import subprocess
     import sys
 
-    code = ("from assets.partitions import backbone_partitions; from assets.resources import Limber; "
-            "from assets.config import TrainingConfig; import dagster as dg; from assets.definitions import defs; "
-            "dg.Definitions.validate_loadable(defs); "
-            "print(backbone_partitions.get_partition_keys(), Limber().language_model, TrainingConfig().lr)")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LIMBER_PROFILE": "paper"},
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "from assets.partitions import backbone_partitions; from assets.resources import Limber; "
+        "from assets.config import TrainingConfig; import dagster as dg; from assets.definitions import defs; "
+        "dg.Definitions.validate_loadable(defs); "
+        "print(backbone_partitions.get_partition_keys(), Limber().language_model, TrainingConfig().lr)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "LIMBER_PROFILE": "paper"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "'clip_rn50x16', 'nfrn50', 'nfrn50_random', 'beit_large', 'beit_large_ft'" in out
     assert "gpt-j-6b 0.0008" in out
 
@@ -57,10 +73,12 @@ def test_ml_core_imports_without_dagster():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['dagster'] = None; "  # any import of dagster now fails
-            "import pipeline, pipeline.encoders, pipeline.language_models, pipeline.linear_map, pipeline.training, "
-            "pipeline.decoding, pipeline.image_features, pipeline.vqa, pipeline.datasets, pipeline.metrics.vqa, "
-            "pipeline.metrics.captions, pipeline.metrics.clip_score, pipeline.metrics.table, storage")
+    code = (
+        "import sys; sys.modules['dagster'] = None; "  # any import of dagster now fails
+        "import pipeline, pipeline.encoders, pipeline.language_models, pipeline.linear_map, pipeline.training, "
+        "pipeline.decoding, pipeline.image_features, pipeline.vqa, pipeline.datasets, pipeline.metrics.vqa, "
+        "pipeline.metrics.captions, pipeline.metrics.clip_score, pipeline.metrics.table, storage"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -71,8 +89,34 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
     from pathlib import Path
 
     dagster = Path(sys.executable).parent / "dagster"
-    result = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-                            cwd=Path(__file__).parents[1], env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "All code locations passed validation" in result.stderr + result.stdout
+
+
+def test_an_evaluation_partition_depends_on_its_own_systems_features_and_blind_on_none():
+    from assets.captions import captions
+    from assets.partitions import caption_partitions
+    from assets.vqa import vqa_answers
+
+    instance = dg.DagsterInstance.ephemeral()
+    register_dataset_parts(instance, "unused")
+    for asset, partitions_def, other, parts in (
+        (captions, caption_partitions, {"part": "easy_vqa.test"}, {"easy_vqa.val", "easy_vqa.test"}),
+        (vqa_answers, vqa_answers.partitions_def, {"shots": "1"}, {"easy_vqa.test", "easy_vqa.train"}),
+    ):
+        mapping = asset.get_partition_mapping(dg.AssetKey("image_features"))
+        for system, backbones in (("efficientnet_lite0", {"efficientnet_lite0"}), ("blind", set())):
+            downstream = partitions_def.subset_with_partition_keys([dg.MultiPartitionKey({"system": system, **other})])
+            upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+                downstream, partitions_def, feature_partitions, dynamic_partitions_store=instance
+            ).partitions_subset.get_partition_keys()
+            assert {k.keys_by_dimension["backbone"] for k in upstream} == backbones, (asset.key, system)
+        # Only the evaluation parts' manifests, never a training shard's.
+        assert set(asset.get_partition_mapping(dg.AssetKey("manifests")).partition_keys) == parts

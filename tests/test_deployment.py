@@ -212,8 +212,11 @@ def _step_job(tags):
     context = context.merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(tags)))
     return construct_dagster_k8s_job(
         DagsterK8sJobConfig(job_image="limber-pipeline:test", dagster_home="/opt/dagster/dagster_home"),
-        args=["dagster", "api", "execute_step"], job_name="dagster-step-x", pod_name="dagster-step-x",
-        user_defined_k8s_config=context.run_k8s_config, component="step_worker",
+        args=["dagster", "api", "execute_step"],
+        job_name="dagster-step-x",
+        pod_name="dagster-step-x",
+        user_defined_k8s_config=context.run_k8s_config,
+        component="step_worker",
     )
 
 
@@ -284,7 +287,7 @@ def test_helm_values_name_the_code_location(values):
 def test_helm_values_env_runs_the_paper_profile_on_k8s(values, monkeypatch):
     from dagster_k8s import k8s_job_executor
 
-    from assets.config import PROFILES
+    from pipeline.settings import PROFILES
 
     env = values["dagster-user-deployments"]["deployments"][0]["env"]
     assert all(isinstance(value, str) for value in env.values())  # k8s env values must be strings

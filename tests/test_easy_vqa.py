@@ -41,7 +41,7 @@ def test_captions_of_known_images(package_splits):
 def test_pixel_rule_agrees_with_questions_wherever_both_apply(package_splits):
     checked = disagreements = 0
     for manifest in package_splits.values():
-        for path, questions in zip(manifest["image_path"], manifest["questions"]):
+        for path, questions in zip(manifest["image_path"], manifest["questions"], strict=True):
             known = derive_attributes([(q["question"], q["answers"][0]) for q in questions])
             pixels = attributes_from_pixels(path)
             for name, value in known.items():
@@ -53,10 +53,15 @@ def test_pixel_rule_agrees_with_questions_wherever_both_apply(package_splits):
 
 
 def test_negated_yes_no_questions_rule_values_out():
-    attributes = derive_attributes([
-        ("what shape is present?", "circle"),
-        *[(f"is there not a {c} shape?", "yes") for c in ("red", "green", "blue", "black", "gray", "teal", "brown")],
-    ])
+    attributes = derive_attributes(
+        [
+            ("what shape is present?", "circle"),
+            *[
+                (f"is there not a {c} shape?", "yes")
+                for c in ("red", "green", "blue", "black", "gray", "teal", "brown")
+            ],
+        ]
+    )
     assert attributes == {"colour": "yellow", "shape": "circle"}
 
 

@@ -49,8 +49,9 @@ def uninterrupted(subset, tmp_path_factory):
     store = FeatureArray.open(
         str(tmp_path_factory.mktemp("a") / "f.zarr"), manifest["image_id"].tolist(), 1, 1280, CHUNK
     )
-    stats = extract_image_features(create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(),
-                                   store, device="cpu", batch_size=8)
+    stats = extract_image_features(
+        create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(), store, device="cpu", batch_size=8
+    )
     return store, stats
 
 
@@ -69,8 +70,11 @@ def test_bad_images_are_skipped_and_counted(uninterrupted):
 def test_killed_extraction_resumes_without_recomputing_and_matches(subset, uninterrupted, tmp_path):
     _, manifest_path = subset
     path = tmp_path / "killed.zarr"
-    process = subprocess.Popen([sys.executable, "-c", EXTRACT, str(manifest_path), str(path), str(CHUNK)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", EXTRACT, str(manifest_path), str(path), str(CHUNK)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     done = 0
     while time.time() < deadline and process.poll() is None:
@@ -89,8 +93,9 @@ def test_killed_extraction_resumes_without_recomputing_and_matches(subset, unint
     store = FeatureArray.open(str(path), manifest["image_id"].tolist(), 1, 1280, CHUNK)
     pending_before = store.pending_chunks()
     assert 0 < len(pending_before) < ROWS // CHUNK
-    stats = extract_image_features(create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(),
-                                   store, device="cpu", batch_size=8)
+    stats = extract_image_features(
+        create_backbone("efficientnet_lite0_random"), manifest["image_path"].tolist(), store, device="cpu", batch_size=8
+    )
     assert stats.chunks_computed == len(pending_before)  # finished chunks were not recomputed
     reference, _ = uninterrupted
     assert store.is_complete()

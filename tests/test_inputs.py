@@ -20,8 +20,9 @@ LITE0, RANDOM = "efficientnet_lite0", "efficientnet_lite0_random"
 def keep(asset: str, key) -> bool:
     """One captioning part and two shot counts: enough to tell which results were recomputed."""
     dims = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else {}
-    return dims.get("shots", "0") in ("0", "1") and (asset not in ("captions", "caption_metrics")
-                                                     or dims.get("part") == "easy_vqa.test")
+    return dims.get("shots", "0") in ("0", "1") and (
+        asset not in ("captions", "caption_metrics") or dims.get("part") == "easy_vqa.test"
+    )
 
 
 class Graph:
@@ -34,24 +35,32 @@ class Graph:
     def run(self) -> dict[str, bool]:
         """{asset[partition]: reused} of every step."""
         resources = {"limber": Limber(storage_root=str(self.root))}
-        steps = materialize_all(self.instance, resources, keep=keep,
-                                run_config=lambda asset: {"ops": {asset: self.config[asset]}
-                                                          if asset in self.config else {}})
+        steps = materialize_all(
+            self.instance,
+            resources,
+            keep=keep,
+            run_config=lambda asset: {"ops": {asset: self.config[asset]} if asset in self.config else {}},
+        )
         failed = [step for step in steps if not step.success]
         assert not failed, f"{failed[0].label} failed"
         return {step.label: step.metadata["reused"] for step in steps}
 
     def files(self) -> dict[str, tuple[str, int]]:
-        return {str(p.relative_to(self.root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-                for p in sorted(self.root.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(self.root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(self.root.rglob("*"))
+            if p.is_file()
+        }
 
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
+    """The tests below change one input each, in order, and each change stays (``graph.patch``)."""
     graph = Graph(tmp_path_factory.mktemp("storage"))
     first = graph.run()
     assert not any(first.values()), "a first run into an empty root reused something"
-    return graph
+    with pytest.MonkeyPatch.context() as graph.patch:
+        yield graph
 
 
 def recomputed(steps: dict[str, bool]) -> set[str]:
@@ -85,6 +94,30 @@ def test_an_unchanged_rerun_reuses_every_step_and_writes_no_file(graph):
     assert graph.files() == before
 
 
+def test_dagster_marks_no_materialized_partition_unsynced(graph):
+    """The UI's Unsynced comes from this resolver: with every result's key as its data version, a
+    whole-graph run (and an unchanged rerun) leaves every materialized partition fresh."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from assets.definitions import defs
+
+    asset_graph = defs.resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(graph.instance, asset_graph, LoadingContextForTest(graph.instance))
+    stale = []
+    for key in asset_graph.get_all_asset_keys():
+        partitions_def = asset_graph.get(key).partitions_def
+        for partition in (
+            partitions_def.get_partition_keys(dynamic_partitions_store=graph.instance) if partitions_def else [None]
+        ):
+            if not keep(key.to_user_string(), partition):
+                continue
+            status = resolver.get_status(key, partition)
+            if status != StaleStatus.FRESH:
+                stale.append((key.to_user_string(), str(partition), status, resolver.get_stale_causes(key, partition)))
+    assert stale == []
+
+
 def test_new_captioning_settings_recompute_only_captions_and_their_metrics(graph):
     graph.config["captions"]["config"]["max_new_tokens"] = 3
     expected = labels("captions") | labels("caption_metrics") | {"metric_tables"}
@@ -96,16 +129,16 @@ def test_new_vqa_settings_recompute_only_answers_and_their_metrics(graph):
     assert recomputed(graph.run()) == labels("vqa_answers") | labels("vqa_metrics") | {"metric_tables"}
 
 
-def test_new_encoder_weights_recompute_that_backbone_and_nothing_else(graph, tmp_path, monkeypatch):
+def test_new_encoder_weights_recompute_that_backbone_and_nothing_else(graph):
     """The lite0 weights file changes (one tensor perturbed): its features, map and evaluations are
     recomputed; the random encoder and the blind system are reused."""
     weights = torch.load(pipeline.encoders.LITE0_WEIGHTS.path(), map_location="cpu", weights_only=True)
     first = next(iter(weights))
     weights[first] = weights[first] * 1.01
-    changed = tmp_path / "lite0.pth"
+    changed = graph.root.parent / "lite0.pth"
     torch.save(weights, changed)
     real = PackageWeights.path
-    monkeypatch.setattr(PackageWeights, "path", lambda self: changed if self.name == LITE0 else real(self))
+    graph.patch.setattr(PackageWeights, "path", lambda self: changed if self.name == LITE0 else real(self))
     expected = labels("image_features", [LITE0], ["easy_vqa.test", "easy_vqa.train", "easy_vqa.val"])
     expected |= {f"linear_map[{LITE0}]"} | downstream_of_system(LITE0)
     assert recomputed(graph.run()) == expected
@@ -123,10 +156,11 @@ def test_a_new_validation_carve_out_recomputes_what_reads_train_or_val(graph):
     assert recomputed(graph.run()) == expected
 
 
-def test_a_new_language_model_recomputes_everything_but_manifests_and_features(graph, monkeypatch):
+def test_a_new_language_model_recomputes_everything_but_manifests_and_features(graph):
     real = PackageWeights.fingerprint
-    monkeypatch.setattr(PackageWeights, "fingerprint",
-                        lambda self: real(self) + (":retrained" if self.name == "smollm2-135m" else ""))
+    graph.patch.setattr(
+        PackageWeights, "fingerprint", lambda self: real(self) + (":retrained" if self.name == "smollm2-135m" else "")
+    )
     expected = {"language_model"} | labels("linear_map", [LITE0, RANDOM])
     expected |= set().union(*(downstream_of_system(s) for s in SYSTEMS))
     assert recomputed(graph.run()) == expected

@@ -35,18 +35,25 @@ def s3_server():
 def _one_backbone(asset, key):
     """The pretrained backbone and blind, at 0 and 1 shots: every stage, fewer partitions."""
     dimensions = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else {"backbone": key}
-    return dimensions.get("system", dimensions.get("backbone")) != "efficientnet_lite0_random" and \
-        dimensions.get("shots", "0") in ("0", "1")
+    return dimensions.get("system", dimensions.get("backbone")) != "efficientnet_lite0_random" and dimensions.get(
+        "shots", "0"
+    ) in ("0", "1")
 
 
 def test_every_artifact_lives_in_the_bucket(s3_server, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     results = materialize_tiny(instance, ROOT, keep=_one_backbone, cache_dir=str(tmp_path / "cache"))
     stored = s3_server.find("limber-test/run")
-    for prefix in ("manifests/easy_vqa/test.parquet", "features/easy_vqa/train/efficientnet_lite0.zarr/zarr.json",
-                   "language_models/smollm2-135m/language_model.json", "linear_maps/smollm2-135m/efficientnet_lite0/",
-                   "captions/smollm2-135m/blind/", "vqa_answers/smollm2-135m/efficientnet_lite0/",
-                   "metrics/metrics.parquet", "metrics/metrics.png"):
+    for prefix in (
+        "manifests/easy_vqa/test.parquet",
+        "features/easy_vqa/train/efficientnet_lite0.zarr/zarr.json",
+        "language_models/smollm2-135m/language_model.json",
+        "linear_maps/smollm2-135m/efficientnet_lite0/",
+        "captions/smollm2-135m/blind/",
+        "vqa_answers/smollm2-135m/efficientnet_lite0/",
+        "metrics/metrics.parquet",
+        "metrics/metrics.png",
+    ):
         assert any(path.startswith(f"limber-test/run/{prefix}") for path in stored), prefix
     checkpoint = [p for p in stored if p.startswith("limber-test/run/linear_maps/") and p.endswith("state.pt")]
     assert checkpoint and any(p.endswith("linear_map.safetensors") for p in stored)

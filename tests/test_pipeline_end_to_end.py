@@ -37,10 +37,15 @@ def _metadata(result):
 
 def test_every_partition_materialized(materialized):
     _, instance, _, _ = materialized
-    for asset, partitions in (("manifests", part_partitions), ("image_features", feature_partitions),
-                              ("linear_map", backbone_partitions), ("captions", caption_partitions),
-                              ("caption_metrics", caption_partitions), ("vqa_answers", vqa_partitions),
-                              ("vqa_metrics", vqa_partitions)):
+    for asset, partitions in (
+        ("manifests", part_partitions),
+        ("image_features", feature_partitions),
+        ("linear_map", backbone_partitions),
+        ("captions", caption_partitions),
+        ("caption_metrics", caption_partitions),
+        ("vqa_answers", vqa_partitions),
+        ("vqa_metrics", vqa_partitions),
+    ):
         done = instance.get_materialized_partitions(dg.AssetKey(asset))
         assert done == set(partitions.get_partition_keys(dynamic_partitions_store=instance)), asset
         assert len(done) > 0, asset
@@ -81,8 +86,11 @@ def test_captions_and_answers_are_stored_in_standard_forms(materialized):
     assert captions.columns.tolist() == ["image_id", "caption"] and len(captions) == 32
     coco = json.loads(open(metadata["coco_results"]).read())
     assert coco[0] == {"image_id": captions["image_id"][0], "caption": captions["caption"][0]}
-    answers = pd.read_parquet(_metadata(results[("vqa_answers", dg.MultiPartitionKey(
-        {"system": "efficientnet_lite0", "shots": "2"}))])["path"])
+    answers = pd.read_parquet(
+        _metadata(results[("vqa_answers", dg.MultiPartitionKey({"system": "efficientnet_lite0", "shots": "2"}))])[
+            "path"
+        ]
+    )
     assert len(answers) == 6 and {"question_id", "prediction", "answer_type"} <= set(answers.columns)
 
 
@@ -90,8 +98,20 @@ def test_metric_tables_for_analysts(materialized):
     root, _, _, results = materialized
     tidy = load_metrics(root)
     assert pd.read_parquet(root / "metrics" / "metrics.parquet").equals(tidy)
-    assert list(tidy.columns) == ["system", "backbone", "lm", "dataset", "split", "task", "metric", "shots", "value",
-                                  "n", "note", "key"]
+    assert list(tidy.columns) == [
+        "system",
+        "backbone",
+        "lm",
+        "dataset",
+        "split",
+        "task",
+        "metric",
+        "shots",
+        "value",
+        "n",
+        "note",
+        "key",
+    ]
     assert set(tidy["system"]) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
     assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite0_random", ""}
     assert set(tidy["lm"]) == {"smollm2-135m"}
@@ -119,22 +139,40 @@ def test_rematerializing_unchanged_reuses_everything(materialized):
         run_config=tiny("image_features"),
     )
     assert _metadata(features)["chunks_computed"] == 0
-    trained = dg.materialize(ALL_ASSETS, selection=["linear_map"], instance=instance, resources=resources,
-                             partition_key="efficientnet_lite0", run_config=tiny("linear_map"))
+    trained = dg.materialize(
+        ALL_ASSETS,
+        selection=["linear_map"],
+        instance=instance,
+        resources=resources,
+        partition_key="efficientnet_lite0",
+        run_config=tiny("linear_map"),
+    )
     assert _metadata(trained)["reused"]
 
 
 def test_a_new_learning_rate_recomputes_only_the_map_and_what_reads_it(materialized):
     _, instance, resources, _ = materialized
     new_lr = {"ops": {"linear_map": {"config": {**TINY["linear_map"]["config"], "lr": 5e-3}}}}
-    trained = dg.materialize(ALL_ASSETS, selection=["linear_map"], instance=instance, resources=resources,
-                             partition_key="efficientnet_lite0", run_config=new_lr)
+    trained = dg.materialize(
+        ALL_ASSETS,
+        selection=["linear_map"],
+        instance=instance,
+        resources=resources,
+        partition_key="efficientnet_lite0",
+        run_config=new_lr,
+    )
     assert not _metadata(trained)["reused"]
 
     def captions_reused(system):
         key = dg.MultiPartitionKey({"system": system, "part": "easy_vqa.test"})
-        result = dg.materialize(ALL_ASSETS, selection=["captions"], instance=instance, resources=resources,
-                                partition_key=key, run_config=tiny("captions"))
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=["captions"],
+            instance=instance,
+            resources=resources,
+            partition_key=key,
+            run_config=tiny("captions"),
+        )
         return _metadata(result)["reused"]
 
     assert not captions_reused("efficientnet_lite0")
@@ -143,9 +181,15 @@ def test_a_new_learning_rate_recomputes_only_the_map_and_what_reads_it(materiali
 
 def test_every_stage_runs_its_checks(materialized):
     _, _, _, results = materialized
-    expected = {"manifests": "manifest_valid", "image_features": "features_valid", "linear_map": "loss_decreased",
-                "captions": "captions_non_empty", "caption_metrics": "metrics_in_range",
-                "vqa_metrics": "accuracy_in_range", "metric_tables": "table_complete"}
+    expected = {
+        "manifests": "manifest_valid",
+        "image_features": "features_valid",
+        "linear_map": "loss_decreased",
+        "captions": "captions_non_empty",
+        "caption_metrics": "metrics_in_range",
+        "vqa_metrics": "accuracy_in_range",
+        "metric_tables": "table_complete",
+    }
     for (asset, _), result in results.items():
         if asset in expected:
             (check,) = result.get_asset_check_evaluations()
@@ -161,8 +205,15 @@ def test_a_failing_blocking_check_stops_its_downstream(materialized, monkeypatch
     )
     key = dg.MultiPartitionKey({"system": "efficientnet_lite0_random", "part": "easy_vqa.val"})
     config = {"ops": {"captions": {"config": {"batch_size": 16, "max_new_tokens": 3}}}}  # new settings: recomputed
-    result = dg.materialize(ALL_ASSETS, selection=["captions", "caption_metrics"], partition_key=key,
-                            instance=instance, resources=resources, run_config=config, raise_on_error=False)
+    result = dg.materialize(
+        ALL_ASSETS,
+        selection=["captions", "caption_metrics"],
+        partition_key=key,
+        instance=instance,
+        resources=resources,
+        run_config=config,
+        raise_on_error=False,
+    )
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "captions_non_empty" and not check.passed
     materialized_assets = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}

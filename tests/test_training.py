@@ -48,7 +48,7 @@ def test_lr_schedule_warms_up_then_decays_linearly_to_zero():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.5)
     assert lrs[109] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=True))
 
 
 def test_batch_plan_is_seeded_covers_rows_and_stays_in_its_buffer():
@@ -56,7 +56,7 @@ def test_batch_plan_is_seeded_covers_rows_and_stays_in_its_buffer():
     plan = batch_plan(rows, chunk_rows=10, batch_size=4, buffer_chunks=3, seed=1)
     first = [next(plan) for _ in range(20)]
     again = batch_plan(rows, chunk_rows=10, batch_size=4, buffer_chunks=3, seed=1)
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, (next(again) for _ in range(20))))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, (next(again) for _ in range(20)), strict=True))
     for buffer, batch in first:
         assert set(batch // 10) <= set(buffer) and len(buffer) <= 3
         assert set(batch) <= set(rows)
@@ -69,9 +69,15 @@ def test_batch_plan_is_seeded_covers_rows_and_stays_in_its_buffer():
 def tiny_setup(prepared_lm):
     tokenizer = AutoTokenizer.from_pretrained(prepared_lm / "checkpoint")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2,
-                         initializer_range=0.2)  # large enough that input embeddings move the output
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+    )  # large enough that input embeddings move the output
     lm = LlamaForCausalLM(config).eval().requires_grad_(False)
     features = np.random.default_rng(0).standard_normal((40, 1, 16)).astype(np.float16)
     captions = [f"a {c} circle" for c in ("red", "blue", "teal", "gray")] * 10
@@ -88,10 +94,27 @@ def _train(setup, directory, steps, stop_after=None, micro_batch_size=0, dropout
             raise KeyboardInterrupt  # as if the process were stopped here
 
     result = train_linear_map(
-        linear_map, lm, tokenizer, features, captions, np.arange(40), steps=steps, batch_size=4,
-        micro_batch_size=micro_batch_size, lr=5e-2,
-        warmup_steps=2, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0, max_caption_tokens=8,
-        buffer_chunks=2, seed=0, checkpoint_every=3, checkpoint_dir=directory, device="cpu", on_step=on_step,
+        linear_map,
+        lm,
+        tokenizer,
+        features,
+        captions,
+        np.arange(40),
+        steps=steps,
+        batch_size=4,
+        micro_batch_size=micro_batch_size,
+        lr=5e-2,
+        warmup_steps=2,
+        weight_decay=0.0,
+        betas=(0.9, 0.95),
+        grad_clip=1.0,
+        max_caption_tokens=8,
+        buffer_chunks=2,
+        seed=0,
+        checkpoint_every=3,
+        checkpoint_dir=directory,
+        device="cpu",
+        on_step=on_step,
     )
     return linear_map, result
 
@@ -136,8 +159,13 @@ def sharded_store(tmp_path):
     rng = np.random.default_rng(0)
     stores, rows, where = [], [], {}
     for shard, count in enumerate(SHARD_ROWS):
-        store = FeatureArray.open(str(tmp_path / f"{shard:05d}.zarr"), [f"{shard}-{i}" for i in range(count)],
-                                  positions=1, dim=DIM, chunk_rows=CHUNK_ROWS)
+        store = FeatureArray.open(
+            str(tmp_path / f"{shard:05d}.zarr"),
+            [f"{shard}-{i}" for i in range(count)],
+            positions=1,
+            dim=DIM,
+            chunk_rows=CHUNK_ROWS,
+        )
         for chunk in range(store.num_chunks()):
             part = store.chunk_slice(chunk)
             skipped = {part.start: "corrupt image"} if chunk == 1 else {}
@@ -147,7 +175,7 @@ def sharded_store(tmp_path):
     for shard, store in enumerate(stores):
         local = np.flatnonzero(store.status == 1)
         rows.append(features.global_rows(shard, local))
-        where.update({int(g): (shard, int(r)) for g, r in zip(rows[-1], local)})
+        where.update({int(g): (shard, int(r)) for g, r in zip(rows[-1], local, strict=True)})
     return features, np.concatenate(rows), where
 
 
@@ -156,7 +184,7 @@ def test_every_batch_is_the_stores_rows_across_buffers_and_shards(sharded_store)
     plan = batch_plan(rows, CHUNK_ROWS, 2, 1, seed=0)
     buffers, shards = set(), set()
     for (buffer, batch_rows, batch), (planned_buffer, planned) in zip(
-        training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0), itertools.islice(plan, 30)
+        training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0), itertools.islice(plan, 30), strict=True
     ):
         assert buffer == planned_buffer and np.array_equal(batch_rows, planned)
         expected = [np.asarray(features.parts[where[r][0]].features[where[r][1]]) for r in batch_rows]
@@ -172,7 +200,7 @@ def test_a_resumed_run_skips_to_the_same_batches(sharded_store):
     resumed = list(
         itertools.islice(training_batches(features, rows, batch_size=2, buffer_chunks=1, seed=0, start=5), 7)
     )
-    for (_, a_rows, a), (_, b_rows, b) in zip(straight[5:], resumed):
+    for (_, a_rows, a), (_, b_rows, b) in zip(straight[5:], resumed, strict=True):
         assert np.array_equal(a_rows, b_rows) and np.array_equal(a, b)
 
 
@@ -194,9 +222,26 @@ def test_training_on_zarr_shards_resumes_mid_buffer(sharded_store, tiny_gptj, tm
                 raise KeyboardInterrupt
 
         result = train_linear_map(
-            linear_map, lm, tokenizer, features, captions, rows, steps=9, batch_size=2, lr=1e-2, warmup_steps=2,
-            weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0, max_caption_tokens=8, buffer_chunks=1, seed=0,
-            checkpoint_every=5, checkpoint_dir=directory, device="cpu", on_step=on_step,
+            linear_map,
+            lm,
+            tokenizer,
+            features,
+            captions,
+            rows,
+            steps=9,
+            batch_size=2,
+            lr=1e-2,
+            warmup_steps=2,
+            weight_decay=0.0,
+            betas=(0.9, 0.95),
+            grad_clip=1.0,
+            max_caption_tokens=8,
+            buffer_chunks=1,
+            seed=0,
+            checkpoint_every=5,
+            checkpoint_dir=directory,
+            device="cpu",
+            on_step=on_step,
         )
         return linear_map, result
 
@@ -211,13 +256,16 @@ def test_training_on_zarr_shards_resumes_mid_buffer(sharded_store, tiny_gptj, tm
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("rows, chunk_rows, batch_size, buffer_chunks, message", [
-    (np.array([], dtype=np.int64), 4, 2, 1, "0 trainable rows cannot fill one batch of 2"),
-    (np.arange(3), 4, 8, 4, "3 trainable rows cannot fill one batch of 8"),
-    (np.arange(100), 4, 16, 2, "2 chunks x 4 rows holds fewer rows than one batch of 16"),
-    # One usable row per chunk (the rest unreadable): no buffer of 2 chunks ever holds 3 rows.
-    (np.arange(0, 100, 10), 10, 3, 2, "no shuffle buffer of 2 chunks holds 3 trainable rows"),
-])
+@pytest.mark.parametrize(
+    "rows, chunk_rows, batch_size, buffer_chunks, message",
+    [
+        (np.array([], dtype=np.int64), 4, 2, 1, "0 trainable rows cannot fill one batch of 2"),
+        (np.arange(3), 4, 8, 4, "3 trainable rows cannot fill one batch of 8"),
+        (np.arange(100), 4, 16, 2, "2 chunks x 4 rows holds fewer rows than one batch of 16"),
+        # One usable row per chunk (the rest unreadable): no buffer of 2 chunks ever holds 3 rows.
+        (np.arange(0, 100, 10), 10, 3, 2, "no shuffle buffer of 2 chunks holds 3 trainable rows"),
+    ],
+)
 def test_impossible_batch_plans_raise_naming_the_sizes(rows, chunk_rows, batch_size, buffer_chunks, message):
     with pytest.raises(ValueError, match=message):
         next(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed=0))
@@ -238,8 +286,24 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({"linear_map": _Payload(marker)}, tmp_path / "state.pt")
     with pytest.raises(pickle.UnpicklingError):
         train_linear_map(
-            LinearMap(16, 32, TokenLayout("pooled", 1, 2)), None, None, np.zeros((4, 1, 16)), [""] * 4, np.arange(4),
-            steps=1, batch_size=2, lr=1e-3, warmup_steps=1, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0,
-            max_caption_tokens=4, buffer_chunks=1, seed=0, checkpoint_every=1, checkpoint_dir=tmp_path, device="cpu",
+            LinearMap(16, 32, TokenLayout("pooled", 1, 2)),
+            None,
+            None,
+            np.zeros((4, 1, 16)),
+            [""] * 4,
+            np.arange(4),
+            steps=1,
+            batch_size=2,
+            lr=1e-3,
+            warmup_steps=1,
+            weight_decay=0.0,
+            betas=(0.9, 0.95),
+            grad_clip=1.0,
+            max_caption_tokens=4,
+            buffer_chunks=1,
+            seed=0,
+            checkpoint_every=1,
+            checkpoint_dir=tmp_path,
+            device="cpu",
         )
     assert not marker.exists()

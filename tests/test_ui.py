@@ -22,11 +22,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
-ASSETS = ["manifests", "image_features", "language_model", "linear_map", "captions", "caption_metrics",
-          "vqa_answers", "vqa_metrics", "metric_tables"]
+ASSETS = [
+    "manifests",
+    "image_features",
+    "language_model",
+    "linear_map",
+    "captions",
+    "caption_metrics",
+    "vqa_answers",
+    "vqa_metrics",
+    "metric_tables",
+]
 # Playwright adds --headless, and --user-data-dir (a new empty folder) from launch_persistent_context.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DATA_PNG = re.compile(r"^data:image/png;base64,[A-Za-z0-9+/=]{100,}$")
 MATERIALIZED = re.compile("Materialized")  # case-sensitive: not "Never materialized"
 SERVER_START_TIMEOUT_S = 180
@@ -57,8 +73,9 @@ def _wait_for_server(process: subprocess.Popen, url: str, log: Path) -> None:
         except OSError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"dagster-webserver did not answer {url}/server_info in {SERVER_START_TIMEOUT_S} s; "
-                f"its log:\n{_log_tail(log)}")
+    pytest.fail(
+        f"dagster-webserver did not answer {url}/server_info in {SERVER_START_TIMEOUT_S} s; its log:\n{_log_tail(log)}"
+    )
 
 
 def _stop(process: subprocess.Popen, grace_s: float = 10) -> None:
@@ -96,8 +113,12 @@ def webserver(tmp_path_factory):
     storage.mkdir()
     # No telemetry, and no "Join the Dagster community" dialog over the pages.
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "LIMBER_STORAGE": str(storage),
-           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "LIMBER_STORAGE": str(storage),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    }
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = base / "webserver.log"
@@ -114,9 +135,22 @@ def webserver(tmp_path_factory):
                 # materialization; it reads the instance on every request, so it shows the later runs.
                 with open(log, "wb") as log_file:
                     process = subprocess.Popen(
-                        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml",
-                         "-h", "127.0.0.1", "-p", str(port)],
-                        cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        [
+                            sys.executable,
+                            "-m",
+                            "dagster_webserver",
+                            "-w",
+                            "workspace.yaml",
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            str(port),
+                        ],
+                        cwd=REPO,
+                        env=env,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
                         start_new_session=True,
                     )
                 materialize_tiny(instance, storage)
@@ -133,8 +167,11 @@ def browser_context(tmp_path_factory):
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1600, "height": 1000},
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1600, "height": 1000},
         )
         context.set_default_timeout(UI_TIMEOUT_MS)
         try:

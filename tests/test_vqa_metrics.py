@@ -64,16 +64,35 @@ def test_missing_predictions_are_an_error():
 
 
 def _official_files(tmp_path, results):
-    annotations = {"annotations": [
-        {"question_id": 10, "image_id": 1, "answer_type": "yes/no", "question_type": "is the",
-         "multiple_choice_answer": "yes", "answers": [{"answer": "yes", "answer_confidence": "yes", "answer_id": i}
-                                                      for i in range(1, 11)]},
-        {"question_id": 11, "image_id": 1, "answer_type": "number", "question_type": "how many",
-         "multiple_choice_answer": "2", "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i}
-                                                    for i, a in enumerate(["2"] * 2 + ["3"] * 8, start=1)]},
-    ]}
-    questions = {"questions": [{"question_id": 10, "image_id": 1, "question": "Is it?"},
-                               {"question_id": 11, "image_id": 1, "question": "How many?"}]}
+    annotations = {
+        "annotations": [
+            {
+                "question_id": 10,
+                "image_id": 1,
+                "answer_type": "yes/no",
+                "question_type": "is the",
+                "multiple_choice_answer": "yes",
+                "answers": [{"answer": "yes", "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)],
+            },
+            {
+                "question_id": 11,
+                "image_id": 1,
+                "answer_type": "number",
+                "question_type": "how many",
+                "multiple_choice_answer": "2",
+                "answers": [
+                    {"answer": a, "answer_confidence": "yes", "answer_id": i}
+                    for i, a in enumerate(["2"] * 2 + ["3"] * 8, start=1)
+                ],
+            },
+        ]
+    }
+    questions = {
+        "questions": [
+            {"question_id": 10, "image_id": 1, "question": "Is it?"},
+            {"question_id": 11, "image_id": 1, "question": "How many?"},
+        ]
+    }
     paths = {}
     for name, content in (("annotations", annotations), ("questions", questions), ("results", results)):
         paths[name] = tmp_path / f"{name}.json"
@@ -83,15 +102,43 @@ def _official_files(tmp_path, results):
 
 def test_score_vqa_command_json(tmp_path, capsys):
     paths = _official_files(tmp_path, [{"question_id": 10, "answer": "yes"}, {"question_id": 11, "answer": "two"}])
-    assert main(["score-vqa", "--annotations", str(paths["annotations"]), "--questions", str(paths["questions"]),
-                 "--results", str(paths["results"]), "--json"]) == 0
+    assert (
+        main(
+            [
+                "score-vqa",
+                "--annotations",
+                str(paths["annotations"]),
+                "--questions",
+                str(paths["questions"]),
+                "--results",
+                str(paths["results"]),
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
-    assert report == {"overall": 80.0, "perAnswerType": {"yes/no": 100.0, "number": 60.0},
-                      "perQuestion": {"10": 100.0, "11": 60.0}}
+    assert report == {
+        "overall": 80.0,
+        "perAnswerType": {"yes/no": 100.0, "number": 60.0},
+        "perQuestion": {"10": 100.0, "11": 60.0},
+    }
 
 
 def test_score_vqa_command_rejects_incomplete_results(tmp_path, capsys):
     paths = _official_files(tmp_path, [{"question_id": 10, "answer": "yes"}])
-    assert main(["score-vqa", "--annotations", str(paths["annotations"]), "--questions", str(paths["questions"]),
-                 "--results", str(paths["results"])]) == 2
+    assert (
+        main(
+            [
+                "score-vqa",
+                "--annotations",
+                str(paths["annotations"]),
+                "--questions",
+                str(paths["questions"]),
+                "--results",
+                str(paths["results"]),
+            ]
+        )
+        == 2
+    )
     assert "1 questions unanswered" in capsys.readouterr().err

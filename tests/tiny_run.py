@@ -10,8 +10,9 @@ TINY = {
     "image_features": {"config": {"batch_size": 16, "chunk_rows": 16}},
     # 24 steps with 12 warm-up (about 8 s) lower the loss clearly for both backbones (the blocking
     # loss_decreased check); with 4 warm-up steps the random encoder's loss did not fall.
-    "linear_map": {"config": {"steps": 24, "batch_size": 4, "warmup_steps": 12, "checkpoint_every": 12,
-                              "sample_captions": 2}},
+    "linear_map": {
+        "config": {"steps": 24, "batch_size": 4, "warmup_steps": 12, "checkpoint_every": 12, "sample_captions": 2}
+    },
     "captions": {"config": {"batch_size": 16, "max_new_tokens": 4}},
     "vqa_answers": {"config": {"questions": 6, "batch_size": 6, "max_new_tokens": 2}},
 }
@@ -26,8 +27,9 @@ def materialize_tiny(instance: dg.DagsterInstance, storage_root: str, keep=lambd
     """Every asset, every partition that ``keep(asset name, key)`` accepts, in graph order, by the
     loop ``limber demo`` runs; returns {(asset name, partition key): result}. ``resource``
     overrides fields of the Limber resource."""
-    steps = materialize_all(instance, {"limber": Limber(storage_root=str(storage_root), **resource)},
-                            run_config=tiny, keep=keep)
+    steps = materialize_all(
+        instance, {"limber": Limber(storage_root=str(storage_root), **resource)}, run_config=tiny, keep=keep
+    )
     failed = [step for step in steps if not step.success]
     assert not failed, f"{failed[0].label} failed: " + "; ".join(
         event.message or "" for event in failed[0].result.all_events if event.is_failure

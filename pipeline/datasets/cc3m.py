@@ -101,11 +101,22 @@ def _read_tsv(path: Path, images: Path, index: int, rows_per_part: int) -> ReadR
                 skipped.append(skipped_record(path, line_name, "empty caption"))
             else:
                 image_id = f"{row:09d}"
-                rows.append((line_name, {"image_id": image_id, "image_path": str(images / f"{image_id}.jpg"),
-                                         "captions": [fields[0].strip()], "questions": []}))
+                rows.append(
+                    (
+                        line_name,
+                        {
+                            "image_id": image_id,
+                            "image_path": str(images / f"{image_id}.jpg"),
+                            "captions": [fields[0].strip()],
+                            "questions": [],
+                        },
+                    )
+                )
     if not rows and not skipped:
-        raise DatasetError(f"{path} has no line {start + 1}: part {index:05d} lies past its end "
-                           f"(with rows_per_part={rows_per_part}); list_parts gives the parts present")
+        raise DatasetError(
+            f"{path} has no line {start + 1}: part {index:05d} lies past its end "
+            f"(with rows_per_part={rows_per_part}); list_parts gives the parts present"
+        )
     return build_result(rows, skipped, path)
 
 
@@ -122,8 +133,10 @@ def _read_shard(path: Path) -> ReadResult:
             head = file.read(6)
         for magic, codec in COMPRESSED.items():
             if head.startswith(magic):
-                raise DatasetError(f"{path} is {codec}-compressed; images are read straight from the shard, "
-                                   f"which needs a plain tar (img2dataset's default): decompress it in place")
+                raise DatasetError(
+                    f"{path} is {codec}-compressed; images are read straight from the shard, "
+                    f"which needs a plain tar (img2dataset's default): decompress it in place"
+                )
     try:
         tar = tarfile.open(path, "r:")  # plain tar only (see COMPRESSED)
     except FileNotFoundError:

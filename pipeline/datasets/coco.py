@@ -80,8 +80,11 @@ def read_coco_format(path, images, how_to_get: str, columns: dict[str, tuple[str
     for index, image in enumerate(json_list(document, "images", path)):
         record = f"images[{index}]"
         problem = record_problem(image, {"id": int, "file_name": str, **dict.fromkeys(columns, str)})
-        wrong = [f"{name} {image[name]!r} is not one of {allowed}" for name, allowed in columns.items()
-                 if not problem and image[name] not in allowed]
+        wrong = [
+            f"{name} {image[name]!r} is not one of {allowed}"
+            for name, allowed in columns.items()
+            if not problem and image[name] not in allowed
+        ]
         if problem or wrong:
             skipped.append(skipped_record(path, record, problem or wrong[0]))
             continue
@@ -105,9 +108,18 @@ def read_coco_format(path, images, how_to_get: str, columns: dict[str, tuple[str
         if outside or not captions[image["id"]]:
             skipped.append(skipped_record(path, record, outside or f"image {image['id']} has no captions"))
             continue
-        rows.append((record, {"image_id": str(image["id"]), "image_path": str(image_path),
-                              "captions": captions[image["id"]], "questions": [],
-                              **{name: image[name] for name in columns}}))
+        rows.append(
+            (
+                record,
+                {
+                    "image_id": str(image["id"]),
+                    "image_path": str(image_path),
+                    "captions": captions[image["id"]],
+                    "questions": [],
+                    **{name: image[name] for name in columns},
+                },
+            )
+        )
     return build_result(rows, skipped, path, columns=[*MANIFEST_COLUMNS, *columns])
 
 
@@ -142,6 +154,15 @@ def _read_karpathy(directory, splits: tuple[str, ...]) -> ReadResult:
         if outside:
             skipped.append(skipped_record(path, record, outside))
             continue
-        rows.append((record, {"image_id": str(image["cocoid"]), "image_path": str(image_path),
-                              "captions": captions, "questions": []}))
+        rows.append(
+            (
+                record,
+                {
+                    "image_id": str(image["cocoid"]),
+                    "image_path": str(image_path),
+                    "captions": captions,
+                    "questions": [],
+                },
+            )
+        )
     return build_result(rows, skipped, path)

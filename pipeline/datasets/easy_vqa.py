@@ -119,7 +119,7 @@ def _read_package_split(package_split: str) -> pd.DataFrame:
     paths = easy_vqa.get_train_image_paths() if package_split == "train" else easy_vqa.get_test_image_paths()
 
     by_image = defaultdict(list)
-    for index, (question, answer, image_id) in enumerate(zip(questions, answers, image_ids)):
+    for index, (question, answer, image_id) in enumerate(zip(questions, answers, image_ids, strict=True)):
         by_image[image_id].append(
             {
                 "question_id": f"{package_split}-{index}",

@@ -64,8 +64,9 @@ def read_json_file(path: Path, how_to_get: str):
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path} is not valid JSON ({error}); download it again. {how_to_get}") from error
     except RecursionError:
-        raise DatasetError(f"{path} nests deeper than Python's recursion limit; this is not the expected file. "
-                           f"{how_to_get}") from None
+        raise DatasetError(
+            f"{path} nests deeper than Python's recursion limit; this is not the expected file. {how_to_get}"
+        ) from None
 
 
 def json_list(document, key: str, path: Path) -> list:
@@ -136,9 +137,7 @@ def validate_manifest(manifest: pd.DataFrame, source: str) -> pd.DataFrame:
         raise DatasetError(f"{source}: manifest lacks columns {missing}")
     duplicated = manifest["image_id"][manifest["image_id"].duplicated()]
     if len(duplicated):
-        raise DatasetError(
-            f"{source}: duplicate image ids {duplicated.head(5).tolist()}; ids must be unique per split"
-        )
+        raise DatasetError(f"{source}: duplicate image ids {duplicated.head(5).tolist()}; ids must be unique per split")
     return manifest.reset_index(drop=True)
 
 

@@ -31,11 +31,12 @@ def read_manifest(part: str, *, root) -> ReadResult:
     return read_coco_format(directory / ANNOTATIONS, directory / "images", HOW_TO_GET, columns={"domain": DOMAINS})
 
 
-def caption_metrics(manifest: pd.DataFrame, references: dict[str, list[str]],
-                    candidates: dict[str, str]) -> dict[str, float]:
+def caption_metrics(
+    manifest: pd.DataFrame, references: dict[str, list[str]], candidates: dict[str, str]
+) -> dict[str, float]:
     """The standard metrics per domain ("CIDEr-D (out-domain)", ...). Each domain is scored as a
     whole set, so its CIDEr IDF comes from that domain's references, as in the NoCaps evaluation."""
-    domain_of = dict(zip(manifest["image_id"], manifest["domain"]))
+    domain_of = dict(zip(manifest["image_id"], manifest["domain"], strict=True))
     unknown = sorted(set(candidates) - set(domain_of))
     if unknown:
         raise ValueError(f"candidates for images not in the NoCaps manifest: {unknown[:5]}")

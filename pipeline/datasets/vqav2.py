@@ -30,8 +30,10 @@ HOW_TO_GET = (
 
 
 def _files(directory: Path, split: str) -> tuple[Path, Path]:
-    return (directory / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
-            directory / f"v2_mscoco_{split}2014_annotations.json")
+    return (
+        directory / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
+        directory / f"v2_mscoco_{split}2014_annotations.json",
+    )
 
 
 def list_parts(root) -> list[str]:
@@ -60,25 +62,37 @@ def read_manifest(part: str, *, root) -> ReadResult:
             elif question_id not in annotated:
                 problem = rejected.get(question_id, f"question {question_id} has no annotation")
             elif annotated[question_id]["image_id"] != question["image_id"]:
-                problem = (f"question {question_id} is about image {question['image_id']} but its annotation "
-                           f"about image {annotated[question_id]['image_id']}")
+                problem = (
+                    f"question {question_id} is about image {question['image_id']} but its annotation "
+                    f"about image {annotated[question_id]['image_id']}"
+                )
         if problem:
             skipped.append(skipped_record(questions_path, record, problem))
             continue
         seen.add(question_id)
         annotation = annotated[question_id]
-        by_image.setdefault(question["image_id"], (record, []))[1].append({
-            "question_id": str(question_id),
-            "question": question["question"],
-            "answers": [answer["answer"] for answer in annotation["answers"]],
-            "answer_type": annotation["answer_type"],
-        })
+        by_image.setdefault(question["image_id"], (record, []))[1].append(
+            {
+                "question_id": str(question_id),
+                "question": question["question"],
+                "answers": [answer["answer"] for answer in annotation["answers"]],
+                "answer_type": annotation["answer_type"],
+            }
+        )
 
     images = dataset_dir(root, "coco") / f"{part}2014"
-    rows = [(record, {"image_id": str(image_id),
-                      "image_path": str(images / f"COCO_{part}2014_{image_id:012d}.jpg"),
-                      "captions": [], "questions": image_questions})
-            for image_id, (record, image_questions) in by_image.items()]
+    rows = [
+        (
+            record,
+            {
+                "image_id": str(image_id),
+                "image_path": str(images / f"COCO_{part}2014_{image_id:012d}.jpg"),
+                "captions": [],
+                "questions": image_questions,
+            },
+        )
+        for image_id, (record, image_questions) in by_image.items()
+    ]
     return build_result(rows, skipped, questions_path)
 
 
@@ -100,12 +114,19 @@ def _annotations_by_question(annotations: list, path: Path) -> tuple[dict[int, d
         if not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers):
             rejected.setdefault(question_id, f"its annotation ({record}) has an answer without 'answer' text")
         elif len(answers) != ANSWERS_PER_QUESTION:
-            rejected.setdefault(question_id, f"its annotation ({record}) has {len(answers)} answers, "
-                                             f"expected {ANSWERS_PER_QUESTION}")
+            rejected.setdefault(
+                question_id, f"its annotation ({record}) has {len(answers)} answers, expected {ANSWERS_PER_QUESTION}"
+            )
         elif question_id in annotated:  # a repeated annotation: the first is kept, the repeat is counted
             same = annotated[question_id]["answers"] == answers
-            skipped.append(skipped_record(path, record, f"duplicate annotation of question {question_id} "
-                                          f"({'identical' if same else 'conflicting answers'}; the first is kept)"))
+            skipped.append(
+                skipped_record(
+                    path,
+                    record,
+                    f"duplicate annotation of question {question_id} "
+                    f"({'identical' if same else 'conflicting answers'}; the first is kept)",
+                )
+            )
         else:
             annotated[question_id] = annotation
     return annotated, rejected, skipped

@@ -41,11 +41,19 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "sentences.txt"
         path.write_text(sentences, encoding="utf-8")
-        command = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
-                   str(path)]
+        command = [
+            "java",
+            "-cp",
+            str(jar),
+            "edu.stanford.nlp.process.PTBTokenizer",
+            "-preserveLines",
+            "-lowerCase",
+            str(path),
+        ]
         try:
-            output = subprocess.run(command, capture_output=True, check=True, text=True, encoding="utf-8",
-                                    timeout=JAVA_TIMEOUT_S).stdout
+            output = subprocess.run(
+                command, capture_output=True, check=True, text=True, encoding="utf-8", timeout=JAVA_TIMEOUT_S
+            ).stdout
         except subprocess.TimeoutExpired:
             message = f"the PTB tokenizer did not finish in {JAVA_TIMEOUT_S} s ({len(keys)} captions)"
             raise RuntimeError(message) from None
@@ -127,8 +135,9 @@ def score_caption_files(annotations_path: str, results_path: str) -> dict[str, f
         if record["image_id"] in candidates:
             raise DatasetError(f"{results_path}: record[{index}]: image {record['image_id']!r} is captioned twice")
         if record["image_id"] not in references:
-            raise DatasetError(f"{results_path}: record[{index}]: image {record['image_id']!r} has no reference "
-                               f"in {annotations_path}")
+            raise DatasetError(
+                f"{results_path}: record[{index}]: image {record['image_id']!r} has no reference in {annotations_path}"
+            )
         candidates[record["image_id"]] = record["caption"]
     if not candidates:
         raise DatasetError(f"{results_path}: no captions to score")
@@ -148,13 +157,14 @@ def split_caption_metrics(manifest, captions, dataset: str, clip_weights: str | 
     from pipeline.datasets import dataset_caption_metrics
     from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_scores
 
-    caption_of = dict(zip(captions["image_id"], captions["caption"]))
+    caption_of = dict(zip(captions["image_id"], captions["caption"], strict=True))
     scored = manifest[manifest["captions"].str.len() > 0]
     missing = [i for i in scored["image_id"] if i not in caption_of]
     if missing:
-        raise ValueError(f"{len(missing)} images of the split have no caption (first: {missing[0]!r}): "
-                         "materialize captions again")
-    references = {i: list(c) for i, c in zip(scored["image_id"], scored["captions"])}
+        raise ValueError(
+            f"{len(missing)} images of the split have no caption (first: {missing[0]!r}): materialize captions again"
+        )
+    references = {i: list(c) for i, c in zip(scored["image_id"], scored["captions"], strict=True)}
     candidates = {i: caption_of[i] for i in scored["image_id"]}
     scores = caption_metrics(references, candidates)
     scores.update(dataset_caption_metrics(dataset, manifest, references, candidates))
@@ -165,7 +175,11 @@ def split_caption_metrics(manifest, captions, dataset: str, clip_weights: str | 
     except ClipUnavailable as error:
         clip, note = {"CLIP-S": float("nan"), "RefCLIP-S": float("nan")}, str(error)
     scores.update(clip)
-    return pd.DataFrame({
-        "metric": list(scores), "value": list(scores.values()), "n": len(candidates),
-        "note": [note if metric in clip else "" for metric in scores],
-    })
+    return pd.DataFrame(
+        {
+            "metric": list(scores),
+            "value": list(scores.values()),
+            "n": len(candidates),
+            "note": [note if metric in clip else "" for metric in scores],
+        }
+    )

@@ -16,9 +16,12 @@ CLIP_MODEL = "ViT-B-32-quickgelu"
 CLIP_PRETRAINED = "openai"
 
 
-CLIP_VIT_B32 = Weights("clip_vit_b32", "timm/vit_base_patch32_clip_224.openai",
-                       ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
-                       f"the OpenAI CLIP ViT-B/32 weights (open_clip '{CLIP_MODEL}', '{CLIP_PRETRAINED}'; a file)")
+CLIP_VIT_B32 = Weights(
+    "clip_vit_b32",
+    "timm/vit_base_patch32_clip_224.openai",
+    ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+    f"the OpenAI CLIP ViT-B/32 weights (open_clip '{CLIP_MODEL}', '{CLIP_PRETRAINED}'; a file)",
+)
 
 
 class ClipUnavailable(RuntimeError):
@@ -41,7 +44,10 @@ def ref_clip_s(
     """Per-image RefCLIP-S from CLIP-S, candidate embeddings (N, d) and each image's references (R_i, d)."""
     candidates = _normalise(candidate_embeddings)
     ref_scores = np.array(
-        [max(float((_normalise(refs) @ c).max()), 0.0) for c, refs in zip(candidates, reference_embeddings)]
+        [
+            max(float((_normalise(refs) @ c).max()), 0.0)
+            for c, refs in zip(candidates, reference_embeddings, strict=True)
+        ]
     )
     total = clip_scores + ref_scores
     return np.where(total > 0, 2 * clip_scores * ref_scores / np.where(total > 0, total, 1), 0.0)

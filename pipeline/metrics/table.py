@@ -24,16 +24,21 @@ def in_range(metric: str, value: float) -> bool:
 
 def out_of_range(rows: pd.DataFrame) -> list[str]:
     """Metrics of a ``(metric, value, note)`` table outside their range, or NaN without a note saying why."""
-    return [metric for metric, value, note in zip(rows["metric"], rows["value"], rows["note"])
-            if (np.isnan(value) and not note) or (not np.isnan(value) and not in_range(metric, value))]
+    return [
+        metric
+        for metric, value, note in zip(rows["metric"], rows["value"], rows["note"], strict=True)
+        if (np.isnan(value) and not note) or (not np.isnan(value) and not in_range(metric, value))
+    ]
 
 
 def tidy_metrics(results: list[tuple[dict, pd.DataFrame, str]]) -> pd.DataFrame:
     """One row per (system, dataset, split, task, metric, shots) from each result's labels
     (system, backbone, lm, dataset, split, task, shots), its ``(metric, value, n, note)`` rows and key."""
-    rows = [{**labels, "metric": r["metric"], "value": float(r["value"]), "n": int(r["n"]), "note": r["note"],
-             "key": key}
-            for labels, table, key in results for r in table.to_dict("records")]
+    rows = [
+        {**labels, "metric": r["metric"], "value": float(r["value"]), "n": int(r["n"]), "note": r["note"], "key": key}
+        for labels, table, key in results
+        for r in table.to_dict("records")
+    ]
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
 
 
@@ -42,9 +47,7 @@ def comparison_table(tidy: pd.DataFrame) -> pd.DataFrame:
     captions = tidy[(tidy["task"] == "captioning") & tidy["metric"].isin(CAPTION_COLUMNS)]
     # Splits are named by their dataset too when several datasets are captioned (NoCaps "val" is not COCO's).
     several = captions["dataset"].nunique() > 1
-    captions = captions.assign(
-        split=(captions["dataset"] + " " + captions["split"]) if several else captions["split"]
-    )
+    captions = captions.assign(split=(captions["dataset"] + " " + captions["split"]) if several else captions["split"])
     caption_wide = captions.pivot_table(index="system", columns=["split", "metric"], values="value")
     caption_wide.columns = [f"{split} {metric}" for split, metric in caption_wide.columns]
     order = [f"{s} {m}" for s in sorted(captions["split"].unique(), reverse=True) for m in CAPTION_COLUMNS]
@@ -60,7 +63,7 @@ def metrics_bar_chart(tidy: pd.DataFrame) -> bytes:
     wide = comparison_table(tidy)
     headline = [c for c in wide.columns if c.endswith(("CIDEr-D", "colour+shape (%)")) or c.startswith("VQA")]
     figure, axes = plt.subplots(1, len(headline), figsize=(3 * len(headline), 3.2), dpi=100, squeeze=False)
-    for axis, column in zip(axes[0], headline):
+    for axis, column in zip(axes[0], headline, strict=True):
         values = wide[column].dropna()
         axis.bar(range(len(values)), values.to_numpy(), color=[f"C{i}" for i in range(len(values))])
         axis.set_xticks(range(len(values)), values.index, rotation=30, ha="right", fontsize=7)
