@@ -18,7 +18,7 @@ from pipeline.captioning import caption_images
 from pipeline.metrics.captions import split_caption_metrics
 from pipeline.metrics.table import out_of_range
 from storage.feature_store import OK
-from storage.layout import dataset_part
+from storage.layout import dataset_part, write_bytes
 
 CAPTIONS_NON_EMPTY = "captions_non_empty"
 METRICS_IN_RANGE = "metrics_in_range"
@@ -88,8 +88,7 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
             device=limber.torch_device(),
             on_batch=lambda done, total: context.log.info(f"captioned {done}/{total}"),
         )
-        coco.parent.mkdir(parents=True, exist_ok=True)
-        coco.write_text(json.dumps(table[["image_id", "caption"]].to_dict("records")))
+        write_bytes(coco, json.dumps(table[["image_id", "caption"]].to_dict("records")).encode())
         return table
 
     table, reused = stored_table(path, key, caption)
@@ -134,7 +133,7 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
     system, part = _system_and_part(context)
     inputs = Inputs(limber)
     manifest = inputs.manifest(part)
-    generated = inputs.table("captions", limber.layout.captions(system, limber.language_model, part))
+    generated = inputs.table(f"captions[{system}|{part}]", limber.layout.captions(system, limber.language_model, part))
     clip_weights = inputs.clip_weights(config.clip_weights)
     key = inputs.key()
     path = limber.layout.caption_metrics(system, limber.language_model, part)

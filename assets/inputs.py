@@ -74,9 +74,10 @@ class Inputs:
         self._record(f"linear_map[{system}]", stored.key())
         return stored
 
-    def table(self, asset: str, path) -> pd.DataFrame:
-        """A stored result table of an upstream asset (captions, answers, metrics)."""
-        self._record(f"{asset}[{path}]", stored_key(path))
+    def table(self, partition: str, path) -> pd.DataFrame:
+        """A stored result table of an upstream asset partition (``"captions[blind|coco.val]"``),
+        named by its partition, not its path, so a moved storage root keeps its keys."""
+        self._record(partition, stored_key(path))
         return read_table(path)
 
     def clip_weights(self, weights: str) -> str:
@@ -93,7 +94,7 @@ class StoredMap:
     directory: object
 
     def key(self) -> str | None:
-        return LinearMap.stored_key(self.limber.mirror(self.directory).pull())
+        return LinearMap.stored_key(self.directory)  # read in place: no checkpoint is fetched
 
     def load(self) -> LinearMap:
         return LinearMap.load(self.limber.mirror(self.directory).pull())

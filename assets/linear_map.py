@@ -1,7 +1,5 @@
 """The linear map per backbone, trained on cached train features into the frozen LM."""
 
-import json
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -15,10 +13,9 @@ from assets.inputs import Inputs, MissingInput, stored_result
 from assets.language_model import language_model
 from assets.partitions import TRAIN, VALIDATION, backbone_partitions, registered_parts
 from assets.resources import Limber
-from pipeline.captioning import rows_by_id
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import backbone_spec
-from pipeline.image_features import ChunkedRows
+from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 from pipeline.plots import loss_curve_png, markdown_image
 from pipeline.training import train_linear_map, training_set
@@ -127,7 +124,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
     if reused:
         context.log.info(f"reusing the linear map trained from these inputs and settings: {directory}")
         mapping = LinearMap.load(local)
-        summary = json.loads((local / "config.json").read_text())["training"]
+        summary = LinearMap.stored_config(local)["training"]
     else:
         features, captions, rows = training_set(read)
         torch.manual_seed(config.seed)  # the initial weights, too, come from the settings
@@ -161,7 +158,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
             seed=config.seed,
             checkpoint_every=config.checkpoint_every,
             # One checkpoint folder per key: a run never resumes another key's training.
-            checkpoint_dir=local / "checkpoints" / key,
+            checkpoint_dir=limber.layout.checkpoints(local, key),
             device=device,
             on_step=log_loss,
             on_checkpoint=mirror.push,
@@ -175,7 +172,8 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
             "samples_per_second": round(result.samples_per_second, 2),
             "shuffle_buffers": result.buffers,
         }
-        (local / "loss.png").write_bytes(loss_curve_png(result.losses, f"{backbone} -> {limber.language_model}"))
+        loss_png = loss_curve_png(result.losses, f"{backbone} -> {limber.language_model}")
+        limber.layout.loss_curve(local).write_bytes(loss_png)
         mapping.save(
             local,
             extra={"key": key, "backbone": backbone, "language_model": limber.language_model, "training": summary},
@@ -194,7 +192,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         final_loss=round(float(np.mean(losses[-config.final_loss_window :])), 4),
         samples_per_second=summary["samples_per_second"],
         shuffle_buffers=summary["shuffle_buffers"],
-        loss_curve=dg.MetadataValue.md(markdown_image((local / "loss.png").read_bytes(), "loss curve")),
+        loss_curve=dg.MetadataValue.md(markdown_image(limber.layout.loss_curve(local).read_bytes(), "loss curve")),
         validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
     )
     yield loss_check(losses)

@@ -10,7 +10,7 @@ from assets.resources import Limber
 from assets.vqa import vqa_metrics
 from pipeline.metrics.table import comparison_table, metrics_bar_chart, tidy_metrics
 from pipeline.plots import markdown_image
-from storage.layout import dataset_part, read_table, stored_key, write_table
+from storage.layout import dataset_part, read_table, stored_key, write_bytes, write_table
 
 TABLE_COMPLETE = "table_complete"
 
@@ -40,7 +40,8 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
                 "task": task,
                 "shots": shots,
             }
-            found.append((labels, inputs.table(asset.key.to_user_string(), path), stored_key(path)))
+            table = inputs.table(f"{asset.key.to_user_string()}[{partition}]", path)
+            found.append((labels, table, stored_key(path)))
     return found
 
 
@@ -72,7 +73,7 @@ def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
     def tables():
         tidy = tidy_metrics(results)
         write_table(comparison_table(tidy), layout.comparison_table(), key)
-        layout.metrics_chart().write_bytes(metrics_bar_chart(tidy))
+        write_bytes(layout.metrics_chart(), metrics_bar_chart(tidy))
         return tidy  # the tidy table, written last by stored_table
 
     tidy, reused = stored_table(path, key, tables)

@@ -39,8 +39,9 @@ class Limber(dg.ConfigurableResource):
         return LocalMirror(path, self.cache_dir)
 
     def prepared_lm(self) -> dict | None:
-        """The description of the LM prepared under the storage root, or None."""
-        return prepared_description(self.mirror(self.layout.language_model(self.language_model)).pull())
+        """The description of the LM prepared under the storage root, or None (read in place: no
+        checkpoint is fetched)."""
+        return prepared_description(self.layout.language_model(self.language_model))
 
     def load_lm(self):
         """(model, tokenizer, description) of the prepared LM, frozen, on this resource's device."""

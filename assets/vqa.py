@@ -95,7 +95,9 @@ def vqa_metrics(context: dg.AssetExecutionContext, limber: Limber):
     """VQA accuracy (official evaluator's rules), overall and per answer type, x100."""
     system, shots = _system_and_shots(context)
     inputs = Inputs(limber)
-    answers = inputs.table("vqa_answers", limber.layout.vqa_answers(system, limber.language_model, shots))
+    answers = inputs.table(
+        f"vqa_answers[{system}|{shots}]", limber.layout.vqa_answers(system, limber.language_model, shots)
+    )
     key = inputs.key()
     path = limber.layout.vqa_metrics(system, limber.language_model, shots)
     table, reused = stored_table(path, key, lambda: answers_accuracy(answers))

@@ -6,8 +6,8 @@ For each size, builds a synthetic feature store of that many rows (feature dim 8
 shards of ``--shard-rows`` rows, in the Zarr layout ``image_features`` writes, and the matching
 empty CC3M shard files under a raw-data root; then times, on the paper profile:
 
-- ``training_set``: opening every shard's store and finding its trainable rows (what ``linear_map``
-  does before its first step);
+- ``training_set``: ``pipeline.training.training_set`` on every shard (each store joined to its
+  manifest by id, the trainable rows found), what ``linear_map`` does before its first step;
 - ``batch_plan``: grouping the rows by chunk and drawing one epoch of batches (paid again on resume);
 - ``register_parts``: discovering the shards and registering them as dynamic partitions;
 - ``sensor_tick``: one ``new_data`` sensor tick after one more shard appears.
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 os.environ["LIMBER_PROFILE"] = "paper"  # the profile is read when the Definitions load
 
@@ -33,8 +34,8 @@ import dagster as dg  # noqa: E402
 from assets.automation import new_data  # noqa: E402
 from assets.partitions import register_dataset_parts, registered_parts  # noqa: E402
 from assets.resources import Limber  # noqa: E402
-from pipeline.training import batch_plan  # noqa: E402
-from storage.feature_store import OK, ConcatenatedFeatures, FeatureArray  # noqa: E402
+from pipeline.training import batch_plan, training_set  # noqa: E402
+from storage.feature_store import FeatureArray  # noqa: E402
 
 DIM, CHUNK_ROWS, BATCH, BUFFER_CHUNKS = 8, 1024, 2048, 16
 
@@ -72,15 +73,17 @@ def measure(rows: int, shard_rows: int) -> dict:
         root = Path(tmp)
         build_s, paths = timed(lambda: build(root, rows, shard_rows), repeats=1)
 
-        def training_set():
+        stores = [FeatureArray.read(str(p)) for p in paths]
+        manifests = [
+            pd.DataFrame({"image_id": store.ids, "captions": [["a photo"]] * len(store.ids)}) for store in stores
+        ]
+
+        def read_training_set():
             stores = [FeatureArray.read(str(p)) for p in paths]
-            features = ConcatenatedFeatures(stores)
-            trainable = np.concatenate(
-                [features.global_rows(i, np.flatnonzero(s.status == OK)) for i, s in enumerate(stores)]
-            )
+            features, _, trainable = training_set(list(zip(stores, manifests, strict=True)))
             return features, trainable
 
-        training_s, (features, trainable) = timed(training_set)
+        training_s, (features, trainable) = timed(read_training_set)
         epoch = len(trainable) // BATCH
         plan_s, _ = timed(
             lambda: sum(

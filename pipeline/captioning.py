@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from pipeline.decoding import greedy_captions
-from pipeline.image_features import ChunkedRows
+from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 from storage.feature_store import OK
 
@@ -64,18 +64,6 @@ def caption_rows(
         if on_batch:
             on_batch(len(captions), len(rows))
     return captions
-
-
-def rows_by_id(store_ids, image_ids, where: str) -> np.ndarray:
-    """The rows of a feature store holding ``image_ids`` (records join by id, never by position)."""
-    row_of = {image_id: row for row, image_id in enumerate(np.asarray(store_ids).tolist())}
-    missing = [i for i in image_ids if i not in row_of]
-    if missing:
-        raise ValueError(
-            f"{where}: {len(missing)} image ids have no feature row (first: {missing[0]!r}); "
-            "the features were extracted from another manifest: materialize image_features again"
-        )
-    return np.array([row_of[i] for i in image_ids], dtype=np.int64)
 
 
 def caption_images(

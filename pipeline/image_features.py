@@ -53,6 +53,18 @@ class ChunkedRows:
         return out
 
 
+def rows_by_id(store_ids, image_ids, where: str) -> np.ndarray:
+    """The rows of a feature store holding ``image_ids`` (records join by id, never by position)."""
+    row_of = {image_id: row for row, image_id in enumerate(np.asarray(store_ids).tolist())}
+    missing = [i for i in image_ids if i not in row_of]
+    if missing:
+        raise ValueError(
+            f"{where}: {len(missing)} image ids have no feature row (first: {missing[0]!r}); "
+            "the features were extracted from another manifest: materialize image_features again"
+        )
+    return np.array([row_of[i] for i in image_ids], dtype=np.int64)
+
+
 @dataclass
 class ExtractionStats:
     chunks_computed: int = 0

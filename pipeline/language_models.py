@@ -121,9 +121,10 @@ def _resolve(directory: str | Path, checkpoint: str) -> str | Path:
     return Path(directory) / checkpoint if checkpoint == LOCAL_CHECKPOINT else checkpoint
 
 
-def prepared_description(directory: str | Path) -> dict | None:
-    """The description of the LM prepared in ``directory``, or None."""
-    prepared = Path(directory) / "language_model.json"
+def prepared_description(directory) -> dict | None:
+    """The description of the LM prepared in ``directory`` (a local path, or a UPath on an object
+    store: only this small file is read), or None."""
+    prepared = (directory if hasattr(directory, "fs") else Path(directory)) / "language_model.json"
     return json.loads(prepared.read_text()) if prepared.exists() else None
 
 

@@ -48,12 +48,19 @@ class LinearMap(nn.Module):
         )
 
     @staticmethod
-    def stored_key(directory: str | Path) -> str | None:
-        """The ``key`` saved with a finished map in ``directory`` (None when no map is saved there)."""
-        directory = Path(directory)
+    def stored_config(directory: str | Path) -> dict | None:
+        """The config saved with a finished map in ``directory`` (a local path, or a UPath on an
+        object store: only the small config is read), with its ``extra``; None when no map is there."""
+        directory = directory if isinstance(directory, Path) or hasattr(directory, "fs") else Path(directory)
         if not (directory / "linear_map.safetensors").exists():
             return None
-        return json.loads((directory / "config.json").read_text()).get("key", "")
+        return json.loads((directory / "config.json").read_text())
+
+    @classmethod
+    def stored_key(cls, directory: str | Path) -> str | None:
+        """The ``key`` saved with a finished map in ``directory`` (None when no map is saved there)."""
+        config = cls.stored_config(directory)
+        return None if config is None else config.get("key", "")
 
     @classmethod
     def load(cls, directory: str | Path) -> "LinearMap":

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.image_features import chunk_rows_of
+from pipeline.image_features import chunk_rows_of, rows_by_id
 from pipeline.linear_map import LinearMap
 
 IGNORE = -100
@@ -30,7 +30,6 @@ def training_set(parts: list) -> tuple:
     reference captions). A manifest record joins its feature row by image id; a row is trainable
     when its image was encoded and it has a reference caption (the first one is trained on).
     """
-    from pipeline.captioning import rows_by_id
     from storage.feature_store import OK, ConcatenatedFeatures
 
     features = ConcatenatedFeatures([store for store, _ in parts])

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from pipeline.decoding import Segment, greedy_generate, image_tokens
-from pipeline.image_features import ChunkedRows
+from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 
 SHOTS = (0, 1, 2, 4)
@@ -150,8 +150,6 @@ def evaluate_vqa(
     in ``store`` / ``support_store`` (FeatureArrays), never by position; with no linear map (the
     blind system) no features are read.
     """
-    from pipeline.captioning import rows_by_id
-
     # Sampled in question-id order, examples drawn in that order, and pooled in image-id order, so a
     # reordered manifest asks the same questions with the same solved examples.
     by_id = flatten_questions(manifest).sort_values("question_id", kind="stable").reset_index(drop=True)

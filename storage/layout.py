@@ -73,6 +73,17 @@ class StorageLayout:
         """A folder: the weights, their config (with the key), the loss curve, and the checkpoints."""
         return self.root / "linear_maps" / _safe(language_model) / backbone
 
+    @staticmethod
+    def loss_curve(map_folder):
+        """The loss curve inside a linear map's folder (or its local working copy)."""
+        return map_folder / "loss.png"
+
+    @staticmethod
+    def checkpoints(map_folder, key: str):
+        """One training's checkpoints inside a linear map's folder: one folder per key, so a run
+        never resumes another key's training."""
+        return map_folder / "checkpoints" / key
+
     def captions(self, system: str, language_model: str, part_key: str) -> UPath:
         dataset, part = dataset_part(part_key)
         return self.root / "captions" / _safe(language_model) / system / dataset / f"{part}.parquet"
@@ -179,6 +190,11 @@ def write_table(table, path: UPath, key: str = "") -> None:
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), KEY_FIELD: key.encode()})
     with path.open("wb") as file:
         pq.write_table(arrow, file)
+
+
+def write_bytes(path: UPath, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def stored_key(path: UPath) -> str | None:

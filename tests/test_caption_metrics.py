@@ -123,3 +123,38 @@ def test_clip_scores_stream_batches_and_skip_unreadable_images(tmp_path):
     assert batched == pytest.approx(whole)
     # Two in three captions name the image's colour (CLIP-S 2.5 x ~1), the third names another (~0).
     assert whole["CLIP-S"] == pytest.approx(2.5 * 2 / 3, abs=0.01)
+
+
+def test_a_split_is_scored_by_image_id_whatever_the_order(tmp_path, empty_hf_cache):
+    """split_caption_metrics joins captions to references by id: reordered captions score the same;
+    images without references are left out; no CLIP weights give NaN with the reason."""
+    import pandas as pd
+
+    from pipeline.metrics.captions import split_caption_metrics
+
+    manifest = pd.DataFrame(
+        {
+            "image_id": ["1", "2", "3", "4"],
+            "image_path": [str(tmp_path / f"{i}.png") for i in range(4)],
+            "captions": [REFERENCES["1"], REFERENCES["2"], REFERENCES["3"], []],
+        }
+    )
+    captions = pd.DataFrame(
+        {"image_id": ["1", "2", "3", "4"], "caption": ["a red circle", "a blue square", "a dog on grass", "unscored"]}
+    )
+    table = split_caption_metrics(manifest, captions, "coco", clip_weights="")
+    shuffled = split_caption_metrics(manifest, captions.iloc[[3, 1, 0, 2]], "coco", clip_weights="")
+    pd.testing.assert_frame_equal(table, shuffled)
+    assert set(table["n"]) == {3}
+    scores = dict(zip(table["metric"], table["value"], strict=True))
+    assert (
+        scores["CIDEr-D"]
+        == caption_metrics(
+            {k: REFERENCES[k] for k in "123"},
+            dict(zip("123", ["a red circle", "a blue square", "a dog on grass"], strict=True)),
+        )["CIDEr-D"]
+    )
+    clip = table[table["metric"].isin(["CLIP-S", "RefCLIP-S"])]
+    assert clip["value"].isna().all() and clip["note"].str.contains("CLIP ViT-B/32").all()
+    with pytest.raises(ValueError, match="1 images of the split have no caption"):
+        split_caption_metrics(manifest, captions.iloc[1:], "coco", clip_weights="")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.captioning import caption_images, caption_rows, rows_by_id
+from pipeline.captioning import caption_images, caption_rows
 from pipeline.decoding import greedy_captions
 from storage import FeatureArray
 from storage.feature_store import SKIPPED
@@ -41,16 +41,6 @@ def test_captioning_projects_one_batch_at_a_time(stored_features, counting_map, 
         device="cpu",
     )
     assert captions[:6] == alone
-
-
-def test_rows_join_by_id_and_a_stranger_is_named():
-    assert rows_by_id(np.array(["a", "b", "c"]), ["c", "a"], "here").tolist() == [2, 0]
-    try:
-        rows_by_id(np.array(["a"]), ["a", "zz"], "captions")
-    except ValueError as error:
-        assert "captions: 1 image ids have no feature row (first: 'zz')" in str(error)
-    else:
-        raise AssertionError("an id with no feature row was accepted")
 
 
 def test_a_reordered_manifest_gets_the_same_caption_per_image(tmp_path, counting_map, tiny_gptj):

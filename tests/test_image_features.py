@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.encoders import create_backbone
-from pipeline.image_features import extract_image_features
+from pipeline.image_features import ChunkedRows, extract_image_features, rows_by_id
 from storage import FeatureArray
 from storage.feature_store import OK, PENDING, SKIPPED
+from tests.conftest import assert_whole_chunks_once
 
 ROWS, CHUNK = 160, 16
 
@@ -19,7 +20,7 @@ EXTRACT = textwrap.dedent(
     """
     import sys, pandas as pd
     from pipeline.encoders import create_backbone
-    from pipeline.image_features import extract_image_features
+    from pipeline.image_features import ChunkedRows, extract_image_features, rows_by_id
     from storage import FeatureArray
     manifest = pd.read_parquet(sys.argv[1])
     store = FeatureArray.open(sys.argv[2], manifest["image_id"].tolist(), 1, 1280, int(sys.argv[3]))
@@ -135,3 +136,22 @@ def test_an_image_that_fails_preprocessing_costs_only_itself(subset):
     assert reasons[3] == f"{bomb}: preprocessing failed: MemoryError: cannot allocate 13 GB"
     assert set(reasons) == {3, 5}
     assert not features[3].any() and all(features[i].any() for i in range(8) if i not in reasons)
+
+
+def test_chunked_rows_reads_whole_chunks_once_in_ascending_order(stored_features):
+    reader = ChunkedRows(stored_features)
+    rows = np.array([0, 3, 7, 8, 9, 20, 39])
+    got = np.concatenate([reader[rows[:3]], reader[rows[3:5]], reader[rows[5:]]])
+    np.testing.assert_array_equal(got, stored_features.array[:][rows])
+    assert_whole_chunks_once(stored_features.reads)
+    assert len(stored_features.reads) == 4
+
+
+def test_rows_join_by_id_and_a_stranger_is_named():
+    assert rows_by_id(np.array(["a", "b", "c"]), ["c", "a"], "here").tolist() == [2, 0]
+    try:
+        rows_by_id(np.array(["a"]), ["a", "zz"], "captions")
+    except ValueError as error:
+        assert "captions: 1 image ids have no feature row (first: 'zz')" in str(error)
+    else:
+        raise AssertionError("an id with no feature row was accepted")

@@ -142,3 +142,26 @@ def test_score_vqa_command_rejects_incomplete_results(tmp_path, capsys):
         == 2
     )
     assert "1 questions unanswered" in capsys.readouterr().err
+
+
+def test_an_answers_table_is_scored_by_question_id_with_single_answers_replicated():
+    """easy-vqa's one answer per question counts as ten identical ones (so it is not normalised);
+    the table's order does not matter."""
+    import pandas as pd
+
+    from pipeline.metrics.vqa import answers_accuracy
+
+    answers = pd.DataFrame(
+        {
+            "question_id": [1, 2, 3],
+            "prediction": ["yes", "red,", "2"],
+            "answers": [["yes"], ["red"], ["two", "2", "2", "2", "2", "2", "2", "2", "2", "2"]],
+            "answer_type": ["yes/no", "other", "number"],
+        }
+    )
+    table = answers_accuracy(answers)
+    rows = dict(zip(table["metric"], table["value"], strict=True))
+    # "red," against ten identical "red": not normalised, so wrong; "2" matches nine "2"s.
+    assert rows["VQA accuracy (yes/no)"] == 100.0 and rows["VQA accuracy (other)"] == 0.0
+    assert rows["VQA accuracy (number)"] == 100.0 and rows["VQA accuracy"] == pytest.approx(66.67)
+    pd.testing.assert_frame_equal(answers_accuracy(answers.iloc[[2, 0, 1]]), table)
