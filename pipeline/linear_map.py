@@ -40,6 +40,8 @@ class LinearMap(nn.Module):
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        # A map saved over another: the old weights go first, so a crash never pairs them with the new config.
+        (directory / "linear_map.safetensors").unlink(missing_ok=True)
         (directory / "config.json").write_text(json.dumps({**self.config(), **(extra or {})}, indent=2))
         # The weights, written last, mark the map finished.
         save_file(
