@@ -39,11 +39,10 @@ def training_set(parts: list) -> tuple:
         with_caption = manifest[manifest["captions"].str.len() > 0]
         local = rows_by_id(store.ids, with_caption["image_id"].tolist(), "training set")
         encoded = store.status[local] == OK
-        for row, references in zip(
-            features.global_rows(index, local[encoded]), with_caption["captions"][encoded], strict=True
-        ):
+        trainable = features.global_rows(index, local[encoded])
+        for row, references in zip(trainable, with_caption["captions"][encoded], strict=True):
             captions[row] = references[0]
-        rows.append(np.sort(features.global_rows(index, local[encoded])))
+        rows.append(np.sort(trainable))
     return features, captions, np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 

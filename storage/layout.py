@@ -198,13 +198,18 @@ def write_bytes(path: UPath, data: bytes) -> None:
 
 
 def stored_key(path: UPath) -> str | None:
-    """The key a stored table was written with; None when there is no table there."""
+    """The key a stored table was written with; None when there is no whole table there (a write
+    killed midway leaves an unreadable file: it is recomputed, not trusted)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.exists():
         return None
-    with path.open("rb") as file:
-        metadata = pq.read_schema(file).metadata or {}
+    try:
+        with path.open("rb") as file:
+            metadata = pq.read_schema(file).metadata or {}
+    except pa.ArrowInvalid:
+        return None
     return metadata.get(KEY_FIELD, b"").decode()
 
 

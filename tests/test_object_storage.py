@@ -102,3 +102,19 @@ def test_mirror_refuses_a_stored_key_that_leaves_its_folder(tmp_path):
     with pytest.raises(ValueError, match=r"stored key '\.\./\.\./evil\.bin' leaves its folder"):
         mirror.pull()
     assert not list(tmp_path.rglob("evil.bin"))
+
+
+def test_a_table_cut_short_has_no_key_and_is_recomputed(tmp_path):
+    """A write killed midway leaves part of a Parquet file: it reads as absent, never as a result."""
+    import pandas as pd
+
+    from assets.inputs import stored_table
+    from storage.layout import storage_path, stored_key, write_table
+
+    path = storage_path(tmp_path / "t.parquet")
+    write_table(pd.DataFrame({"a": [1, 2, 3]}), path, key="k1")
+    assert stored_key(path) == "k1"
+    path.write_bytes(path.read_bytes()[:-20])
+    assert stored_key(path) is None
+    table, reused = stored_table(path, "k1", lambda: pd.DataFrame({"a": [4]}))
+    assert not reused and table["a"].tolist() == [4] and stored_key(path) == "k1"
