@@ -48,7 +48,7 @@ def _inputs_key(limber: Limber, system: str, parts: list[str]) -> str | None:
         inputs.language_model()
         inputs.linear_map(system)
         for part in parts:
-            inputs.manifest(part)
+            inputs.manifest(part, read=False)
             inputs.system_features(system, part)
     except MissingInput:
         return None

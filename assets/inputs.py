@@ -41,10 +41,11 @@ class Inputs:
     def key(self, **settings) -> str:
         return config_hash({"read": self.read, "settings": settings})
 
-    def manifest(self, part: str) -> pd.DataFrame:
+    def manifest(self, part: str, read: bool = True) -> pd.DataFrame | None:
+        """A part's manifest; with ``read=False`` only its key is recorded (the table is not loaded)."""
         path = self.limber.layout.manifest(part)
         self._record(f"manifests[{part}]", stored_key(path))
-        return read_table(path)
+        return read_table(path) if read else None
 
     def features(self, backbone: str, part: str) -> FeatureArray:
         """A backbone's finished features of one part."""

@@ -28,6 +28,7 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
                 if task == "captioning"
                 else layout.vqa_metrics(system, lm, shots)
             )
+            label = f"{asset.key.to_user_string()}[{partition}]"
             if stored_key(path) is None:
                 continue
             dataset, split = dataset_part(part)
@@ -40,8 +41,7 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
                 "task": task,
                 "shots": shots,
             }
-            table = inputs.table(f"{asset.key.to_user_string()}[{partition}]", path)
-            found.append((labels, table, stored_key(path)))
+            found.append((labels, inputs.table(label, path), inputs.read[label]))
     return found
 
 

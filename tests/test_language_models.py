@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer, GPTJConfig, GPTJForCausalLM
 
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import TokenLayout
@@ -51,25 +50,9 @@ def test_gpt_j_entry():
     assert spec.source == "EleutherAI/gpt-j-6B" and spec.hidden_size == 4096 and spec.gradient_checkpointing
 
 
-def test_tiny_gpt_j_trains_captions_and_answers(prepared_lm, tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(prepared_lm / "checkpoint")
+def test_tiny_gpt_j_trains_captions_and_answers(tiny_gptj, tmp_path):
+    lm, tokenizer = tiny_gptj
     torch.manual_seed(0)
-    lm = (
-        GPTJForCausalLM(
-            GPTJConfig(
-                vocab_size=len(tokenizer),
-                n_embd=64,
-                n_layer=2,
-                n_head=4,
-                rotary_dim=8,
-                n_positions=256,
-                bos_token_id=tokenizer.eos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        )
-        .eval()
-        .requires_grad_(False)
-    )
     features = np.random.default_rng(0).standard_normal((16, 3, 8)).astype(np.float16)
     linear_map = LinearMap(8, 64, TokenLayout("grid", 3, 1))
     result = train_linear_map(
