@@ -18,7 +18,7 @@ from pipeline.captioning import caption_images
 from pipeline.metrics.captions import split_caption_metrics
 from pipeline.metrics.table import out_of_range
 from storage.feature_store import OK
-from storage.layout import dataset_part, write_bytes
+from storage.layout import dataset_part, write_bytes, write_table
 
 CAPTIONS_NON_EMPTY = "captions_non_empty"
 METRICS_IN_RANGE = "metrics_in_range"
@@ -135,14 +135,23 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
     manifest = inputs.manifest(part)
     generated = inputs.table(f"captions[{system}|{part}]", limber.layout.captions(system, limber.language_model, part))
     clip_weights = inputs.clip_weights(config.clip_weights)
-    key = inputs.key()
+    key = inputs.key(intervals=config.interval_settings())
     path = limber.layout.caption_metrics(system, limber.language_model, part)
 
     def score() -> pd.DataFrame:
-        table = split_caption_metrics(manifest, generated, dataset_part(part)[0], clip_weights, limber.torch_device())
+        table, per_image = split_caption_metrics(
+            manifest,
+            generated,
+            dataset_part(part)[0],
+            clip_weights,
+            limber.torch_device(),
+            config.bootstrap_resamples,
+            config.bootstrap_seed,
+        )
         for note in set(table["note"]) - {""}:
             context.log.warning(note)
-        return table
+        write_table(per_image, limber.layout.caption_scores(system, limber.language_model, part), key)
+        return table  # the metrics, written last by stored_table
 
     table, reused = stored_table(path, key, score)
     scores = zip(table["metric"], table["value"], table["note"], strict=True)

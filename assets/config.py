@@ -21,6 +21,9 @@ class DatasetConfig(dg.Config):
 class ExtractionConfig(dg.Config):
     batch_size: int = Field(PROFILE["extraction"]["batch_size"], description="images per encoder forward pass")
     chunk_rows: int = Field(PROFILE["extraction"]["chunk_rows"], description="rows per Zarr chunk, the unit of resume")
+    workers: int = Field(
+        PROFILE["extraction"]["workers"], description="DataLoader processes decoding images (0: the main process)"
+    )
 
 
 _TRAIN, _REPORT = PROFILE["training"], PROFILE["training_report"]
@@ -62,8 +65,11 @@ class CaptioningConfig(dg.Config):
 
 
 class VqaConfig(dg.Config):
-    questions: int = Field(PROFILE["vqa"]["questions"], description="fixed random subset of eval questions (0: all)")
-    seed: int = Field(PROFILE["vqa"]["seed"], description="seed of the subset and of the solved examples")
+    questions: int = Field(
+        PROFILE["vqa"]["questions"],
+        description="all questions of seeded random eval images, until this many are taken (0: all)",
+    )
+    seed: int = Field(PROFILE["vqa"]["seed"], description="seed of the images asked about and of their solved examples")
     batch_size: int = PROFILE["vqa"]["batch_size"]
     max_new_tokens: int = PROFILE["vqa"]["max_new_tokens"]
     support_images: int = Field(
@@ -72,7 +78,17 @@ class VqaConfig(dg.Config):
     )
 
 
-class CaptionMetricsConfig(dg.Config):
+class IntervalConfig(dg.Config):
+    """How the 95% intervals of a metric asset are drawn (part of its key: they are stored)."""
+
+    bootstrap_resamples: int = Field(PROFILE["intervals"]["resamples"], description="bootstrap resamples (0: none)")
+    bootstrap_seed: int = Field(PROFILE["intervals"]["seed"], description="seed of the resampled items")
+
+    def interval_settings(self) -> dict:
+        return {"resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed}
+
+
+class CaptionMetricsConfig(IntervalConfig):
     clip_weights: str = Field(
         "", description="local file of open_clip ViT-B-32-quickgelu OpenAI weights (else HF cache)"
     )

@@ -171,7 +171,14 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
             "resumed_from_step": result.resumed_from,
             "samples_per_second": round(result.samples_per_second, 2),
             "shuffle_buffers": result.buffers,
+            "recompute": result.recompute,
+            "activation_bytes_per_token": result.activation_bytes_per_token,
         }
+        per_token = result.activation_bytes_per_token
+        context.log.info(
+            f"gradient checkpointing {'on' if result.recompute else 'off'}"
+            + (f": {per_token / 2**20:.2f} MiB of activations per token measured" if per_token else " (CPU)")
+        )
         loss_png = loss_curve_png(result.losses, f"{backbone} -> {limber.language_model}")
         limber.layout.loss_curve(local).write_bytes(loss_png)
         mapping.save(
@@ -192,6 +199,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         final_loss=round(float(np.mean(losses[-config.final_loss_window :])), 4),
         samples_per_second=summary["samples_per_second"],
         shuffle_buffers=summary["shuffle_buffers"],
+        recompute=summary.get("recompute", False),
         loss_curve=dg.MetadataValue.md(markdown_image(limber.layout.loss_curve(local).read_bytes(), "loss curve")),
         validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
     )

@@ -4,11 +4,19 @@ import dagster as dg
 import numpy as np
 
 from assets.captions import caption_metrics
+from assets.config import IntervalConfig
 from assets.inputs import Inputs, stored_result, stored_table
 from assets.partitions import BLIND, VQA_EVAL, caption_partitions, vqa_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
-from pipeline.metrics.table import comparison_table, metrics_bar_chart, tidy_metrics
+from pipeline.encoders import backbone_spec
+from pipeline.metrics.table import (
+    comparison_markdown,
+    comparison_table,
+    metrics_bar_chart,
+    paired_differences,
+    tidy_metrics,
+)
 from pipeline.plots import markdown_image
 from storage.layout import dataset_part, read_table, stored_key, write_bytes, write_table
 
@@ -16,17 +24,18 @@ TABLE_COMPLETE = "table_complete"
 
 
 def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
-    """(labels, metric rows, key) of every caption_metrics and vqa_metrics partition stored so far."""
+    """(labels, metric rows, key, per-item path) of every caption_metrics and vqa_metrics
+    partition stored so far."""
     lm, layout, found = limber.language_model, limber.layout, []
     partitions = [("captioning", caption_metrics, caption_partitions), ("vqa", vqa_metrics, vqa_partitions)]
     for task, asset, partitions_def in partitions:
         for partition in partitions_def.get_partition_keys():
             keys = partition.keys_by_dimension
             system, part, shots = keys["system"], keys.get("part", VQA_EVAL), int(keys.get("shots", 0))
-            path = (
-                layout.caption_metrics(system, lm, part)
+            path, items = (
+                (layout.caption_metrics(system, lm, part), layout.caption_scores(system, lm, part))
                 if task == "captioning"
-                else layout.vqa_metrics(system, lm, shots)
+                else (layout.vqa_metrics(system, lm, shots), layout.vqa_scores(system, lm, shots))
             )
             label = f"{asset.key.to_user_string()}[{partition}]"
             if stored_key(path) is None:
@@ -41,8 +50,14 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
                 "task": task,
                 "shots": shots,
             }
-            found.append((labels, inputs.table(label, path), inputs.read[label]))
+            found.append((labels, inputs.table(label, path), inputs.read[label], items))
     return found
+
+
+def baselines(systems: set[str]) -> list[str]:
+    """The systems every other is compared with: blind, and each random-init encoder."""
+    random_init = sorted(s for s in systems if s != BLIND and backbone_spec(s).pretrained is None)
+    return [BLIND, *random_init]
 
 
 @dg.asset(
@@ -60,18 +75,23 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
         )
     ],
 )
-def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
-    """Every stored caption and VQA metric, one row per (system, part, task, metric, shots)."""
+def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
+    """Every stored caption and VQA metric, one row per (system, part, task, metric, shots), with
+    its 95% interval; and each system's paired differences against blind and the random encoder."""
     inputs = Inputs(limber)
     results = _stored_metrics(limber, inputs)
     if not results:
         raise ValueError("no caption_metrics or vqa_metrics partition is materialized yet")
-    key = inputs.key()
+    key = inputs.key(intervals=config.interval_settings())
     layout = limber.layout
     path = layout.metrics_table()
 
     def tables():
-        tidy = tidy_metrics(results)
+        tidy = tidy_metrics([(labels, table, read) for labels, table, read, _ in results])
+        items = [(labels, read_table(item_path)) for labels, _, _, item_path in results]
+        systems = {labels["system"] for labels, *_ in results}
+        differences = paired_differences(items, baselines(systems), config.bootstrap_resamples, config.bootstrap_seed)
+        write_table(differences, layout.differences_table(), key)
         write_table(comparison_table(tidy), layout.comparison_table(), key)
         write_bytes(layout.metrics_chart(), metrics_bar_chart(tidy))
         return tidy  # the tidy table, written last by stored_table
@@ -84,7 +104,8 @@ def metric_tables(context: dg.AssetExecutionContext, limber: Limber):
         reused,
         comparison_path=dg.MetadataValue.path(str(layout.comparison_table())),
         rows=len(tidy),
-        comparison=dg.MetadataValue.md(wide.round(2).to_markdown()),
+        comparison=dg.MetadataValue.md(comparison_markdown(wide)),
+        differences_path=dg.MetadataValue.path(str(layout.differences_table())),
         chart=dg.MetadataValue.md(markdown_image(layout.metrics_chart().read_bytes(), "metrics by system")),
     )
     unexplained = tidy[tidy["value"].isna() & (tidy["note"] == "")]

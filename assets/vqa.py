@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.config import VqaConfig
+from assets.config import IntervalConfig, VqaConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
@@ -14,7 +14,8 @@ from assets.linear_map import linear_map
 from assets.partitions import SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
 from assets.resources import Limber
 from pipeline.metrics.vqa import answers_accuracy
-from pipeline.vqa import evaluate_vqa
+from pipeline.vqa import PROTOCOL, evaluate_vqa
+from storage.layout import write_table
 
 ACCURACY_IN_RANGE = "accuracy_in_range"
 
@@ -50,7 +51,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     support_store = inputs.system_features(system, VQA_SUPPORT) if shots else None
     stored_map = inputs.linear_map(system)
     inputs.language_model()
-    key = inputs.key(vqa=config.model_dump(), shots=shots)
+    key = inputs.key(vqa=config.model_dump(), shots=shots, protocol=PROTOCOL)
     path = limber.layout.vqa_answers(system, limber.language_model, shots)
 
     def answer() -> pd.DataFrame:
@@ -91,16 +92,23 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
         )
     ],
 )
-def vqa_metrics(context: dg.AssetExecutionContext, limber: Limber):
-    """VQA accuracy (official evaluator's rules), overall and per answer type, x100."""
+def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
+    """VQA accuracy (official evaluator's rules), overall and per answer type, x100, with 95%
+    intervals over the questions."""
     system, shots = _system_and_shots(context)
     inputs = Inputs(limber)
     answers = inputs.table(
         f"vqa_answers[{system}|{shots}]", limber.layout.vqa_answers(system, limber.language_model, shots)
     )
-    key = inputs.key()
+    key = inputs.key(intervals=config.interval_settings())
     path = limber.layout.vqa_metrics(system, limber.language_model, shots)
-    table, reused = stored_table(path, key, lambda: answers_accuracy(answers))
+
+    def score() -> pd.DataFrame:
+        table, per_question = answers_accuracy(answers, config.bootstrap_resamples, config.bootstrap_seed)
+        write_table(per_question, limber.layout.vqa_scores(system, limber.language_model, shots), key)
+        return table  # the metrics, written last by stored_table
+
+    table, reused = stored_table(path, key, score)
     accuracies = zip(table["metric"], table["value"], strict=True)
     yield stored_result(
         path, key, reused, n=len(answers), **{m: dg.MetadataValue.float(float(v)) for m, v in accuracies}

@@ -4,15 +4,17 @@
 
 Measured here, on the real architectures with random weights (timing a dense model does not
 depend on its weight values): each paper backbone's forward FLOPs per image (torch's
-FlopCounterMode) and its largest activation (forward hooks); the host work per image that
-``pipeline.image_features.encode_images`` does on the main thread (decode a 640x480 JPEG, the
-backbone's preprocessing, and the float16 cast + zstd write of its features). GPT-J's FLOPs come
+FlopCounterMode) and its largest activation (forward hooks); the host work per image of
+``pipeline.image_features`` (decode a 640x480 JPEG and the backbone's resize and crop to uint8, in
+DataLoader workers; the zstd write of its float16 features, on the writer thread; normalising is
+GPU work). GPT-J's FLOPs come
 from its parameter count (``bench/benchmark.py``'s formula, checked against the built model by tests/test_bench.py).
 
 Derived, not measured (no GPU was available to the sessions that built this): GPU time assumes
 ``--mfu`` of the GPU's peak bf16 FLOP/s (default: H100 80 GB SXM, 989e12) for prefill and training,
 and reading GPT-J's weights once per decoded token at ``--hbm`` bytes/s for decoding. Host time is
-what the current code does serially on one core per step. Memory is tensor-size arithmetic;
+CPU time on one core; extraction spreads it over the profile's DataLoader workers and a writer
+thread, overlapping the GPU. Memory is tensor-size arithmetic;
 stored bytes are raw float16 (zstd stores 29-59% of that, bench/storage_bytes.py).
 """
 
@@ -33,6 +35,7 @@ from transformers import GPTJConfig
 
 from pipeline.datasets import load_image
 from pipeline.encoders import create_backbone
+from pipeline.image_features import WRITES_IN_FLIGHT
 from pipeline.settings import PROFILES
 from storage import FeatureArray
 
@@ -53,7 +56,7 @@ GB = 1e9
 def measure_backbone(name: str, photo: Path) -> dict:
     backbone = create_backbone(name, pretrained=False)
     spec = backbone.spec
-    pixels = backbone.preprocess(load_image(str(photo))[0]).unsqueeze(0)
+    pixels = backbone.normalise(backbone.preprocessing.pixels(load_image(str(photo))[0]).unsqueeze(0))
     largest = [0]
     hooks = [
         m.register_forward_hook(lambda m, i, out: largest.__setitem__(0, max(largest[0], out.numel())))
@@ -68,17 +71,18 @@ def measure_backbone(name: str, photo: Path) -> dict:
     for _ in range(22):
         started = time.perf_counter()
         image, _ = load_image(str(photo))
-        backbone.preprocess(image)
+        backbone.preprocessing.pixels(image)
         host.append(time.perf_counter() - started)
-    # Writing features: the float16 cast and zstd compression of FeatureArray.write_chunk, per row.
+    # Writing features: the zstd compression of FeatureArray.write_chunk, per row.
     rows = 32
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureArray.open(
             tmp + "/f.zarr", [str(i) for i in range(rows)], spec.layout.positions, spec.feature_dim, rows
         )
         values = np.random.default_rng(0).standard_normal((rows, spec.layout.positions, spec.feature_dim))
+        values = values.astype(np.float16)  # as extraction hands them over (cast on the GPU)
         started = time.perf_counter()
-        store.write_chunk(0, values.astype(np.float32), {})
+        store.write_chunk(0, values, {})
         write_s = (time.perf_counter() - started) / rows
     return {
         "flops_per_image": counter.get_total_flops(),
@@ -110,21 +114,22 @@ def derive(b: dict, args) -> list[dict]:
         "items": CC3M_TRAIN,
         "gpu_h": extraction_gpu / 3600,
         "host_h": CC3M_TRAIN * b["host_s_per_image"] / 3600,
-        # encode_images holds a chunk's features in float32, then the float16 copy it writes.
-        "host_peak_gb": (chunk * 2 + chunk) / GB,
+        # the chunk being filled and those queued for the writer, float16
+        "host_peak_gb": (1 + WRITES_IN_FLIGHT) * chunk / GB,
         "gpu_peak_gb": (b["params"] * 4 + ex["batch_size"] * b["largest_activation_values"] * 2 * 3) / GB,
         "read_gb": CC3M_TRAIN * args.jpeg_kb * 1e3 / GB,
         "written_gb": CC3M_TRAIN * b["row_bytes"] / GB,
     }
     seq = k + CAPTION_TOKENS
     samples = tr["steps"] * tr["batch_size"]
-    train_flops = samples * seq * benchmark.train_flops_per_token(GPTJ, seq, b["map_params"], k)
+    train_flops = samples * seq * benchmark.train_flops_per_token(GPTJ, seq, b["map_params"], k, CAPTION_TOKENS)
     micro = tr["micro_batch_size"]
+    # No recompute (the activations fit): about 14 d-sized bf16 tensors kept per layer and token
+    # (norm, q, k, v, attention output, residual, 4d fc_in and 4d GELU); logits only at the caption.
     activations = (
-        GPTJ.n_layer * micro * seq * GPTJ.n_embd * 2  # checkpointed layer inputs
-        + micro * seq * GPTJ.vocab_size * (2 + 4 + 4)  # logits bf16, float32 copy and its gradient
-        + micro * seq * GPTJ.n_embd * 4 * 2 * 6
-    )  # one recomputed block's intermediates
+        GPTJ.n_layer * micro * seq * GPTJ.n_embd * 2 * 14
+        + micro * CAPTION_TOKENS * GPTJ.vocab_size * (2 + 4 + 4)  # logits bf16, float32 copy and its gradient
+    )
     training = {
         "stage": "linear_map (15k steps x 2048)",
         "items": samples,
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"ms/image (writing {m['write_s_per_image'] * 1e3:.1f} ms of it)  feature row {m['row_bytes']:,} B"
         )
     print(f"\nDerived at MFU {args.mfu:.0%} of {args.gpu_flops / 1e12:.0f} TFLOP/s, HBM {args.hbm / 1e12:.2f} TB/s:\n")
-    print("| backbone | stage | items | GPU time | host CPU time (serial) | host peak | GPU peak | read | written |")
+    print("| backbone | stage | items | GPU time | host CPU time (one core) | host peak | GPU peak | read | written |")
     print("|---|---|---|---|---|---|---|---|---|")
 
     def hours(h: float | None) -> str:
@@ -209,10 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['host_peak_gb']:.1f} GB | {r['gpu_peak_gb']:.1f} GB | {r['read_gb']:,.1f} GB | "
             f"{r['written_gb']:,.2f} GB |"
         )
-    total = sum(r["gpu_h"] + (r["host_h"] or 0) for r in rows)
+    workers = PAPER["extraction"]["workers"]
+    total = sum(max(r["gpu_h"], (r["host_h"] or 0) / workers) for r in rows)
     print(
-        f"\nAll stages, all backbones, one GPU, as the code runs today (host work not overlapped, and counted "
-        f"only where measured): {total:.0f} h"
+        f"\nAll stages, all backbones, one GPU (host work overlapping the GPU over {workers} DataLoader workers, "
+        f"and counted only where measured): {total:.0f} h"
     )
     result = {"settings": vars(args), "measured": measured, "stages": rows}
     if args.json:

@@ -10,11 +10,27 @@ def load_metrics(storage_root: str | os.PathLike | None = None):
     Reads ``{storage_root}/metrics/metrics.parquet``; the root (a folder or an fsspec URL such as
     ``s3://bucket/prefix``) defaults to ``$LIMBER_STORAGE`` or ``data``.
     """
+    return _read_metrics_file("metrics_table", storage_root)
+
+
+def load_differences(storage_root: str | os.PathLike | None = None):
+    """Paired differences as a pandas DataFrame: each system's score minus a baseline's (blind, and
+    each random-init encoder) on the same images or questions, with a paired bootstrap 95% interval.
+
+    Columns: system, baseline, task, dataset, split, metric, shots, difference, ci_low, ci_high, n.
+    Metrics that are means over items are included (CIDEr-D, ROUGE-L, CLIP-S, RefCLIP-S, the
+    easy-vqa shares, VQA accuracy); corpus BLEU and METEOR have intervals in ``load_metrics`` only.
+    Reads ``{storage_root}/metrics/differences.parquet`` (root as for ``load_metrics``).
+    """
+    return _read_metrics_file("differences_table", storage_root)
+
+
+def _read_metrics_file(name: str, storage_root):
     from pipeline import settings
     from storage import StorageLayout
     from storage.layout import read_table
 
-    path = StorageLayout.at(storage_root or settings.storage_root()).metrics_table()
+    path = getattr(StorageLayout.at(storage_root or settings.storage_root()), name)()
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist yet: materialize the metric_tables asset (make demo)")
     return read_table(path)

@@ -2,19 +2,29 @@
 
 The store is anything with ``pending_chunks()``, ``chunk_slice(chunk)`` and
 ``write_chunk(chunk, features, reasons)`` (storage.feature_store.FeatureArray in the pipeline), so
-this loop knows nothing about Zarr and a crash loses at most the chunk in flight.
+this loop knows nothing about Zarr.
+
+Three stages overlap: DataLoader workers decode and resize images to uint8 tensors; the main thread
+normalises them on the device, runs the model and copies float16 features back; one background
+thread compresses and writes finished chunks, at most ``WRITES_IN_FLIGHT`` behind. A crash loses at
+most the chunks not yet written.
 """
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pipeline.datasets import load_image
 from pipeline.encoders import Backbone
+
+WRITES_IN_FLIGHT = 2  # chunks queued for the writer: bounds host memory to about 3 chunks
 
 
 def chunk_rows_of(features) -> int:
@@ -77,33 +87,66 @@ class ExtractionStats:
         return self.images_encoded / self.seconds if self.seconds else 0.0
 
 
+class ImageFiles(Dataset):
+    """Image ``i`` as (i, uint8 pixels or None, skip reason or None); runs in DataLoader workers."""
+
+    def __init__(self, paths: list[str], pixels: Callable):
+        self.paths, self.pixels = paths, pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int) -> tuple[int, torch.Tensor | None, str | None]:
+        image, reason = load_image(self.paths[row])
+        if image is None:
+            return row, None, f"{self.paths[row]}: {reason}"
+        try:  # inside the per-image guard: one bad image never costs the rest of its batch
+            return row, self.pixels(image), None
+        except Exception as error:  # MemoryError included
+            return row, None, f"{self.paths[row]}: preprocessing failed: {type(error).__name__}: {error}"
+
+
+def collate_images(items) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """A batch: the rows that decoded, their pixels stacked (None if none did), the others' reasons."""
+    rows = [row for row, pixels, _ in items if pixels is not None]
+    pixels = torch.stack([pixels for _, pixels, _ in items if pixels is not None]) if rows else None
+    return rows, pixels, {row: reason for row, _, reason in items if reason is not None}
+
+
 @torch.inference_mode()
-def encode_images(
-    backbone: Backbone, paths: list[str], device: str, batch_size: int
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Features (len(paths), positions, dim) for a list of image files; unreadable files give zero
-    rows and a reason keyed by their index in ``paths``."""
+def encode_chunks(
+    backbone: Backbone, paths: list[str], chunks: list[slice], *, device: str, batch_size: int, workers: int
+) -> Iterator[tuple[slice, np.ndarray, dict[int, str]]]:
+    """(rows, float16 features (rows, positions, dim), {row: skip reason}) for each slice of ``paths``
+    in ``chunks``, in order; batches never cross a chunk, so a chunk's numbers do not depend on which
+    other chunks are pending. Unreadable images give zero rows and a reason."""
+    batches = [
+        list(range(start, min(start + batch_size, rows.stop)))
+        for rows in chunks
+        for start in range(rows.start, rows.stop, batch_size)
+    ]
+    loader = DataLoader(
+        ImageFiles(paths, backbone.preprocessing.pixels),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate_images,
+        pin_memory=torch.device(device).type == "cuda",  # page-locked, so the copy below can be asynchronous
+    )
     layout = backbone.spec.layout
-    out = np.zeros((len(paths), layout.positions, backbone.spec.feature_dim), dtype=np.float32)
-    reasons = {}
-    for start in range(0, len(paths), batch_size):
-        tensors, rows = [], []
-        for row in range(start, min(start + batch_size, len(paths))):
-            image, reason = load_image(paths[row])
-            if image is not None:
-                try:  # inside the per-image guard: one bad image never costs the rest of its batch
-                    tensors.append(backbone.preprocess(image))
-                except Exception as error:  # MemoryError included
-                    reason = f"preprocessing failed: {type(error).__name__}: {error}"
-            if reason:
-                reasons[row] = f"{paths[row]}: {reason}"
+    loaded = iter(loader)
+    for rows in chunks:
+        out = np.zeros((rows.stop - rows.start, layout.positions, backbone.spec.feature_dim), dtype=np.float16)
+        reasons = {}
+        for _ in range(-(-(rows.stop - rows.start) // batch_size)):
+            batch_rows, pixels, batch_reasons = next(loaded)
+            reasons.update(batch_reasons)
+            if pixels is None:
                 continue
-            rows.append(row)
-        if tensors:
-            batch = torch.stack(tensors).to(device)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=batch.is_cuda):
-                out[rows] = backbone.model(batch).float().cpu().numpy()
-    return out, reasons
+            images = backbone.normalise(pixels.to(device, non_blocking=True))
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=images.is_cuda):
+                features = backbone.model(images)
+            out[np.asarray(batch_rows) - rows.start] = features.to(torch.float16).cpu().numpy()
+        yield rows, out, reasons
 
 
 def extract_image_features(
@@ -113,21 +156,46 @@ def extract_image_features(
     *,
     device: str,
     batch_size: int,
+    workers: int = 0,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> ExtractionStats:
-    """Encodes every pending chunk of ``store``; finished chunks are never recomputed."""
+    """Encodes every pending chunk of ``store``; finished chunks are never recomputed. ``workers``
+    DataLoader processes decode images (0: the main process does)."""
     pending = store.pending_chunks()
     stats = ExtractionStats()
     started = time.perf_counter()
-    for done, chunk in enumerate(tqdm(pending, desc=f"{backbone.spec.name} features", unit="chunk"), start=1):
-        rows = store.chunk_slice(chunk)
-        features, reasons = encode_images(backbone, image_paths[rows], device, batch_size)
-        reasons = {rows.start + row: reason for row, reason in reasons.items()}
-        store.write_chunk(chunk, features, reasons)
+    written: deque[tuple[Future, slice, dict[int, str]]] = deque()
+
+    def finish_oldest():
+        future, rows, reasons = written.popleft()
+        future.result()  # a failed write raises here, in the caller
         stats.chunks_computed += 1
         stats.images_encoded += (rows.stop - rows.start) - len(reasons)
         stats.skipped.update(reasons)
         if on_chunk:
-            on_chunk(done, len(pending))
+            on_chunk(stats.chunks_computed, len(pending))
+
+    chunks = encode_chunks(
+        backbone,
+        image_paths,
+        [store.chunk_slice(c) for c in pending],
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    # One writer thread, so chunks are written in order; leaving the block waits for every write.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer") as writer:
+        try:
+            for chunk, (rows, features, reasons) in zip(
+                tqdm(pending, desc=f"{backbone.spec.name} features", unit="chunk"), chunks, strict=True
+            ):
+                if len(written) == WRITES_IN_FLIGHT:
+                    finish_oldest()
+                written.append((writer.submit(store.write_chunk, chunk, features, reasons), rows, reasons))
+            while written:
+                finish_oldest()
+        finally:  # on an error, queued writes are dropped (their chunks stay pending)
+            for future, _, _ in written:
+                future.cancel()
     stats.seconds = time.perf_counter() - started
     return stats

@@ -24,7 +24,6 @@ class LanguageModelSpec:
     source: str  # Hugging Face id or local path (unused when the weights ship in a package)
     hidden_size: int
     install_hint: str
-    gradient_checkpointing: bool = False  # on GPU, for LMs whose activations would not fit
     weights: Weights | PackageWeights | None = None  # None: ``source`` as given (an ad-hoc id or path)
 
     def checkpoint(self) -> str:
@@ -74,7 +73,6 @@ register_language_model(
         hidden_size=4096,
         install_hint="fetch EleutherAI/gpt-j-6B into the Hugging Face cache on a machine with network "
         "(huggingface-cli download EleutherAI/gpt-j-6B), then copy the cache here (HF_HOME)",
-        gradient_checkpointing=True,
         weights=Weights(
             "gpt-j-6b",
             "EleutherAI/gpt-j-6B",
@@ -159,7 +157,6 @@ def prepare_language_model(name: str, directory: str | Path) -> dict:
         "checkpoint": checkpoint,
         "architecture": config.architectures[0] if config.architectures else config.model_type,
         "hidden_size": config.hidden_size,
-        "gradient_checkpointing": spec.gradient_checkpointing,
         "fingerprint": fingerprint,
     }
     # Written last: marks the checkpoint complete.
@@ -175,6 +172,18 @@ def load_language_model(directory: str | Path, device: str) -> tuple[PreTrainedM
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model.eval().requires_grad_(False)
-    if description["gradient_checkpointing"] and device.startswith("cuda"):
-        model.gradient_checkpointing_enable()
+    fuse_activations(model)
     return model, tokenizer, description
+
+
+def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Swaps GPT-J's (and GPT-2's) ``gelu_new``, written as about 8 elementwise kernels, for torch's
+    fused ``gelu(approximate="tanh")``: the same function (tests/test_language_models.py), with
+    forward plus backward about 4x faster."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, GELUTanh())
+    return model

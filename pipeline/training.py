@@ -10,6 +10,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,33 +123,96 @@ def batch_plan(
 
 
 def training_batches(
-    features, rows: np.ndarray, *, batch_size: int, buffer_chunks: int, seed: int, start: int = 0
+    features,
+    rows: np.ndarray,
+    *,
+    batch_size: int,
+    buffer_chunks: int,
+    seed: int,
+    start: int = 0,
+    stop: int | None = None,
+    prefetch: bool = True,
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
-    """(buffer's chunk ids, row indices, features[row indices]) of each batch of ``batch_plan`` from
-    step ``start`` on.
+    """(buffer's chunk ids, row indices, features[row indices]) of batches ``start`` to ``stop``
+    (None: endless) of ``batch_plan``.
 
     ``features`` is any array with numpy slicing and ``chunks`` (Zarr, ``ConcatenatedFeatures``;
-    a plain array is one chunk). Each buffer is read as whole stored chunks, once.
+    a plain array is one chunk). Each buffer is read as whole stored chunks, once; with
+    ``prefetch`` the next buffer is read on a thread while the current one trains.
     """
     chunk_rows = chunk_rows_of(features)
-    loaded, chunks = None, {}
-    plan = itertools.islice(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed), start, None)
-    for buffer, batch_rows in plan:
-        if buffer != loaded:
-            chunks = {c: np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in buffer}
-            loaded = buffer
-        yield buffer, batch_rows, np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in batch_rows])
+    plan = itertools.islice(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed), start, stop)
+    # A buffer's batches are few (buffer rows / batch size), so each group is listed up front.
+    groups = ((buffer, [r for _, r in batches]) for buffer, batches in itertools.groupby(plan, key=lambda b: b[0]))
+
+    def read(buffer: tuple[int, ...]) -> dict[int, np.ndarray]:
+        return {c: np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in buffer}
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+
+        def later(buffer):  # the read, started now on the thread (prefetch) or when its result is asked for
+            return pool.submit(read, buffer).result if prefetch else lambda: read(buffer)
+
+        current = next(groups, None)
+        pending = later(current[0]) if current else None
+        while current is not None:
+            chunks = pending()
+            upcoming = next(groups, None)
+            pending = later(upcoming[0]) if upcoming else None
+            buffer, batches = current
+            for batch_rows in batches:
+                yield buffer, batch_rows, np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in batch_rows])
+            current = upcoming
 
 
 def caption_loss(
-    linear_map: LinearMap, lm, features: np.ndarray, ids: torch.Tensor, labels: torch.Tensor, device: str
+    linear_map: LinearMap,
+    lm,
+    features: np.ndarray,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    device: str,
+    all_logits: bool = False,
 ) -> torch.Tensor:
-    """The captioning LM loss of one batch: ``[image tokens, caption]`` through the frozen LM."""
+    """The captioning LM loss of one batch: ``[image tokens, caption]`` through the frozen LM.
+
+    The LM head runs only at the positions that predict a label (a caption token or the first
+    EOS): at GPT-J's 144 image positions and the EOS padding there is no loss to compute.
+    ``all_logits`` computes them everywhere, through the model's own loss (the reference).
+    """
     embed = lm.get_input_embeddings()
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
         image_tokens = linear_map(torch.from_numpy(features).float().to(device))
         inputs = torch.cat([image_tokens.to(embed.weight.dtype), embed(ids.to(device))], dim=1)
-        return lm(inputs_embeds=inputs, labels=labels.to(device)).loss
+        labels = labels.to(device)
+        if all_logits:
+            return lm(inputs_embeds=inputs, labels=labels).loss
+        hidden = lm.base_model(inputs_embeds=inputs).last_hidden_state
+        targets = labels[:, 1:]
+        predicting = targets != IGNORE  # position t predicts label t + 1
+        logits = lm.get_output_embeddings()(hidden[:, :-1][predicting])
+        return torch.nn.functional.cross_entropy(logits.float(), targets[predicting])
+
+
+def activation_bytes_per_token(lm, linear_map: LinearMap, features: np.ndarray, ids, labels, device: str) -> float:
+    """Activation memory per token of a training step without recompute, measured on CUDA with
+    one example (peak allocated during its forward and backward, less what was allocated before)."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    caption_loss(linear_map, lm, features[:1], ids[:1], labels[:1], device).backward()
+    linear_map.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / labels.shape[1]
+
+
+def needs_recompute(bytes_per_token: float | None, tokens: int, device: str, headroom: float = 0.8) -> bool:
+    """Gradient checkpointing only when a micro-batch's activations would not fit in what is free
+    on the device (with ``headroom``); on CPU never (host memory, and nothing to gain)."""
+    if bytes_per_token is None or not device.startswith("cuda"):
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return bytes_per_token * tokens > headroom * free
 
 
 @dataclass
@@ -159,6 +223,8 @@ class TrainingResult:
     seconds: float = 0.0
     samples: int = 0
     buffers: int = 0  # shuffle buffers loaded by this run
+    recompute: bool = False  # gradient checkpointing was on
+    activation_bytes_per_token: float | None = None  # measured on CUDA, decides ``recompute``
 
     @property
     def samples_per_second(self) -> float:
@@ -169,6 +235,28 @@ def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def _set_recompute(
+    lm, linear_map, micro_batch, device: str, recompute: bool | None, tokens: int, result: TrainingResult
+) -> bool:
+    """Turns gradient checkpointing on for this run if asked, or when ``recompute`` is None, if the
+    longest micro-batch (``tokens``) would not fit at the activation memory per token measured here."""
+    features, ids, labels = micro_batch
+    if recompute is None:
+        if device.startswith("cuda"):
+            result.activation_bytes_per_token = activation_bytes_per_token(
+                lm, linear_map, features, ids, labels, device
+            )
+        recompute = needs_recompute(result.activation_bytes_per_token, tokens, device)
+    if recompute:
+        lm.activation_checkpointing_enable()
+        # Hugging Face checkpoints activations only in training mode; the frozen LM's dropout stays off.
+        lm.train()
+        for module in lm.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+    return recompute
 
 
 def train_linear_map(
@@ -193,12 +281,21 @@ def train_linear_map(
     checkpoint_every: int,
     checkpoint_dir: str | Path,
     device: str,
+    recompute: bool | None = None,
+    prefetch: bool = True,
+    all_logits: bool = False,
     on_step: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
 ) -> TrainingResult:
     """Trains ``linear_map`` in place on ``features[rows]`` (any array with numpy slicing, e.g. Zarr)
     with ``captions`` (aligned with ``features``). Resumes from ``checkpoint_dir/state.pt``;
-    ``on_checkpoint`` runs after each checkpoint is written (e.g. to upload it)."""
+    ``on_checkpoint`` runs after each checkpoint is written (e.g. to upload it).
+
+    ``recompute`` (gradient checkpointing) is decided from the activation memory per token
+    measured on the first micro-batch when None; ``prefetch`` reads the next shuffle buffer on a
+    thread; ``all_logits`` computes logits at every position (see ``caption_loss``). None of the
+    three changes the result, only the speed and memory of a step.
+    """
     checkpoint = Path(checkpoint_dir) / "state.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     linear_map.to(device).train()
@@ -212,18 +309,19 @@ def train_linear_map(
         result.losses = state["losses"]
         result.resumed_from = len(result.losses)
     micro = micro_batch_size or batch_size
-    # Hugging Face checkpoints activations only in training mode; the frozen LM's dropout stays off.
-    if getattr(lm, "is_gradient_checkpointing", False):
-        lm.train()
-        for module in lm.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.eval()
     batches = training_batches(
-        features, rows, batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed, start=result.resumed_from
+        features,
+        rows,
+        batch_size=batch_size,
+        buffer_chunks=buffer_chunks,
+        seed=seed,
+        start=result.resumed_from,
+        stop=max(steps, result.resumed_from),
+        prefetch=prefetch,
     )
     started = time.perf_counter()
     progress = tqdm(
-        itertools.islice(batches, max(0, steps - result.resumed_from)),
+        batches,
         total=steps,
         initial=result.resumed_from,
         desc="linear map",
@@ -233,10 +331,6 @@ def train_linear_map(
     for step, (batch_buffer, batch_rows, batch_features) in enumerate(progress, start=result.resumed_from):
         result.buffers += batch_buffer != buffer
         buffer = batch_buffer
-        torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
-        optimizer.zero_grad(set_to_none=True)
         # Gradient accumulation: a large batch (LiMBeR's 2048) runs as micro-batches that fit the device.
         micro_batches = []
         for start in range(0, len(batch_rows), micro):
@@ -245,12 +339,19 @@ def train_linear_map(
             )
             labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
             micro_batches.append((batch_features[start : start + micro], ids, labels))
+        if step == result.resumed_from:  # before the step's seed, so a resumed run's dropout is the same
+            longest = micro * (linear_map.layout.num_tokens + max_caption_tokens)
+            result.recompute = _set_recompute(lm, linear_map, micro_batches[0], device, recompute, longest, result)
+        torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
+        optimizer.zero_grad(set_to_none=True)
         # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
         predicted = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in micro_batches)
         loss = 0.0
         for micro_features, ids, labels in micro_batches:
             share = int((labels[:, 1:] != IGNORE).sum()) / predicted
-            micro_loss = caption_loss(linear_map, lm, micro_features, ids, labels, device) * share
+            micro_loss = caption_loss(linear_map, lm, micro_features, ids, labels, device, all_logits) * share
             micro_loss.backward()
             loss += micro_loss.item()
         torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)
@@ -271,6 +372,8 @@ def train_linear_map(
                 on_checkpoint()
     result.seconds = time.perf_counter() - started
     linear_map.eval()
+    if result.recompute:
+        lm.activation_checkpointing_disable()
     lm.eval()
     if not math.isfinite(result.losses[-1] if result.losses else 0.0):
         raise FloatingPointError(f"training diverged: last loss {result.losses[-1]}")

@@ -1,20 +1,34 @@
 """Few-shot VQA through the linear map (LiMBeR / MAGMA protocol).
 
-Zero-shot prompt: ``[image, " Q: ", question, " A:"]``. An n-shot prompt first shows n solved
-examples ``[image_i, " Q: q_i A: a_i"]`` drawn from the training split. The generated answer is
-cut to the word count of the longest ground-truth answer before scoring. The blind baseline uses
-the same prompts with every image left out.
+Zero-shot prompt: ``[image, " Q: {question} A:"]``. An n-shot prompt first shows n solved
+examples ``[image_i, " Q: q_i A: a_i"]`` drawn from the training split. Each span of text between
+images is one string, tokenized in one call. The generated answer is cut to the word count of the
+longest ground-truth answer before scoring. The blind baseline uses the same prompts with every
+image left out.
+
+Two departures from drawing question by question, so that the questions of an image share their
+prompt's prefix ``[solved examples..., image]``: the questions asked are all those of images taken
+in a seeded random order until ``questions`` are taken, and the solved examples are drawn per
+image (n-shot uses the first n of its ``max(SHOTS)`` draws), so all questions of an image see the
+same examples. Each prefix is then prefilled once and its KV cache reused by the image's
+questions, and decoding stops once every answer of a batch is complete: the answers are still
+those of decoding each whole prompt for ``max_new_tokens`` tokens, then cutting them.
 """
+
+from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.decoding import Segment, greedy_generate, image_tokens
+from pipeline.decoding import Segment, greedy_generate_shared, image_tokens
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 
 SHOTS = (0, 1, 2, 4)
+# Part of every stored answer table's key: answers drawn under another protocol are not reused.
+PROTOCOL = "questions and solved examples drawn by image; one tokenizer call per text span"
 
 
 def flatten_questions(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -27,40 +41,60 @@ def flatten_questions(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sample_questions(questions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
-    """A fixed random subset of questions (all of them when count is 0 or too large)."""
-    if not count or count >= len(questions):
-        return questions.reset_index(drop=True)
-    chosen = np.sort(np.random.default_rng(seed).choice(len(questions), size=count, replace=False))
-    return questions.iloc[chosen].reset_index(drop=True)
+def sample_by_image(questions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """All questions of images taken in a seeded random order until at least ``count`` questions
+    are taken (all images when 0), grouped by image in that order, each image's questions in the
+    order given; column ``image`` numbers the images taken (0, 1, ...) and indexes their solved
+    examples. The order depends only on the image ids, not on the manifest's order."""
+    image_ids = np.sort(questions["image_id"].unique())
+    image_ids = image_ids[np.random.default_rng(seed).permutation(len(image_ids))]
+    if count:
+        taken = questions.groupby("image_id").size().loc[image_ids].cumsum().to_numpy()
+        image_ids = image_ids[: np.searchsorted(taken, count) + 1]
+    rank = {image_id: k for k, image_id in enumerate(image_ids.tolist())}
+    chosen = questions[questions["image_id"].isin(rank)]
+    return chosen.assign(image=chosen["image_id"].map(rank)).sort_values("image", kind="stable").reset_index(drop=True)
 
 
-def draw_support(train_questions: pd.DataFrame, num_questions: int, max_shots: int, seed: int) -> np.ndarray:
-    """(num_questions, max_shots) indices into ``train_questions``; n-shot uses the first n.
+def draw_support(train_questions: pd.DataFrame, num_images: int, max_shots: int, seed: int) -> np.ndarray:
+    """(num_images, max_shots) indices into ``train_questions``; n-shot uses the first n.
 
     Depends only on the seed and the sizes, so every backbone sees the same solved examples.
     """
-    return np.random.default_rng(seed).integers(0, len(train_questions), size=(num_questions, max(max_shots, 1)))
+    return np.random.default_rng(seed).integers(0, len(train_questions), size=(num_images, max(max_shots, 1)))
+
+
+def answer_words(gt_answers: list[str]) -> int:
+    """MAGMA's answer budget: the word count of the longest ground-truth answer."""
+    return max(len(a.split()) for a in gt_answers)
 
 
 def truncate_answer(answer: str, gt_answers: list[str]) -> str:
     """MAGMA's rule: keep as many words as the longest ground-truth answer has."""
-    words = max(len(a.split()) for a in gt_answers)
-    return " ".join(answer.split()[:words])
+    return " ".join(answer.split()[: answer_words(gt_answers)])
 
 
-def vqa_prompt(
-    image: torch.Tensor | None, question: str, support: list[tuple[torch.Tensor | None, str, str]]
-) -> list[Segment]:
-    segments: list[Segment] = []
-    for support_image, support_question, support_answer in support:
-        if support_image is not None:
-            segments.append(support_image)
-        segments.append(f" Q: {support_question} A: {support_answer}")
-    if image is not None:
-        segments.append(image)
-    segments += [" Q: ", question, " A:"]
-    return segments
+def answer_complete(text: str, words: int) -> bool:
+    """Whether no continuation of ``text`` can change its first ``words`` words (what
+    ``truncate_answer`` keeps): a further word has started, or whitespace (a space, a newline)
+    follows the last of them."""
+    parts = text.split()
+    return len(parts) > words or (len(parts) == words and text[-1:].isspace())
+
+
+def vqa_prefix(image: torch.Tensor | None, support: list[tuple[torch.Tensor | None, str, str]]) -> list[Segment]:
+    """What the questions of one image share: ``[image_1, " Q: q_1 A: a_1", ..., image]``. Blind
+    (no images), the solved examples are one span of text, so one string."""
+    texts = [f" Q: {question} A: {answer}" for _, question, answer in support]
+    if image is None:
+        return ["".join(texts)] if texts else []
+    examples = [segment for (example, _, _), text in zip(support, texts, strict=True) for segment in (example, text)]
+    return [*examples, image]
+
+
+def vqa_question(question: str) -> str:
+    """What follows an image's prefix for each of its questions."""
+    return f" Q: {question} A:"
 
 
 def support_pool(num_images: int, pool_images: int, seed: int) -> slice:
@@ -73,6 +107,56 @@ def support_pool(num_images: int, pool_images: int, seed: int) -> slice:
     return slice(start, start + pool_images)
 
 
+def prompt_batches(
+    questions: pd.DataFrame,
+    support_questions: pd.DataFrame,
+    support: np.ndarray | None,
+    *,
+    shots: int,
+    batch_size: int,
+    linear_map: LinearMap | None = None,
+    features=None,
+    support_features=None,
+    device: str = "cpu",
+) -> Iterator[tuple[pd.DataFrame, list[list[Segment]], np.ndarray]]:
+    """``(batch, prefixes, prefix_of)`` for each batch of ``batch_size`` questions (rows of
+    ``sample_by_image``, sorted by ``row``): the prefix of each image in the batch, and which
+    prefix each question continues.
+
+    ``features[row]`` are the cached features of the eval manifest's images and
+    ``support_features[row]`` those of ``support_questions``' images (any chunked arrays); with no
+    linear map (the blind baseline) no image is shown. Image tokens are projected batch by batch,
+    for at most ``batch_size * (1 + shots)`` images at a time, and eval features are read chunk by
+    chunk, so memory does not grow with the number of questions. An image whose questions straddle
+    two batches has its prefix built in both.
+    """
+    eval_rows = None if linear_map is None else ChunkedRows(features)
+    support_rows = None if linear_map is None or not shots else ChunkedRows(support_features)
+    for start in range(0, len(questions), batch_size):
+        batch = questions.iloc[start : start + batch_size]
+        image = batch["image"].to_numpy()
+        first = np.r_[True, image[1:] != image[:-1]]  # the first question of each image
+        heads = batch[first]
+        examples = [
+            support_questions.iloc[support[i, :shots]] if shots else support_questions.iloc[:0] for i in heads["image"]
+        ]
+        images = support_images = None
+        if eval_rows is not None:
+            images = image_tokens(linear_map, torch.from_numpy(eval_rows[heads["row"].to_numpy()]), device)
+        if support_rows is not None:
+            rows = np.concatenate([e["row"].to_numpy() for e in examples])
+            tokens = image_tokens(linear_map, torch.from_numpy(support_rows[rows]), device)
+            support_images = tokens.reshape(len(heads), shots, *tokens.shape[1:])
+        prefixes = []
+        for k, shown in enumerate(examples):
+            solved = [
+                (None if support_images is None else support_images[k, j], q, a[0])
+                for j, (q, a) in enumerate(zip(shown["question"], shown["answers"], strict=True))
+            ]
+            prefixes.append(vqa_prefix(None if images is None else images[k], solved))
+        yield batch, prefixes, np.cumsum(first) - 1
+
+
 def answer_questions(
     lm,
     tokenizer,
@@ -80,47 +164,24 @@ def answer_questions(
     support_questions: pd.DataFrame,
     support: np.ndarray | None,
     *,
-    shots: int,
-    batch_size: int,
     max_new_tokens: int,
-    linear_map: LinearMap | None = None,
-    features=None,
-    support_features=None,
-    device: str = "cpu",
     on_batch=None,
+    **prompting,
 ) -> list[str]:
-    """Answers for ``questions`` (rows of ``flatten_questions``, sorted by ``row``).
-
-    ``features[row]`` are the cached features of the eval manifest's images and
-    ``support_features[row]`` those of ``support_questions``' images (any chunked arrays); with no
-    linear map (the blind baseline) no image is shown. Image tokens are projected batch by batch,
-    for at most ``batch_size * (1 + shots)`` images at a time, and eval features are read chunk by
-    chunk, so memory does not grow with the number of questions.
-    """
-    eval_rows = None if linear_map is None else ChunkedRows(features)
-    support_rows = None if linear_map is None or not shots else ChunkedRows(support_features)
+    """Answers for ``questions``, batch by batch as ``prompt_batches`` (which takes the other
+    arguments) builds them: each image's prefix is prefilled once for all of its questions, and a
+    batch stops decoding once all of its answers are complete."""
     answers = []
-    for start in range(0, len(questions), batch_size):
-        batch = questions.iloc[start : start + batch_size]
-        examples = [
-            support_questions.iloc[support[i, :shots]] if shots else support_questions.iloc[:0]
-            for i in range(start, start + len(batch))
-        ]
-        images = support_images = None
-        if eval_rows is not None:
-            images = image_tokens(linear_map, torch.from_numpy(eval_rows[batch["row"].to_numpy()]), device)
-        if support_rows is not None:
-            rows = np.concatenate([e["row"].to_numpy() for e in examples])
-            tokens = image_tokens(linear_map, torch.from_numpy(support_rows[rows]), device)
-            support_images = tokens.reshape(len(batch), shots, *tokens.shape[1:])
-        prompts = []
-        for k, (question, shown) in enumerate(zip(batch["question"], examples, strict=True)):
-            solved = [
-                (None if support_images is None else support_images[k, j], q, a[0])
-                for j, (q, a) in enumerate(zip(shown["question"], shown["answers"], strict=True))
-            ]
-            prompts.append(vqa_prompt(None if images is None else images[k], question, solved))
-        generated = greedy_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    for batch, prefixes, prefix_of in prompt_batches(questions, support_questions, support, **prompting):
+        generated = greedy_generate_shared(
+            lm,
+            tokenizer,
+            prefixes,
+            [vqa_question(q) for q in batch["question"]],
+            prefix_of,
+            max_new_tokens=max_new_tokens,
+            ended=[partial(answer_complete, words=answer_words(gt)) for gt in batch["answers"]],
+        )
         answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"], strict=True)]
         if on_batch:
             on_batch(len(answers), len(questions))
@@ -150,17 +211,18 @@ def evaluate_vqa(
     in ``store`` / ``support_store`` (FeatureArrays), never by position; with no linear map (the
     blind system) no features are read.
     """
-    # Sampled in question-id order, examples drawn in that order, and pooled in image-id order, so a
-    # reordered manifest asks the same questions with the same solved examples.
+    # Images sampled by id, their questions in question-id order, examples drawn per sampled image
+    # and pooled in image-id order, so a reordered manifest asks the same questions with the same
+    # solved examples.
     by_id = flatten_questions(manifest).sort_values("question_id", kind="stable").reset_index(drop=True)
-    sample = sample_questions(by_id, questions, seed)
+    sample = sample_by_image(by_id, questions, seed)
     support = support_features = None
     if shots:
         support_manifest = support_manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
         pool = support_pool(len(support_manifest), support_images, seed)
         pool_manifest = support_manifest.iloc[pool].reset_index(drop=True)
         support_questions = flatten_questions(pool_manifest)
-        support = draw_support(support_questions, len(sample), max(SHOTS), seed)
+        support = draw_support(support_questions, sample["image"].nunique(), max(SHOTS), seed)
         if linear_map is not None:
             pool_rows = rows_by_id(support_store.ids, pool_manifest["image_id"].tolist(), "vqa support")
             ascending = np.argsort(pool_rows, kind="stable")  # read in stored order, kept in the pool's
@@ -171,11 +233,10 @@ def evaluate_vqa(
     features = None
     if linear_map is not None:
         features = store.features
-        # Asked in stored-row order, so each feature chunk is read once; examples follow their question.
+        # Asked in stored-row order, so each feature chunk is read once; an image's questions stay
+        # together (one row) and its examples follow it (column ``image``).
         rows = rows_by_id(store.ids, sample["image_id"].tolist(), "vqa questions")
-        order = np.argsort(rows, kind="stable")
-        sample = sample.assign(row=rows).iloc[order].reset_index(drop=True)
-        support = None if support is None else support[order]
+        sample = sample.assign(row=rows).iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
     predictions = answer_questions(
         lm,
         tokenizer,

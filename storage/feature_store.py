@@ -2,11 +2,14 @@
 
 Layout of a partition group:
 
-- ``features``: float16 (rows, positions, dim), chunked by ``chunk_rows`` rows, zstd-compressed.
+- ``features``: float16 (rows, positions, dim), chunked by ``chunk_rows`` rows, zstd level 1
+  (the cheapest level: every extraction pays for it on its writer thread).
 - ``ids``: str (rows,), the manifest's image ids in manifest order.
+- ``finite``: bool (rows,), same chunking: whether every value of the row is finite, recorded as
+  the chunk is written so checking a partition never reads its features back.
 - ``status``: int8 (rows,), same chunking: 0 pending, 1 ok, 2 skipped. A chunk's status is
-  written last, after its features and skip reasons, so it marks the chunk as finished: a
-  process killed mid-chunk leaves status 0 there and a rerun recomputes only that chunk.
+  written last, after its features, validity and skip reasons, so it marks the chunk as finished:
+  a process killed mid-chunk leaves status 0 there and a rerun recomputes only that chunk.
 - attribute ``skipped``: {row: reason} for rows whose image could not be read.
 - attribute ``key``: the key of everything the features were computed from (the manifest, the
   encoder and its weights); a store opened under another key is started again.
@@ -21,6 +24,11 @@ import numpy as np
 import zarr
 
 PENDING, OK, SKIPPED = 0, 1, 2
+
+
+def finite_rows(features: np.ndarray) -> np.ndarray:
+    """Per row of a (rows, ...) array: whether all its values are finite."""
+    return np.isfinite(features).reshape(len(features), -1).all(axis=1)
 
 
 @dataclass
@@ -41,7 +49,13 @@ class FeatureArray:
                 and list(group["ids"][:]) == list(ids)
             )
             if same:
-                return cls(group)
+                store = cls(group)
+                if "finite" not in group:  # written before validity was recorded: read back once
+                    store._create_finite()
+                    for chunk in range(store.num_chunks()):
+                        rows = store.chunk_slice(chunk)
+                        store.group["finite"][rows] = finite_rows(store.features[rows])
+                return store
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             pass
         group = zarr.open_group(path, mode="w")
@@ -52,13 +66,20 @@ class FeatureArray:
             chunks=(chunk_rows, positions, dim),
             dtype="float16",
             fill_value=0,
+            compressors=zarr.codecs.ZstdCodec(level=1),
         )
         group.create_array("ids", shape=(rows,), chunks=(max(rows, 1),), dtype=str)
         group.create_array("status", shape=(rows,), chunks=(chunk_rows,), dtype="int8", fill_value=PENDING)
         if rows:
             group["ids"][:] = np.asarray(ids, dtype=str)
         group.attrs.update({"skipped": {}, "key": key})
-        return cls(group)
+        store = cls(group)
+        store._create_finite()
+        return store
+
+    def _create_finite(self) -> None:
+        rows = self.features.shape[0]
+        self.group.create_array("finite", shape=(rows,), chunks=(self.chunk_rows,), dtype=bool, fill_value=False)
 
     @classmethod
     def read(cls, path: str) -> "FeatureArray":
@@ -75,6 +96,11 @@ class FeatureArray:
     @property
     def status(self) -> np.ndarray:
         return self.group["status"][:]
+
+    @property
+    def finite(self) -> np.ndarray:
+        """Per row: every value finite, as recorded when its chunk was written."""
+        return self.group["finite"][:]
 
     @property
     def key(self) -> str:
@@ -100,9 +126,11 @@ class FeatureArray:
         return [c for c in range(self.num_chunks()) if (status[self.chunk_slice(c)] == PENDING).any()]
 
     def write_chunk(self, chunk: int, features: np.ndarray, reasons: dict[int, str]) -> None:
-        """Writes one chunk: features, then skip reasons, then status (the commit marker)."""
+        """Writes one chunk: features, their validity, skip reasons, then status (the commit marker)."""
         rows = self.chunk_slice(chunk)
-        self.features[rows] = features.astype(np.float16)
+        features = np.asarray(features, dtype=np.float16)
+        self.features[rows] = features
+        self.group["finite"][rows] = finite_rows(features)
         if reasons:
             self.group.attrs["skipped"] = {**self.group.attrs["skipped"], **{str(r): m for r, m in reasons.items()}}
         status = np.full(rows.stop - rows.start, OK, dtype=np.int8)

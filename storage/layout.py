@@ -97,15 +97,27 @@ class StorageLayout:
         dataset, part = dataset_part(part_key)
         return self.root / "caption_metrics" / _safe(language_model) / system / dataset / f"{part}.parquet"
 
+    def caption_scores(self, system: str, language_model: str, part_key: str) -> UPath:
+        """Per-image scores beside the metrics, for paired differences between systems."""
+        return self.caption_metrics(system, language_model, part_key).with_suffix(".per_image.parquet")
+
     def vqa_answers(self, system: str, language_model: str, shots: int) -> UPath:
         return self.root / "vqa_answers" / _safe(language_model) / system / f"{shots}-shot.parquet"
 
     def vqa_metrics(self, system: str, language_model: str, shots: int) -> UPath:
         return self.root / "vqa_metrics" / _safe(language_model) / system / f"{shots}-shot.parquet"
 
+    def vqa_scores(self, system: str, language_model: str, shots: int) -> UPath:
+        """Per-question accuracy beside the metrics, for paired differences between systems."""
+        return self.vqa_metrics(system, language_model, shots).with_suffix(".per_question.parquet")
+
     def metrics_table(self) -> UPath:
         """The tidy metric table analysts read with pandas."""
         return self.root / "metrics" / "metrics.parquet"
+
+    def differences_table(self) -> UPath:
+        """Paired differences of each system against the baselines, with their intervals."""
+        return self.root / "metrics" / "differences.parquet"
 
     def comparison_table(self) -> UPath:
         return self.root / "metrics" / "comparison.parquet"

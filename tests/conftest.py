@@ -47,6 +47,40 @@ def tiny_gptj(prepared_lm):
     return lm.eval().requires_grad_(False), tokenizer
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(prepared_lm):
+    """SmolLM2's class (Llama, grouped-query attention) at a tiny width (random weights), with the
+    embedded LM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(prepared_lm / "checkpoint")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        lm = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                tie_word_embeddings=True,
+                # At the default 0.02 the tied head echoes the last input token ("::::"), so no
+                # answer would differ or end early.
+                initializer_range=0.1,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        )
+    return lm.eval().requires_grad_(False), tokenizer
+
+
+def text_ids(tokenizer, segments) -> list[list[int]]:
+    """The token ids of each text segment of a prompt, as ``pipeline.decoding.embed_prompt`` gets them."""
+    return [tokenizer(s, add_special_tokens=False).input_ids for s in segments if isinstance(s, str)]
+
+
 class RecordingArray:
     """A chunked array that records every slice read from it (to check reads are whole chunks)."""
 

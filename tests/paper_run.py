@@ -16,7 +16,7 @@ from pathlib import Path
 # The paper's code paths (grid and pooled maps, gradient accumulation, several shuffle buffers,
 # few-shot prompts of up to 5 x 196 image tokens) at sizes that take minutes on 2 cores.
 PAPER_SMALL = {
-    "image_features": {"config": {"batch_size": 4, "chunk_rows": 4}},
+    "image_features": {"config": {"batch_size": 4, "chunk_rows": 4, "workers": 1}},  # 2-core CI
     "linear_map": {
         "config": {
             "steps": 16,

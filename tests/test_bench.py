@@ -1,5 +1,5 @@
-"""bench/benchmark.py: the small size runs end to end on CPU, its FLOPs formula counts the real
-model's parameters, and the step it times is the training step (checkpointed, map-only gradients)."""
+"""bench/: the small size runs end to end on CPU, its FLOPs formula counts the real model's
+parameters, and what it times is the project's own training step, old and new giving one result."""
 
 import importlib.util
 import json
@@ -16,35 +16,51 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("benchmark", ROOT / "bench" / "benchmark.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
+vqa_bench = bench.sibling("vqa_answers")
 
 
 def test_small_benchmark_runs_on_cpu_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "benchmark.py"), "--device", "cpu", "--iters", "1", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "benchmark.py"),
+            "--device",
+            "cpu",
+            "--iters",
+            "1",
+            "--quick",
+            "--json",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr
-    assert "SMALL size" in run.stdout and "n/a (CPU)" in run.stdout
+    assert "SMALL size" in run.stdout
+    for key in ("train_step_speedup", "extraction_vs_forward", "cpu_ms_per_image", "vqa_speedup"):
+        assert key in run.stdout
     result = json.loads(out.read_text())
-    assert {"date", "device", "device_name", "torch", "size", "iters", "training", "features"} <= result.keys()
+    assert {"date", "device", "device_name", "torch", "size", "iters", "training", "extraction", "vqa"} <= result.keys()
     assert result["size"] == "small" and result["device"] == "cpu"
-    train, features = result["training"], result["features"]
-    for value in (
-        train["tokens_per_s"],
-        train["step_s"],
-        features["forward_images_per_s"],
-        features["encode_images_per_s"],
-        train["final_loss"],
-    ):
+    train = result["training"]
+    for value in (train["tokens_per_s"], train["step_s"], train["train_step_speedup"], train["final_loss"]):
         assert math.isfinite(value) and value > 0
-    assert (train["batch"], train["image_tokens"], train["caption_tokens"]) == (2, 144, 32)
-    assert train["tokens_per_s"] == pytest.approx(2 * 176 / train["step_s"])
+    assert (train["batch"], train["image_tokens"], train["caption_tokens"]) == (4, 144, 32)
+    assert train["tokens_per_s"] == pytest.approx(4 * 176 / train["step_s"])
     assert train["mfu"] is None and train["peak_bytes"] is None
-    assert features["image_size"] == 384 and features["batch"] == 2
+
+
+def test_training_benchmark_times_train_linear_map_old_and_new_with_the_same_weights():
+    t = bench.bench_training("small", "cpu", batch=4, micro=2, caption_len=8, warmup=1, iters=2)
+    assert (t["batch"], t["micro_batch"], t["image_tokens"], t["caption_tokens"]) == (4, 2, 144, 8)
+    assert t["step_s"] > 0 and t["old_step_s"] > 0
+    assert t["train_step_speedup"] == pytest.approx(t["old_step_s"] / t["step_s"])
+    assert t["max_weight_difference"] < 1e-4 and math.isfinite(t["final_loss"])
+    assert t["recompute"] is False and t["activation_bytes_per_token"] is None  # CPU: never recomputes
+    assert t["tokens_per_s"] == pytest.approx(4 * 152 / t["step_s"])
 
 
 def test_param_count_matches_the_built_models():
@@ -59,29 +75,34 @@ def test_param_count_matches_the_built_models():
 def test_flops_per_token_for_gpt_j_6b():
     paper = GPTJConfig(**bench.LM_SIZES["paper"])
     map_params = 3072 * 4096 + 4096  # Linear(3072, 4096)
-    # 4 x (all parameters but the 50400 x 4096 input embedding) + attention + the map over 144 of 176 tokens.
-    expected = 4 * (6_050_882_784 - 50400 * 4096) + 12 * 28 * 176 * 4096 + 4 * map_params * 144 / 176
-    assert bench.train_flops_per_token(paper, 176, map_params, 144) == pytest.approx(expected, rel=1e-12)
-    assert expected == pytest.approx(2.366e10, rel=1e-3)
+    head = 4096 * 50400 + 50400
+    # 4 x (the blocks and final norm: all but the input embedding and the head) + the head at the 32
+    # positions that predict a caption token + attention + the map over 144 of 176 tokens.
+    expected = (
+        4 * (6_050_882_784 - 50400 * 4096 - head)
+        + 4 * head * 32 / 176
+        + 12 * 28 * 176 * 4096
+        + 4 * map_params * 144 / 176
+    )
+    assert bench.train_flops_per_token(paper, 176, map_params, 144, 32) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(2.299e10, rel=1e-3)
 
 
-@pytest.mark.parametrize("checkpointing, passes", [(True, 2), (False, 1)])
-def test_timed_step_trains_only_the_map_and_really_checkpoints(checkpointing, passes):
-    lm = bench.build_lm("small", "cpu", checkpointing)
-    step, linear_map, seq_len = bench.make_step(lm, batch=2, caption_len=8, device="cpu")
-    calls = []
-    # HF keeps a block's own hooks outside the checkpoint, and the recompute stops once it has the
-    # tensors backward needs: count the start of each block's first submodule.
-    for block in lm.transformer.h:
-        block.attn.register_forward_pre_hook(lambda *_: calls.append(1))
-    assert math.isfinite(step()) and seq_len == 144 + 8
-    assert len(calls) == passes * lm.config.n_layer  # checkpointing reruns each block in backward
-    assert linear_map.proj.weight.grad is not None
-    assert all(not p.requires_grad for p in lm.parameters())
-
-
-def test_peak_flops_table():
-    assert bench.peak_bf16_flops("cpu") is None
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA H100 something new", None),
+        ("NVIDIA L4", None),
+    ],
+)
+def test_peak_flops_tell_the_h100_forms_apart(name, peak):
+    assert bench.peak_bf16_flops("cuda", name) == peak
+    assert bench.peak_bf16_flops("cpu", name) is None
 
 
 def test_scale_simulation_prints_growth_ratios(tmp_path):
@@ -133,3 +154,30 @@ def test_paper_scale_derives_each_stage_from_measured_costs(tmp_path):
         3_318_333 * measured["flops_per_image"] / (0.4 * 989e12) / 3600
     )
     assert "| nfrn50 | linear_map" in run.stdout
+
+
+def test_extraction_benchmark_runs_on_cpu_and_writes_json(tmp_path):
+    out = tmp_path / "extraction.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "extraction.py"), "--device", "cpu", "--quick", "--iters", "1"]
+        + ["--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "extraction_vs_forward efficientnet_lite0" in run.stdout and "n/a" in run.stdout
+    result = json.loads(out.read_text())
+    for key in ("extraction_vs_forward", "cpu_ms_per_image", "forward_ms_per_image"):
+        assert set(result[key]) == {"efficientnet_lite0"} and result[key]["efficientnet_lite0"] > 0
+    assert result["mfu"] == {"efficientnet_lite0": None}
+    assert result["backbones"]["efficientnet_lite0"]["flops_per_image"] > 1e8
+
+
+def test_the_vqa_benchmark_runs_and_answers_as_the_old_path(prepared_lm):
+    result = vqa_bench.run("cpu", iters=1, lm_dir=prepared_lm, images=1)
+    assert result["identical_answers"] and result["questions"] == 11  # easy-vqa test image 0
+    assert result["vqa_speedup"] == pytest.approx(result["answers_per_s"] / result["old_answers_per_s"])
+    assert 1 <= result["tokens_per_row"] <= result["old_tokens_per_row"] == result["max_new_tokens"]
+    assert [name for name, _ in vqa_bench.report_rows(result)] == ["vqa_speedup", "VQA tokens/row"]

@@ -37,6 +37,40 @@ def test_perfect_captions_score_high_and_wrong_ones_low():
     assert set(perfect) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"}
 
 
+def test_scores_match_pycocoevalcap_and_their_intervals_are_seeded_and_hold_them():
+    """BLEU and METEOR come from per-image statistics (so they can be resampled): their corpus
+    values are pycocoevalcap's, and METEOR's formula reproduces the jar's score from its statistics."""
+    import contextlib
+    import io
+    import random
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    from pipeline.metrics.captions import _meteor, caption_estimates
+    from pipeline.metrics.intervals import meteor_from_stats
+
+    rng = random.Random(0)
+    words = "a red blue green circle square dog dogs cat on the grass left big small running runs".split()
+    references = {str(i): [" ".join(rng.choices(words, k=rng.randint(3, 8))) for _ in range(3)] for i in range(60)}
+    candidates = {str(i): " ".join(rng.choices(words, k=rng.randint(2, 9))) for i in range(60)}
+    estimates, per_image = caption_estimates(references, candidates, resamples=200, seed=0)
+    again, _ = caption_estimates(references, candidates, resamples=200, seed=0)
+    assert estimates == again
+    gts, res = ptb_tokenize(references), ptb_tokenize({k: [v] for k, v in candidates.items()})
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res)
+    for order in range(1, 5):
+        assert estimates[f"BLEU-{order}"].value == pytest.approx(bleu[order - 1], rel=1e-12)
+    meteor, alignments = _meteor(Meteor, gts, res, list(gts))
+    assert estimates["METEOR"].value == pytest.approx(Meteor().compute_score(gts, res)[0], rel=1e-12)
+    assert meteor_from_stats(alignments.sum(axis=0)) == pytest.approx(meteor, rel=1e-9)
+    for name, estimate in estimates.items():
+        assert estimate.low < estimate.value < estimate.high, name
+    assert estimates["CIDEr-D"].value == pytest.approx(per_image["CIDEr-D"].mean())
+    assert per_image.index.tolist() == list(references)
+
+
 def test_mismatched_images_are_rejected():
     with pytest.raises(ValueError, match="different images"):
         caption_metrics(REFERENCES, {"1": "a red circle"})
@@ -120,9 +154,11 @@ def test_clip_scores_stream_batches_and_skip_unreadable_images(tmp_path):
     references = [["a red"], ["a green"], ["a blue"]] * 3 + [["a blue"]]
     whole = clip_scores(_FixedScorer(), paths, candidates, references, batch_size=100)
     batched = clip_scores(_FixedScorer(), paths, candidates, references, batch_size=4)
-    assert batched == pytest.approx(whole)
+    for metric in ("CLIP-S", "RefCLIP-S"):
+        np.testing.assert_allclose(batched[metric], whole[metric])
+        assert np.isnan(whole[metric][-1]) and np.isfinite(whole[metric][:-1]).all()  # the missing image
     # Two in three captions name the image's colour (CLIP-S 2.5 x ~1), the third names another (~0).
-    assert whole["CLIP-S"] == pytest.approx(2.5 * 2 / 3, abs=0.01)
+    np.testing.assert_allclose(whole["CLIP-S"][:3], [2.5, 2.5, 0.0], atol=0.01)
 
 
 def test_a_split_is_scored_by_image_id_whatever_the_order(tmp_path, empty_hf_cache):
@@ -142,9 +178,11 @@ def test_a_split_is_scored_by_image_id_whatever_the_order(tmp_path, empty_hf_cac
     captions = pd.DataFrame(
         {"image_id": ["1", "2", "3", "4"], "caption": ["a red circle", "a blue square", "a dog on grass", "unscored"]}
     )
-    table = split_caption_metrics(manifest, captions, "coco", clip_weights="")
-    shuffled = split_caption_metrics(manifest, captions.iloc[[3, 1, 0, 2]], "coco", clip_weights="")
-    pd.testing.assert_frame_equal(table, shuffled)
+    table, per_image = split_caption_metrics(manifest, captions, "coco", clip_weights="", resamples=50)
+    shuffled = split_caption_metrics(manifest, captions.iloc[[3, 1, 0, 2]], "coco", clip_weights="", resamples=50)
+    pd.testing.assert_frame_equal(table, shuffled[0])
+    pd.testing.assert_frame_equal(per_image, shuffled[1])
+    assert per_image["image_id"].tolist() == ["1", "2", "3"]
     assert set(table["n"]) == {3}
     scores = dict(zip(table["metric"], table["value"], strict=True))
     assert (
@@ -158,3 +196,51 @@ def test_a_split_is_scored_by_image_id_whatever_the_order(tmp_path, empty_hf_cac
     assert clip["value"].isna().all() and clip["note"].str.contains("CLIP ViT-B/32").all()
     with pytest.raises(ValueError, match="1 images of the split have no caption"):
         split_caption_metrics(manifest, captions.iloc[1:], "coco", clip_weights="")
+
+
+@pytest.fixture(scope="module")
+def random_clip_weights(tmp_path_factory):
+    """Random ViT-B/32 weights in a local file, given as ``clip_weights`` the way real ones are:
+    they run the real scorer (image filter, pairing, prefix) without monkeypatching it."""
+    import open_clip
+    import torch
+
+    from pipeline.metrics.clip_score import CLIP_MODEL
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "random_vit_b32.pt"
+    torch.save(open_clip.create_model(CLIP_MODEL, pretrained=None).state_dict(), path)
+    return str(path)
+
+
+def test_clip_s_runs_the_real_scorer_pairing_each_caption_with_its_image(tmp_path, random_clip_weights):
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    from pipeline.metrics.captions import split_caption_metrics
+
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    for path, rgb in zip(paths[:3], [(255, 0, 0), (0, 90, 255), (20, 200, 20)], strict=True):
+        Image.new("RGB", (64, 48), rgb).save(path)  # paths[3] is missing: left out of CLIP-S
+    manifest = pd.DataFrame({"image_id": list("1234"), "image_path": paths, "captions": [REFERENCES["1"]] * 4})
+    texts = ["a red circle", "a blue square", "a dog on grass", "unreadable"]
+    captions = pd.DataFrame({"image_id": list("1234"), "caption": texts})
+    table, per_image = split_caption_metrics(manifest, captions, "coco", clip_weights=random_clip_weights)
+    scores = dict(zip(table["metric"], table["value"], strict=True))
+    assert (table.loc[table["metric"] == "CLIP-S", "note"] == "").all()
+
+    scorer = ClipScorer(random_clip_weights)
+    images = [Image.open(p).convert("RGB") for p in paths[:3]]
+    paired = clip_s(scorer.embed_images(images), scorer.embed_texts(texts[:3]))
+    assert scores["CLIP-S"] == pytest.approx(paired.mean(), rel=1e-5)
+    np.testing.assert_allclose(per_image["CLIP-S"].to_numpy()[:3], paired, rtol=1e-5)
+    # Each caption with its own image, not another's.
+    crossed = clip_s(scorer.embed_images(images[::-1]), scorer.embed_texts(texts[:3]))
+    assert abs(crossed.mean() - paired.mean()) > 1e-4
+    # Texts are embedded as "A photo depicts <caption>".
+    with torch.inference_mode():
+        prefixed = scorer.model.encode_text(scorer.tokenizer([f"A photo depicts {t}" for t in texts[:3]])).numpy()
+        bare = scorer.model.encode_text(scorer.tokenizer(texts[:3])).numpy()
+    np.testing.assert_allclose(scorer.embed_texts(texts[:3]), prefixed, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(prefixed, bare, atol=1e-3)

@@ -61,3 +61,19 @@ def test_a_reordered_manifest_gets_the_same_caption_per_image(tmp_path, counting
     pd.testing.assert_frame_equal(backward.set_index("image_id").loc[ids], forward.set_index("image_id"))
     assert forward.set_index("image_id").loc["img5", "caption"] == ""
     assert len(set(forward["caption"])) > 1, "every image got the same caption"
+
+
+def test_different_images_get_different_captions_and_the_same_image_the_same(tmp_path, counting_map, tiny_gptj):
+    """Captions come from the image tokens: distinct features give distinct captions, a repeated
+    image its caption again (so zeroed features or image tokens left out of the prompt fail here)."""
+    lm, tokenizer = tiny_gptj
+    ids = [f"img{i}" for i in range(8)]
+    store = FeatureArray.open(str(tmp_path / "f.zarr"), ids, 3, 16, 8)
+    features = 3 * np.random.default_rng(1).standard_normal((8, 3, 16))
+    features[7] = features[0]  # the same image twice
+    store.write_chunk(0, features, {})
+    captions = caption_images(
+        counting_map, lm, tokenizer, ids, store, prompt="", batch_size=8, max_new_tokens=4, device="cpu"
+    )["caption"].tolist()
+    assert len(set(captions[:7])) >= 5, captions
+    assert captions[7] == captions[0]

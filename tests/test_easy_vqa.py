@@ -2,7 +2,12 @@ import pandas as pd
 import pytest
 
 from pipeline.datasets import DatasetError, read_manifest, split_off_validation
-from pipeline.datasets.easy_vqa import _read_package_split, attributes_from_pixels, derive_attributes
+from pipeline.datasets.easy_vqa import (
+    _read_package_split,
+    attributes_from_pixels,
+    caption_metrics,
+    derive_attributes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +87,24 @@ def test_validation_split_is_fixed_and_disjoint():
 def test_split_off_validation_rejects_bad_size():
     with pytest.raises(ValueError, match="validation size"):
         split_off_validation(pd.DataFrame({"image_id": ["a", "b"]}), size=2, seed=0)
+
+
+def test_caption_credit_needs_the_right_colour_and_shape_and_no_other():
+    references = {str(i): ["a red circle"] for i in range(8)}
+    captions = [
+        "a red circle",  # both
+        "A RED circle on white.",  # both: case and punctuation do not matter
+        "red green blue yellow circle rectangle triangle",  # every word listed: nothing
+        "a red circle and a blue one",  # a second colour: shape only
+        "a red circle or triangle",  # a second shape: colour only
+        "a red square",  # colour only
+        "a teal circle",  # shape only
+        "",  # nothing
+    ]
+    scores, per_image = caption_metrics(pd.DataFrame(), references, {str(i): c for i, c in enumerate(captions)})
+    assert per_image.loc["2"].tolist() == [0.0, 0.0, 0.0] and per_image.loc["0"].tolist() == [100.0] * 3
+    assert {k: v.value for k, v in scores.items()} == {
+        "names colour (%)": pytest.approx(100 * 4 / 8),
+        "names shape (%)": pytest.approx(100 * 4 / 8),
+        "names colour+shape (%)": pytest.approx(100 * 2 / 8),
+    }

@@ -7,7 +7,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from pipeline.encoders import backbone_spec, create_backbone
+from pipeline.encoders import BACKBONES, backbone_spec, create_backbone
 from pipeline.linear_map import LinearMap
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -64,11 +64,11 @@ def test_the_image_size_comes_from_the_spec(name):
     from PIL import Image
 
     spec = replace(backbone_spec(name), image_size=160)
-    _, preprocess = spec.factory(spec, False)
-    assert preprocess(Image.new("RGB", (300, 200))).shape == (3, 160, 160)
-    _, preprocess = backbone_spec(name).factory(backbone_spec(name), False)
+    _, preprocessing = spec.factory(spec, False)
+    assert preprocessing.pixels(Image.new("RGB", (300, 200))).shape == (3, 160, 160)
+    _, preprocessing = backbone_spec(name).factory(backbone_spec(name), False)
     size = backbone_spec(name).image_size
-    assert preprocess(Image.new("RGB", (300, 200))).shape == (3, size, size)
+    assert preprocessing.pixels(Image.new("RGB", (300, 200))).shape == (3, size, size)
 
 
 PHOTO = Image.fromarray(skimage.data.astronaut())
@@ -79,6 +79,41 @@ def _features(name):
     pixels = backbone.preprocess(PHOTO).unsqueeze(0)
     with torch.inference_mode():
         return pixels, backbone.model(pixels)
+
+
+def _library_transform(name: str, model):
+    """Each backbone's float transform as its library builds it (what ``preprocess`` was before it
+    split into uint8 geometry and on-device normalisation)."""
+    import open_clip
+    import timm.data
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from pipeline.encoders import beit_pt22k_processor
+
+    size = backbone_spec(name).image_size
+    if name.startswith("efficientnet_lite0"):
+        config = timm.data.resolve_data_config({"input_size": (3, size, size)}, model=model.module)
+        return timm.data.create_transform(**config, is_training=False)
+    if name == "clip_rn50x16":
+        return open_clip.image_transform(size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+    if name.startswith("nfrn50"):
+        config = timm.data.resolve_data_config({}, model=model.module)
+        return timm.data.create_transform(
+            input_size=(3, size, size), crop_pct=1.0, interpolation="bicubic", mean=config["mean"],
+            std=config["std"], is_training=False,
+        )  # fmt: skip
+    processor = beit_pt22k_processor(size)
+    return lambda image: processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_uint8_pixels_normalised_on_the_device_equal_the_library_transform(name):
+    backbone = create_backbone(name, pretrained=False)
+    photo = Image.fromarray(skimage.data.astronaut()).resize((640, 480))  # not square: the crop matters
+    pixels = backbone.preprocessing.pixels(photo)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, backbone.spec.image_size, backbone.spec.image_size)
+    expected = _library_transform(name, backbone.model)(photo)
+    torch.testing.assert_close(backbone.normalise(pixels.unsqueeze(0))[0], expected, rtol=0, atol=1e-5)
 
 
 def test_clip_rn50x16_gives_a_12x12_grid_of_3072():

@@ -2,6 +2,8 @@
 reloaded fast; any Hugging Face LM by local path; GPT-J's real class, at a tiny size, through the
 same training, captioning and VQA code as SmolLM2."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,12 @@ import torch
 
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import TokenLayout
-from pipeline.language_models import language_model_spec, load_language_model, prepare_language_model
+from pipeline.language_models import (
+    fuse_activations,
+    language_model_spec,
+    load_language_model,
+    prepare_language_model,
+)
 from pipeline.linear_map import LinearMap
 from pipeline.training import train_linear_map
 from pipeline.vqa import answer_questions, draw_support
@@ -47,7 +54,19 @@ def test_local_hugging_face_directory_is_accepted(prepared_lm, tmp_path):
 
 def test_gpt_j_entry():
     spec = language_model_spec("gpt-j-6b")
-    assert spec.source == "EleutherAI/gpt-j-6B" and spec.hidden_size == 4096 and spec.gradient_checkpointing
+    assert spec.source == "EleutherAI/gpt-j-6B" and spec.hidden_size == 4096
+
+
+def test_fused_gelu_computes_the_same_gpt_j(tiny_gptj):
+    from transformers.activations import NewGELUActivation
+
+    lm, _ = tiny_gptj
+    inputs = torch.randn(2, 7, lm.config.n_embd)
+    reference = lm(inputs_embeds=inputs).logits
+    fused = fuse_activations(copy.deepcopy(lm))
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert any(isinstance(m, NewGELUActivation) for m in lm.modules())
+    torch.testing.assert_close(fused(inputs_embeds=inputs).logits, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_tiny_gpt_j_trains_captions_and_answers(tiny_gptj, tmp_path):
@@ -84,7 +103,7 @@ def test_tiny_gpt_j_trains_captions_and_answers(tiny_gptj, tmp_path):
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
 
     questions = pd.DataFrame(
-        {"row": [0, 1], "question": ["what color?", "what shape?"], "answers": [["red"], ["square"]]}
+        {"row": [0, 1], "image": [0, 1], "question": ["what color?", "what shape?"], "answers": [["red"], ["square"]]}
     )
     answers = answer_questions(
         lm,

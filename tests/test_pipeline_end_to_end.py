@@ -17,7 +17,7 @@ from assets.partitions import (
     vqa_partitions,
 )
 from assets.resources import Limber
-from pipeline import load_metrics
+from pipeline import load_differences, load_metrics
 from storage import FeatureArray
 from tests.tiny_run import TINY, materialize_tiny, tiny
 
@@ -91,7 +91,9 @@ def test_captions_and_answers_are_stored_in_standard_forms(materialized):
             "path"
         ]
     )
-    assert len(answers) == 6 and {"question_id", "prediction", "answer_type"} <= set(answers.columns)
+    # Whole images until 6 questions are taken: the seeded first two have 4 and 13.
+    assert len(answers) == 17 and answers["image_id"].nunique() == 2
+    assert {"question_id", "prediction", "answer_type"} <= set(answers.columns)
 
 
 def test_metric_tables_for_analysts(materialized):
@@ -108,10 +110,16 @@ def test_metric_tables_for_analysts(materialized):
         "metric",
         "shots",
         "value",
+        "ci_low",
+        "ci_high",
         "n",
         "note",
         "key",
     ]
+    numbers = tidy[tidy["value"].notna()]
+    assert (numbers["ci_low"] <= numbers["value"] + 1e-9).all() and (
+        numbers["value"] <= numbers["ci_high"] + 1e-9
+    ).all()
     assert set(tidy["system"]) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
     assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite0_random", ""}
     assert set(tidy["lm"]) == {"smollm2-135m"}
@@ -126,6 +134,20 @@ def test_metric_tables_for_analysts(materialized):
     assert "data:image/png;base64" in metadata["chart"] and "VQA 4-shot" in metadata["comparison"]
     wide = pd.read_parquet(root / "metrics" / "comparison.parquet")
     assert set(wide.index) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
+    assert {"VQA 4-shot", "VQA 4-shot ci_low", "VQA 4-shot ci_high"} <= set(wide.columns)
+    differences = load_differences(root)
+    # Every system against blind and against the random encoder, on the same images and questions.
+    pairs = set(zip(differences["system"], differences["baseline"], strict=True))
+    assert pairs == {
+        ("efficientnet_lite0", "blind"),
+        ("efficientnet_lite0_random", "blind"),
+        ("efficientnet_lite0", "efficientnet_lite0_random"),
+        ("blind", "efficientnet_lite0_random"),
+    }
+    vqa_differences = differences[(differences["task"] == "vqa") & (differences["metric"] == "VQA accuracy")]
+    assert sorted(vqa_differences["shots"].unique()) == [0, 1, 2, 4]
+    assert (vqa_differences["n"] == 17).all()  # the 17 questions every system answered
+    assert (differences["ci_low"] <= differences["difference"] + 1e-9).all()
 
 
 def test_rematerializing_unchanged_reuses_everything(materialized):

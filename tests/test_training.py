@@ -13,8 +13,10 @@ from pipeline.training import (
     IGNORE,
     batch_plan,
     caption_labels,
+    caption_loss,
     caption_tokens,
     lr_at,
+    needs_recompute,
     train_linear_map,
     training_batches,
 )
@@ -84,7 +86,7 @@ def tiny_setup(prepared_lm):
     return lm, tokenizer, features, captions
 
 
-def _train(setup, directory, steps, stop_after=None, micro_batch_size=0, dropout=0.1):
+def _train(setup, directory, steps, stop_after=None, micro_batch_size=0, dropout=0.1, **speed):
     lm, tokenizer, features, captions = setup
     torch.manual_seed(1)
     linear_map = LinearMap(16, 32, TokenLayout("pooled", 1, 2), dropout=dropout)
@@ -115,6 +117,7 @@ def _train(setup, directory, steps, stop_after=None, micro_batch_size=0, dropout
         checkpoint_dir=directory,
         device="cpu",
         on_step=on_step,
+        **speed,
     )
     return linear_map, result
 
@@ -124,6 +127,24 @@ def test_training_lowers_the_loss_and_only_the_map_learns(tiny_setup, tmp_path):
     _, result = _train(tiny_setup, tmp_path, steps=30)
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.5
     assert all(torch.equal(v, tiny_setup[0].state_dict()[k]) for k, v in lm_before.items())
+
+
+def test_the_trained_map_carries_the_image_the_loss_on_shuffled_features_is_higher(tiny_setup, tmp_path):
+    """Each image's features say its caption's colour: the trained map must use them, so the loss
+    on each image's own features beats the loss on another image's by a margin (the test fails if
+    training zeroes or drops the features)."""
+    lm, tokenizer, _, captions = tiny_setup
+    colour = np.arange(40) % 4
+    features = (np.eye(16)[colour] * 4 + 0.1 * np.random.default_rng(0).standard_normal((40, 16)))[:, None]
+    setup = (lm, tokenizer, features.astype(np.float16), captions)
+    trained, _ = _train(setup, tmp_path, steps=60, dropout=0.0)
+    ids = caption_tokens(tokenizer, captions, 8)
+    labels = caption_labels(ids, trained.layout.num_tokens, tokenizer.eos_token_id)
+    shuffled = features[np.random.default_rng(1).permutation(40)]
+    with torch.no_grad():
+        own = caption_loss(trained, lm, features.astype(np.float16), ids, labels, "cpu").item()
+        other = caption_loss(trained, lm, shuffled.astype(np.float16), ids, labels, "cpu").item()
+    assert own < other - 0.3, (own, other)
 
 
 def test_interrupted_training_resumes_to_the_same_result(tiny_setup, tmp_path):
@@ -145,6 +166,72 @@ def test_micro_batches_accumulate_to_the_full_batch(tiny_setup, tmp_path):
     assert accumulated.losses == pytest.approx(full.losses, rel=1e-4)
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(split.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_the_fast_step_trains_the_same_map_as_the_reference_step(tiny_setup, tmp_path):
+    """Logits only where a label is, no recompute and the prefetched buffer change the speed of a
+    step, never its result: the same losses and weights as HF's own loss with checkpointing and
+    synchronous reads."""
+    fast, fast_run = _train(tiny_setup, tmp_path / "fast", steps=6, micro_batch_size=2)
+    reference, reference_run = _train(
+        tiny_setup, tmp_path / "reference", steps=6, micro_batch_size=2, recompute=True, prefetch=False, all_logits=True
+    )
+    assert (fast_run.recompute, reference_run.recompute) == (False, True)
+    assert not tiny_setup[0].is_activation_checkpointing  # switched off again after the run
+    assert fast_run.losses == pytest.approx(reference_run.losses, rel=1e-5)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lm_fixture", ["tiny_setup", "tiny_gptj"])
+def test_caption_loss_equals_the_models_own_loss_and_gradient(lm_fixture, request):
+    lm, tokenizer = request.getfixturevalue(lm_fixture)[:2]
+    torch.manual_seed(0)
+    linear_map = LinearMap(16, lm.config.hidden_size, TokenLayout("grid", 3, 1), dropout=0.0)
+    features = np.random.default_rng(0).standard_normal((3, 3, 16)).astype(np.float16)
+    ids = caption_tokens(tokenizer, ["a red circle", "a blue triangle on the left", "gray"], 8)
+    labels = caption_labels(ids, 3, tokenizer.eos_token_id)
+    gradients = []
+    for all_logits in (False, True):
+        linear_map.zero_grad()
+        loss = caption_loss(linear_map, lm, features, ids, labels, "cpu", all_logits)
+        loss.backward()
+        gradients.append((loss.detach(), linear_map.proj.weight.grad.clone()))
+    (fast, fast_grad), (reference, reference_grad) = gradients
+    torch.testing.assert_close(fast, reference)
+    torch.testing.assert_close(fast_grad, reference_grad)
+
+
+@pytest.mark.parametrize("recompute, passes", [(True, 2), (False, 1)])
+def test_recompute_reruns_each_block_in_backward(tiny_setup, tmp_path, recompute, passes):
+    calls = []
+    # HF keeps a block's own hooks outside the checkpoint, and the recompute stops once it has the
+    # tensors backward needs: count the start of each block's first submodule.
+    hooks = [
+        layer.self_attn.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in tiny_setup[0].model.layers
+    ]
+    try:
+        _, result = _train(tiny_setup, tmp_path, steps=1, recompute=recompute)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert result.recompute == recompute
+    assert len(calls) == passes * len(hooks)
+
+
+def test_recompute_is_off_on_cpu_and_without_a_measurement():
+    assert not needs_recompute(None, 10**9, "cuda")
+    assert not needs_recompute(1e12, 10**9, "cpu")
+
+
+def test_prefetched_batches_equal_synchronous_ones_and_stop_where_asked(sharded_store):
+    features, rows, _ = sharded_store
+    kwargs = dict(batch_size=2, buffer_chunks=1, seed=0, start=3, stop=15)
+    prefetched = list(training_batches(features, rows, prefetch=True, **kwargs))
+    synchronous = list(training_batches(features, rows, prefetch=False, **kwargs))
+    assert len(prefetched) == len(synchronous) == 12
+    for (a_buffer, a_rows, a), (b_buffer, b_rows, b) in zip(prefetched, synchronous, strict=True):
+        assert a_buffer == b_buffer and np.array_equal(a_rows, b_rows) and np.array_equal(a, b)
 
 
 # --- Training from real Zarr stores, across shards and shuffle buffers --------------------------

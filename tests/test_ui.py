@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import settings
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
@@ -48,6 +50,8 @@ MATERIALIZED = re.compile("Materialized")  # case-sensitive: not "Never material
 SERVER_START_TIMEOUT_S = 180
 UI_TIMEOUT_MS = 60_000
 
+if CHROMIUM is None and settings.browser_required():  # CI: the UI test must run
+    pytest.fail(f"{settings.REQUIRE_BROWSER_ENV}=1 but Chromium is not installed (make browser)", pytrace=False)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)")
 
 

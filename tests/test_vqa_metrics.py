@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from assets.cli import main
@@ -144,24 +145,55 @@ def test_score_vqa_command_rejects_incomplete_results(tmp_path, capsys):
     assert "1 questions unanswered" in capsys.readouterr().err
 
 
-def test_an_answers_table_is_scored_by_question_id_with_single_answers_replicated():
-    """easy-vqa's one answer per question counts as ten identical ones (so it is not normalised);
-    the table's order does not matter."""
+def test_an_answers_table_is_scored_by_question_id_with_single_answers_normalised():
+    """easy-vqa's one answer per question counts as ten identical ones, prediction and answer
+    normalised; ten VQAv2 answers keep the official rules; the table's order does not matter."""
     import pandas as pd
 
     from pipeline.metrics.vqa import answers_accuracy
 
     answers = pd.DataFrame(
         {
-            "question_id": [1, 2, 3],
-            "prediction": ["yes", "red,", "2"],
-            "answers": [["yes"], ["red"], ["two", "2", "2", "2", "2", "2", "2", "2", "2", "2"]],
-            "answer_type": ["yes/no", "other", "number"],
+            "question_id": [1, 2, 3, 4, 5],
+            "prediction": ["No", "red,", "2", "a circle", "blue"],
+            "answers": [["no"], ["red"], ["two", "2", "2", "2", "2", "2", "2", "2", "2", "2"], ["circle"], ["red"]],
+            "answer_type": ["yes/no", "other", "number", "other", "other"],
         }
     )
-    table = answers_accuracy(answers)
+    table, per_question = answers_accuracy(answers)
     rows = dict(zip(table["metric"], table["value"], strict=True))
-    # "red," against ten identical "red": not normalised, so wrong; "2" matches nine "2"s.
-    assert rows["VQA accuracy (yes/no)"] == 100.0 and rows["VQA accuracy (other)"] == 0.0
-    assert rows["VQA accuracy (number)"] == 100.0 and rows["VQA accuracy"] == pytest.approx(66.67)
-    pd.testing.assert_frame_equal(answers_accuracy(answers.iloc[[2, 0, 1]]), table)
+    assert per_question["accuracy"].tolist() == pytest.approx([100, 100, 100, 100, 0])
+    # Single answers: "No", "red," and "a circle" normalise to the answer; "blue" stays wrong.
+    # Ten answers: "2" matches nine "2"s after the official normalisation ("two" -> "2").
+    assert rows["VQA accuracy (yes/no)"] == 100.0 and rows["VQA accuracy (other)"] == pytest.approx(66.67)
+    assert rows["VQA accuracy (number)"] == 100.0 and rows["VQA accuracy"] == pytest.approx(80.0)
+    for reordered, original in zip(answers_accuracy(answers.iloc[[2, 4, 0, 3, 1]]), (table, per_question), strict=True):
+        pd.testing.assert_frame_equal(reordered, original)
+
+
+def test_vqa_intervals_are_seeded_cover_the_value_and_narrow_with_more_questions():
+    import pandas as pd
+
+    from pipeline.metrics.vqa import answers_accuracy
+
+    def table(n):
+        rng = np.random.default_rng(0)
+        right = rng.random(n) < 0.4
+        return pd.DataFrame(
+            {
+                "question_id": np.arange(n),
+                "prediction": np.where(right, "yes", "no"),
+                "answers": [["yes"]] * n,
+                "answer_type": "yes/no",
+            }
+        )
+
+    small, _ = answers_accuracy(table(150), resamples=1000, seed=0)
+    large, _ = answers_accuracy(table(1500), resamples=1000, seed=0)
+    pd.testing.assert_frame_equal(small, answers_accuracy(table(150), resamples=1000, seed=0)[0])
+    for rows, n in ((small, 150), (large, 1500)):
+        overall = rows.iloc[0]
+        assert overall["ci_low"] < overall["value"] < overall["ci_high"]
+        # The binomial 95% half-width, 1.96 * sqrt(p (1 - p) / n), within the bootstrap's own noise.
+        p = overall["value"] / 100
+        assert (overall["ci_high"] - overall["ci_low"]) / 2 == pytest.approx(196 * np.sqrt(p * (1 - p) / n), rel=0.15)

@@ -64,13 +64,14 @@ def how_to_get(dataset: str, part: str) -> str:
 
 
 def dataset_caption_metrics(
-    dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict
-) -> dict[str, float]:
-    """Caption metrics particular to a dataset (none for most), beside the standard ones."""
+    dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict, resamples: int = 0, seed: int = 0
+) -> tuple[dict, pd.DataFrame]:
+    """Caption metrics particular to a dataset (none for most), beside the standard ones: their
+    ``pipeline.metrics.intervals.Estimate`` by name, and their per-image scores (indexed by image id)."""
     reader = _reader(dataset)
     if not hasattr(reader, "caption_metrics"):
-        return {}
-    return reader.caption_metrics(manifest, references, candidates)
+        return {}, pd.DataFrame(index=pd.Index([], name="image_id"))
+    return reader.caption_metrics(manifest, references, candidates, resamples, seed)
 
 
 __all__ = [

@@ -166,16 +166,32 @@ def read_manifest(part: str, *, root=None, val_size: int, seed: int) -> ReadResu
     return ReadResult(train if part == "train" else val, [])
 
 
+def caption_hits(caption: str, reference: str) -> dict[str, bool]:
+    """Whether a caption names the reference's colour, its shape, and both, exactly: the right word
+    and no other colour (or shape) word, so listing every colour or shape earns nothing."""
+    words = set(_WORD.findall(caption.lower()))
+    _, colour, shape = reference.split()
+    colour_ok = words & set(COLOURS) == {colour}
+    shape_ok = words & set(SHAPES) == {shape}
+    return {"colour": colour_ok, "shape": shape_ok, "colour+shape": colour_ok and shape_ok}
+
+
 def caption_metrics(
-    manifest: pd.DataFrame, references: dict[str, list[str]], candidates: dict[str, str]
-) -> dict[str, float]:
-    """Share of captions that name the image's colour, its shape, and both (x100); the references
-    say both, so the manifest is not needed."""
-    hits = {"colour": 0, "shape": 0, "colour+shape": 0}
-    for image_id, caption in candidates.items():
-        words = set(_WORD.findall(caption.lower()))
-        _, colour, shape = references[image_id][0].split()
-        hits["colour"] += colour in words
-        hits["shape"] += shape in words
-        hits["colour+shape"] += colour in words and shape in words
-    return {f"names {k} (%)": 100 * v / len(candidates) for k, v in hits.items()}
+    manifest: pd.DataFrame,
+    references: dict[str, list[str]],
+    candidates: dict[str, str],
+    resamples: int = 0,
+    seed: int = 0,
+) -> tuple[dict, pd.DataFrame]:
+    """Share of captions that name exactly the image's colour, its shape, and both (x100; see
+    ``caption_hits``), with bootstrap intervals over the images; the references say both, so the
+    manifest is not needed."""
+    from pipeline.metrics.intervals import Estimate, resamples_of
+
+    hits = pd.DataFrame(
+        [caption_hits(caption, references[i][0]) for i, caption in candidates.items()],
+        index=pd.Index(list(candidates), name="image_id"),
+    )
+    per_image = 100.0 * hits.rename(columns=lambda k: f"names {k} (%)").astype(float)
+    rows = resamples_of(len(per_image), resamples, seed)
+    return {metric: Estimate.mean(per_image[metric], rows) for metric in per_image}, per_image

@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipeline.datasets.coco import read_coco_format
 from pipeline.datasets.manifest import ReadResult, dataset_dir
-from pipeline.metrics.captions import caption_metrics as standard_caption_metrics
+from pipeline.metrics.captions import caption_estimates
 
 DOMAINS = ("in-domain", "near-domain", "out-domain")
 ANNOTATIONS = "nocaps_val_4500_captions.json"
@@ -32,18 +32,26 @@ def read_manifest(part: str, *, root) -> ReadResult:
 
 
 def caption_metrics(
-    manifest: pd.DataFrame, references: dict[str, list[str]], candidates: dict[str, str]
-) -> dict[str, float]:
-    """The standard metrics per domain ("CIDEr-D (out-domain)", ...). Each domain is scored as a
-    whole set, so its CIDEr IDF comes from that domain's references, as in the NoCaps evaluation."""
+    manifest: pd.DataFrame,
+    references: dict[str, list[str]],
+    candidates: dict[str, str],
+    resamples: int = 0,
+    seed: int = 0,
+) -> tuple[dict, pd.DataFrame]:
+    """The standard metrics per domain ("CIDEr-D (out-domain)", ...), with their intervals and
+    per-image scores (NaN outside the domain). Each domain is scored as a whole set, so its CIDEr
+    IDF comes from that domain's references, as in the NoCaps evaluation."""
     domain_of = dict(zip(manifest["image_id"], manifest["domain"], strict=True))
     unknown = sorted(set(candidates) - set(domain_of))
     if unknown:
         raise ValueError(f"candidates for images not in the NoCaps manifest: {unknown[:5]}")
-    scores = {}
+    scores, per_image = {}, []
     for domain in DOMAINS:
         ids = [image_id for image_id in candidates if domain_of[image_id] == domain]
         if ids:
-            domain_scores = standard_caption_metrics({i: references[i] for i in ids}, {i: candidates[i] for i in ids})
+            domain_scores, domain_per_image = caption_estimates(
+                {i: references[i] for i in ids}, {i: candidates[i] for i in ids}, resamples, seed
+            )
             scores.update({f"{name} ({domain})": value for name, value in domain_scores.items()})
-    return scores
+            per_image.append(domain_per_image.rename(columns=lambda name, d=domain: f"{name} ({d})"))
+    return scores, pd.concat(per_image) if per_image else pd.DataFrame(index=pd.Index([], name="image_id"))

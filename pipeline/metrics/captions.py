@@ -6,13 +6,16 @@ site-packages); `ptb_tokenize` runs the same jar with the temp file in a temp di
 works from a read-only install.
 """
 
-import contextlib
-import io
 import shutil
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.metrics.intervals import Estimate, bleu_from_stats, meteor_from_stats, resamples_of
 
 JAVA_HINT = "Java is needed for the PTB tokenizer and METEOR: apt-get install default-jre-headless (Java 17 works)"
 # The Java steps get a time limit, so a stuck process gives an error instead of a hang.
@@ -71,7 +74,18 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
 
 def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
     """Corpus scores for one whole split; keys are image ids, every candidate needs references."""
-    from pycocoevalcap.bleu.bleu import Bleu
+    estimates, _ = caption_estimates(references, candidates)
+    return {metric: estimate.value for metric, estimate in estimates.items()}
+
+
+def caption_estimates(
+    references: dict[str, list[str]], candidates: dict[str, str], resamples: int = 0, seed: int = 0
+) -> tuple[dict[str, Estimate], pd.DataFrame]:
+    """``caption_metrics`` with a seeded bootstrap interval over the images (``resamples`` of them;
+    none when 0), and the per-image scores of the metrics that are means over images (indexed by
+    image id). BLEU and METEOR are resampled from per-image statistics (n-grams; alignments),
+    ROUGE-L and CIDEr-D (the split's IDF kept) as per-image means."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
@@ -87,25 +101,53 @@ def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]
         raise ValueError(f"{len(empty)} images have no non-empty reference, e.g. {empty[:3]}")
     gts = ptb_tokenize(references)
     res = ptb_tokenize({k: [v] for k, v in candidates.items()})
-    scores: dict[str, float] = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its n-gram counts
-        bleu, _ = Bleu(4).compute_score(gts, res)
-    scores.update({f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)})
-    scores["METEOR"] = _meteor(Meteor, gts, res)
-    scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
-    scores["CIDEr-D"] = float(Cider().compute_score(gts, res)[0])
-    return scores
+    ids = list(gts)
+    n = len(ids)
+    rows = resamples_of(n, resamples, seed)
+    scores: dict[str, Estimate] = {}
+
+    # pycocoevalcap's Bleu(4): one BleuScorer over the split, reference length "closest".
+    bleu = BleuScorer(n=4)
+    for i in ids:
+        bleu += (res[i][0], gts[i])
+    stats = np.array(
+        [
+            [c["testlen"], bleu._single_reflen(c["reflen"], "closest", c["testlen"]), *c["guess"], *c["correct"]]
+            for c in bleu.ctest
+        ],
+        dtype=float,
+    )
+    for order in range(1, 5):
+        value = float(bleu_from_stats(stats.sum(axis=0), order))
+        spread = None if rows is None else bleu_from_stats(stats[rows].sum(axis=1), order)
+        scores[f"BLEU-{order}"] = Estimate.of(value, spread)
+    value, alignments = _meteor(Meteor, gts, res, ids)
+    scores["METEOR"] = Estimate.of(value, None if rows is None else meteor_from_stats(alignments[rows].sum(axis=1)))
+    per_image = pd.DataFrame(index=pd.Index(ids, name="image_id"))
+    for name, metric in (("ROUGE-L", Rouge()), ("CIDEr-D", Cider())):
+        _, values = metric.compute_score({i: gts[i] for i in ids}, {i: res[i] for i in ids})
+        per_image[name] = np.asarray(values, dtype=float)
+        scores[name] = Estimate.mean(values, rows)
+    return scores, per_image
 
 
-def _meteor(meteor_class, gts: dict, res: dict) -> float:
-    """METEOR through pycocoevalcap's Java process, under the time limit: the wrapper blocks on a
-    pipe forever when the process stops answering, so it runs in a thread and is killed on timeout."""
+def _meteor(meteor_class, gts: dict, res: dict, ids: list) -> tuple[float, np.ndarray]:
+    """METEOR of the split through pycocoevalcap's Java process, and each image's alignment
+    statistics (n, 23). Runs under the time limit: the wrapper blocks on a pipe forever when the
+    process stops answering, so it runs in a thread and is killed on timeout."""
     meteor = meteor_class()
     outcome: dict = {}
 
     def score() -> None:
         try:
-            outcome["score"] = float(meteor.compute_score(gts, res)[0])
+            stats = [meteor._stat(res[i][0], gts[i]) for i in ids]
+            process = meteor.meteor_p
+            process.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+            process.stdin.flush()
+            for _ in stats:  # per-image scores, then the corpus score
+                process.stdout.readline()
+            outcome["score"] = float(process.stdout.readline().strip())
+            outcome["stats"] = np.array([line.split() for line in stats], dtype=float)
         except Exception as error:  # reported below, in the caller's thread
             outcome["error"] = error
 
@@ -117,7 +159,7 @@ def _meteor(meteor_class, gts: dict, res: dict) -> float:
         raise RuntimeError(f"METEOR did not answer in {JAVA_TIMEOUT_S} s ({len(res)} captions)")
     if "error" in outcome:
         raise RuntimeError(f"METEOR failed: {outcome['error']}") from outcome["error"]
-    return outcome["score"]  # Meteor's __del__ ends the Java process
+    return outcome["score"], outcome["stats"]  # Meteor's __del__ ends the Java process
 
 
 def score_caption_files(annotations_path: str, results_path: str) -> dict[str, float]:
@@ -144,16 +186,19 @@ def score_caption_files(annotations_path: str, results_path: str) -> dict[str, f
     return caption_metrics({k: references[k] for k in candidates}, candidates)
 
 
-def split_caption_metrics(manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu"):
-    """Every caption metric of one whole split, as rows ``(metric, value, n, note)``.
+def split_caption_metrics(
+    manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu", resamples: int = 0, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every caption metric of one whole split: rows ``(metric, value, ci_low, ci_high, n, note)``
+    (seeded bootstrap 95% intervals over the images, ``resamples`` of them), and the per-image
+    scores of the metrics that are means over images (``image_id`` and one column per metric), from
+    which paired differences between systems are drawn.
 
     ``manifest`` has ``image_id``, ``image_path`` and reference ``captions``; ``captions`` has
     ``image_id`` and ``caption``. They are joined by image id (a reordered table scores the same),
     over the images that have references. CLIP-S and RefCLIP-S are NaN with a note saying why when
     the CLIP ViT-B/32 weights are not on the machine.
     """
-    import pandas as pd
-
     from pipeline.datasets import dataset_caption_metrics
     from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_scores
 
@@ -166,20 +211,29 @@ def split_caption_metrics(manifest, captions, dataset: str, clip_weights: str | 
         )
     references = {i: list(c) for i, c in zip(scored["image_id"], scored["captions"], strict=True)}
     candidates = {i: caption_of[i] for i in scored["image_id"]}
-    scores = caption_metrics(references, candidates)
-    scores.update(dataset_caption_metrics(dataset, manifest, references, candidates))
+    scores, per_image = caption_estimates(references, candidates, resamples, seed)
+    extra, extra_per_image = dataset_caption_metrics(dataset, manifest, references, candidates, resamples, seed)
+    scores.update(extra)
+    per_image = per_image.join(extra_per_image)
     try:
         scorer = ClipScorer(clip_weights or None, device)
         clip = clip_scores(scorer, scored["image_path"].tolist(), list(candidates.values()), list(references.values()))
         note = ""
+        for metric, values in clip.items():
+            readable = values[np.isfinite(values)]
+            scores[metric] = Estimate.mean(readable, resamples_of(len(readable), resamples, seed))
+            per_image[metric] = pd.Series(values, index=scored["image_id"].to_numpy())
     except ClipUnavailable as error:
-        clip, note = {"CLIP-S": float("nan"), "RefCLIP-S": float("nan")}, str(error)
-    scores.update(clip)
-    return pd.DataFrame(
+        scores.update({metric: Estimate(float("nan")) for metric in ("CLIP-S", "RefCLIP-S")})
+        note = str(error)
+    rows = pd.DataFrame(
         {
             "metric": list(scores),
-            "value": list(scores.values()),
+            "value": [e.value for e in scores.values()],
+            "ci_low": [e.low for e in scores.values()],
+            "ci_high": [e.high for e in scores.values()],
             "n": len(candidates),
-            "note": [note if metric in clip else "" for metric in scores],
+            "note": [note if metric in ("CLIP-S", "RefCLIP-S") else "" for metric in scores],
         }
     )
+    return rows, per_image.reset_index()

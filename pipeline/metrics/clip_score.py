@@ -87,12 +87,12 @@ class ClipScorer:
 
 def clip_scores(
     scorer: ClipScorer, image_paths: list[str], candidates: list[str], references: list[list[str]], batch_size: int = 64
-) -> dict[str, float]:
-    """Mean CLIP-S and RefCLIP-S over the readable images, a batch of images at a time (memory does
-    not grow with the split). Unreadable images are left out of both means."""
+) -> dict[str, np.ndarray]:
+    """Per-image CLIP-S and RefCLIP-S, aligned with ``image_paths`` (NaN for an unreadable image),
+    a batch of images at a time (memory does not grow with the split)."""
     from pipeline.datasets import load_image
 
-    clip, ref = [], []
+    clip, ref = np.full(len(image_paths), np.nan), np.full(len(image_paths), np.nan)
     for start in range(0, len(image_paths), batch_size):
         stop = min(start + batch_size, len(image_paths))
         images = {i: load_image(image_paths[i])[0] for i in range(start, stop)}
@@ -101,8 +101,6 @@ def clip_scores(
             continue
         candidate_embeddings = scorer.embed_texts([candidates[i] for i in ok])
         per_image = clip_s(scorer.embed_images([images[i] for i in ok]), candidate_embeddings)
-        clip.append(per_image)
-        ref.append(ref_clip_s(per_image, candidate_embeddings, [scorer.embed_texts(references[i]) for i in ok]))
-    if not clip:
-        return {"CLIP-S": float("nan"), "RefCLIP-S": float("nan")}
-    return {"CLIP-S": float(np.concatenate(clip).mean()), "RefCLIP-S": float(np.concatenate(ref).mean())}
+        clip[ok] = per_image
+        ref[ok] = ref_clip_s(per_image, candidate_embeddings, [scorer.embed_texts(references[i]) for i in ok])
+    return {"CLIP-S": clip, "RefCLIP-S": ref}

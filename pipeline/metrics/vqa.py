@@ -265,24 +265,48 @@ def score_vqa_files(annotations_path: str, questions_path: str, results_path: st
     )
 
 
-def answers_accuracy(answers):
-    """VQA accuracy rows ``(metric, value, n, note)`` of an answers table (``question_id``,
-    ``prediction``, ``answers``, ``answer_type``): overall and per answer type, x100.
+def normalise(answer: str) -> str:
+    """The official evaluator's normalisation (punctuation, digit words, articles, contractions)."""
+    return process_digit_article(process_punctuation(_clean(answer)))
 
-    A question with a single ground-truth answer (easy-vqa) is scored as ten identical answers.
+
+def answers_accuracy(answers, resamples: int = 0, seed: int = 0):
+    """VQA accuracy of an answers table (``question_id``, ``prediction``, ``answers``,
+    ``answer_type``): rows ``(metric, value, ci_low, ci_high, n, note)`` overall and per answer
+    type, x100, with seeded bootstrap 95% intervals over the questions (``resamples`` of them); and
+    the per-question accuracy (``question_id``, ``answer_type``, ``accuracy``), from which paired
+    differences between systems are drawn.
+
+    A question with ten ground-truth answers (VQAv2) is scored exactly as the official evaluator
+    does. A question with a single clean answer (easy-vqa) is scored as ten identical answers after
+    normalising the prediction and the answer: the official code skips normalisation when all ten
+    answers agree, which for one clean word would only count "no," or "No" as wrong.
     """
     import pandas as pd
 
-    gt = {
-        q: list(a) * (10 if len(a) == 1 else 1) for q, a in zip(answers["question_id"], answers["answers"], strict=True)
-    }
-    report = vqa_accuracy(
-        dict(zip(answers["question_id"], answers["prediction"], strict=True)),
-        gt,
-        dict(zip(answers["question_id"], answers["answer_type"], strict=True)),
-    )
-    rows = [{"metric": "VQA accuracy", "value": report["overall"], "n": len(answers), "note": ""}] + [
-        {"metric": f"VQA accuracy ({t})", "value": v, "n": int((answers["answer_type"] == t).sum()), "note": ""}
-        for t, v in sorted(report["perAnswerType"].items())
-    ]
-    return pd.DataFrame(rows)
+    from pipeline.metrics.intervals import Estimate, resamples_of
+
+    gt, predictions = {}, {}
+    for q, prediction, a in zip(answers["question_id"], answers["prediction"], answers["answers"], strict=True):
+        single = len(a) == 1
+        gt[q] = [normalise(a[0])] * 10 if single else list(a)
+        predictions[q] = normalise(prediction) if single else prediction
+    report = vqa_accuracy(predictions, gt, dict(zip(answers["question_id"], answers["answer_type"], strict=True)))
+    per_question = pd.DataFrame(
+        {
+            "question_id": answers["question_id"].to_numpy(),
+            "answer_type": answers["answer_type"].to_numpy(),
+            # Unrounded: the official report rounds each question to 2 decimals only for display.
+            "accuracy": [100 * question_accuracy(predictions[q], gt[q]) for q in answers["question_id"]],
+        }
+    ).sort_values("question_id", kind="stable", ignore_index=True)  # resampled in question-id order
+
+    def row(metric: str, values: pd.Series, reported: float) -> dict:
+        estimate = Estimate.mean(values, resamples_of(len(values), resamples, seed))
+        return {"metric": metric, "value": reported, "ci_low": estimate.low, "ci_high": estimate.high}
+
+    rows = [{**row("VQA accuracy", per_question["accuracy"], report["overall"]), "n": len(answers), "note": ""}]
+    for answer_type, value in sorted(report["perAnswerType"].items()):
+        of_type = per_question.loc[per_question["answer_type"] == answer_type, "accuracy"]
+        rows.append({**row(f"VQA accuracy ({answer_type})", of_type, value), "n": len(of_type), "note": ""})
+    return pd.DataFrame(rows), per_question
