@@ -38,10 +38,10 @@ from pipeline.settings import DEFAULT
 from storage import FeatureArray
 
 # images: files extracted per timing; batch: the encoder batch (the demo's setting for Lite0);
-# workers: DataLoader processes (the demo's setting). About two minutes on 2 CPU cores at iters=3.
+# workers: DataLoader processes (the demo's setting). About three minutes on 2 CPU cores at iters=3.
 SIZES = {
     "efficientnet_lite0": dict(images=128, batch=DEFAULT["extraction"]["batch_size"], source="easy_vqa"),
-    "clip_rn50x16": dict(images=8, batch=4, source="jpeg_640x480"),
+    "clip_rn50x16": dict(images=16, batch=4, source="jpeg_640x480"),
 }
 QUICK_SIZES = {"efficientnet_lite0": dict(images=32, batch=16, source="easy_vqa")}  # checks the code path only
 WORKERS = DEFAULT["extraction"]["workers"]

@@ -54,6 +54,7 @@ def test_scores_match_pycocoevalcap_and_their_intervals_are_seeded_and_hold_them
     words = "a red blue green circle square dog dogs cat on the grass left big small running runs".split()
     references = {str(i): [" ".join(rng.choices(words, k=rng.randint(3, 8))) for _ in range(3)] for i in range(60)}
     candidates = {str(i): " ".join(rng.choices(words, k=rng.randint(2, 9))) for i in range(60)}
+    candidates.update({str(i): references[str(i)][0] for i in range(0, 60, 3)})  # perfect captions too
     estimates, per_image = caption_estimates(references, candidates, resamples=200, seed=0)
     again, _ = caption_estimates(references, candidates, resamples=200, seed=0)
     assert estimates == again

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.metrics.intervals import Estimate, bleu_from_stats, meteor_from_stats, resamples_of
+from pipeline.metrics.intervals import Estimate, bleu_from_stats, meteor_from_stats, meteor_segment_stats, resamples_of
 
 JAVA_HINT = "Java is needed for the PTB tokenizer and METEOR: apt-get install default-jre-headless (Java 17 works)"
 # The Java steps get a time limit, so a stuck process gives an error instead of a hang.
@@ -147,7 +147,7 @@ def _meteor(meteor_class, gts: dict, res: dict, ids: list) -> tuple[float, np.nd
             for _ in stats:  # per-image scores, then the corpus score
                 process.stdout.readline()
             outcome["score"] = float(process.stdout.readline().strip())
-            outcome["stats"] = np.array([line.split() for line in stats], dtype=float)
+            outcome["stats"] = meteor_segment_stats(np.array([line.split() for line in stats], dtype=float))
         except Exception as error:  # reported below, in the caller's thread
             outcome["error"] = error
 

@@ -70,10 +70,20 @@ METEOR_ALPHA, METEOR_BETA, METEOR_GAMMA, METEOR_DELTA = 0.85, 0.20, 0.60, 0.75
 METEOR_STAGE_WEIGHTS = np.array([1.0, 0.6, 0.8, 0.6])
 
 
+def meteor_segment_stats(stats: np.ndarray) -> np.ndarray:
+    """Per-segment statistics as the jar sums them into a corpus score: a segment matched whole in
+    one chunk adds no chunk (so a split of perfect captions has no fragmentation penalty)."""
+    stats = np.array(stats, dtype=float)
+    whole = (stats[:, 21] == stats[:, 0]) & (stats[:, 22] == stats[:, 1]) & (stats[:, 20] == 1)
+    stats[whole, 20] = 0
+    return stats
+
+
 def meteor_from_stats(stats: np.ndarray) -> np.ndarray:
     """METEOR from (summed) alignment statistics as the jar's ``SCORE`` lines give them (..., 23):
     test and reference length, their function words, then per stage the content and function
-    matches of test and reference, then chunks and the test and reference words matched."""
+    matches of test and reference, then chunks and the test and reference words matched (summed
+    through ``meteor_segment_stats``)."""
     stats = np.asarray(stats, dtype=float)
     delta = METEOR_DELTA
     test_len, ref_len, test_function, ref_function = (stats[..., i] for i in range(4))
