@@ -109,8 +109,8 @@ def create_backbone(name: str, device: str | torch.device = "cpu", pretrained: b
     (for tests and timing where the weights are not on the machine)."""
     spec = backbone_spec(name)
     model, preprocessing = spec.factory(spec, pretrained)
-    # Channels-last: convolutions run about 1.8x faster on CPU (EfficientNet-Lite0, batch 16) and
-    # use the tensor-core layout on GPU; a transformer's 2-D weights are unaffected.
+    # Channels-last: oneDNN's (CPU) and cuDNN's tensor-core convolutions prefer it (the demo's
+    # extraction steps fell from 4.4 to 3.3 min); a transformer's 2-D weights are unaffected.
     model = model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
     return Backbone(spec=spec, model=model, preprocessing=preprocessing)
 
