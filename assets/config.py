@@ -76,6 +76,11 @@ class VqaConfig(dg.Config):
         PROFILE["vqa"]["support_images"],
         description="solved examples come from a seeded run of this many support images (0: all)",
     )
+    closed_vocabulary: int = Field(
+        PROFILE["vqa"]["closed_vocabulary"],
+        description="also answer among the support split's this many most frequent answers, ranked by the "
+        "LM's likelihood (easy-vqa has 13; VQAv2's standard list 3,129); 0: open-ended answers only",
+    )
 
 
 class IntervalConfig(dg.Config):

@@ -56,15 +56,16 @@ def feature_checks(features: FeatureArray, manifest_ids: list[str]) -> dg.AssetC
 def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, limber: Limber):
     """One frozen backbone's features for every image of one part (float16, one Zarr array).
 
-    Keyed by the manifest and the encoder (its layer, layout, image size and weights' fingerprint):
-    features stored under another key are computed again; under the same key only unfinished chunks.
+    Keyed by the manifest, the encoder (its layer, layout, image size and weights' fingerprint) and
+    the dtype it computes in: features stored under another key are computed again; under the same
+    key only unfinished chunks.
     """
     keys = context.partition_key.keys_by_dimension
     backbone_name, part = keys["backbone"], keys["part"]
     inputs = Inputs(limber)
     manifest = inputs.manifest(part)
     spec = backbone_spec(backbone_name)
-    key = inputs.key(encoder=spec.fingerprint())
+    key = inputs.key(encoder=spec.fingerprint(), precision=str(limber.compute_dtype()))
     path = limber.layout.image_features(backbone_name, part)
     store = FeatureArray.open(
         str(path), manifest["image_id"].tolist(), spec.layout.positions, spec.feature_dim, config.chunk_rows, key
@@ -81,6 +82,7 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
             device=limber.torch_device(),
             batch_size=config.batch_size,
             workers=config.workers,
+            dtype=limber.compute_dtype(),
             on_chunk=lambda done, total: context.log.info(f"chunk {done}/{total}"),
         )
     skipped = store.skipped

@@ -64,6 +64,7 @@ class Inputs:
         self._record(
             f"language_model[{self.limber.language_model}]", description.get("fingerprint") if description else None
         )
+        self.read["precision"] = str(self.limber.compute_dtype())  # what the LM computes in
         return description
 
     def linear_map(self, system: str) -> "StoredMap | None":

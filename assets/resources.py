@@ -6,6 +6,7 @@ from pydantic import Field
 
 from assets.config import PROFILE
 from pipeline import settings
+from pipeline.devices import compute_dtype
 from pipeline.language_models import load_language_model, prepared_description
 from storage import StorageLayout
 from storage.layout import LocalMirror
@@ -30,6 +31,11 @@ class Limber(dg.ConfigurableResource):
         default=PROFILE["models"]["language_model"], description="registered LM name, HF id or local path"
     )
     device: str = Field(default="auto", description="'auto' picks CUDA when present, else CPU")
+    precision: str = Field(
+        default="auto",
+        description="dtype the frozen encoders and LM compute in: 'auto' (bfloat16 where the device runs it "
+        "natively: CUDA, a CPU with AVX512-BF16 or AMX; else float32), 'bfloat16' or 'float32'",
+    )
 
     @property
     def layout(self) -> StorageLayout:
@@ -46,7 +52,10 @@ class Limber(dg.ConfigurableResource):
     def load_lm(self):
         """(model, tokenizer, description) of the prepared LM, frozen, on this resource's device."""
         directory = self.mirror(self.layout.language_model(self.language_model)).pull()
-        return load_language_model(directory, self.torch_device())
+        return load_language_model(directory, self.torch_device(), self.compute_dtype())
+
+    def compute_dtype(self) -> torch.dtype:
+        return compute_dtype(self.torch_device(), self.precision)
 
     def torch_device(self) -> str:
         if self.device == "auto":

@@ -41,13 +41,13 @@ def _system_and_shots(context) -> tuple[str, int]:
 def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Limber) -> dg.MaterializeResult:
     """Answers to a fixed subset of evaluation questions, with n solved support examples in the prompt.
 
-    Keyed by the eval manifest and features, the support manifest and features (n > 0 only), the
-    system's map, the LM and this asset's config."""
+    Keyed by the eval manifest and features, the support manifest (n > 0, or a closed vocabulary)
+    and features (n > 0), the system's map, the LM and this asset's config."""
     system, shots = _system_and_shots(context)
     inputs = Inputs(limber)
     manifest = inputs.manifest(VQA_EVAL)
     store = inputs.system_features(system, VQA_EVAL)
-    support_manifest = inputs.manifest(VQA_SUPPORT) if shots else None
+    support_manifest = inputs.manifest(VQA_SUPPORT) if shots or config.closed_vocabulary else None
     support_store = inputs.system_features(system, VQA_SUPPORT) if shots else None
     stored_map = inputs.linear_map(system)
     inputs.language_model()
@@ -65,6 +65,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
             questions=config.questions,
             seed=config.seed,
             support_images=config.support_images,
+            closed_vocabulary=config.closed_vocabulary,
             linear_map=stored_map.load() if stored_map else None,
             store=store,
             support_store=support_store,

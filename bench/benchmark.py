@@ -138,9 +138,10 @@ class FixedCaptions:
 
 
 def build_lm(size: str, device: str) -> GPTJForCausalLM:
-    """GPT-J frozen as pipeline.language_models.load_language_model loads it (bf16 on CUDA, float32
-    on CPU, no gradients), before its activations are fused. The weights are allocated straight on
-    the device: 6B float32 parameters would not fit in host memory."""
+    """GPT-J frozen as pipeline.language_models.load_language_model loads it (bf16 on CUDA, no
+    gradients), before its activations are fused; float32 on CPU, where the old and new steps must
+    give the same weights to 1e-4 (bfloat16 rounds their differently ordered sums differently). The
+    weights are allocated straight on the device: 6B float32 parameters would not fit in host memory."""
     config = GPTJConfig(**LM_SIZES[size], bos_token_id=EOS, eos_token_id=EOS)
     assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.datasets import load_image
+from pipeline.devices import autocast, compute_dtype
 from pipeline.encoders import create_backbone
 from pipeline.image_features import extract_image_features
 from pipeline.settings import DEFAULT
@@ -94,11 +95,14 @@ def bench_backbone(name: str, size: dict, device: str, iters: int, peak_flops: f
     pixels = [backbone.preprocessing.pixels(load_image(path)[0]) for path in paths]
     batches = [torch.stack(pixels[i : i + size["batch"]]).to(device) for i in range(0, len(pixels), size["batch"])]
 
+    dtype = compute_dtype(device)  # what extract_image_features computes in
+
     @torch.inference_mode()
     def forward():  # the device work of extraction, on batches already there
         for batch in batches:
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=batch.is_cuda):
-                features = backbone.model(backbone.normalise(batch))
+            images = backbone.normalise(batch)
+            with autocast(device, dtype):
+                features = backbone.model(images)
             features.to(torch.float16).cpu()
 
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:

@@ -6,10 +6,12 @@ position ids, so a batch decodes as each prompt would alone (tests/test_decoding
 
 ``greedy_generate`` decodes whole prompts; ``greedy_generate_shared`` decodes prompts that share
 prefixes (few-shot VQA: an image's questions share its solved examples and image), prefilling
-each prefix once and reusing its KV cache, and stops as soon as every row has ended.
+each prefix once and reusing its KV cache, and stops as soon as every row has ended. On the same
+prefilled prompts, ``candidate_log_likelihoods`` scores a closed answer vocabulary.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -63,25 +65,22 @@ def greedy_generate(lm, tokenizer, prompts: list[list[Segment]], *, max_new_toke
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-@torch.inference_mode()
-def greedy_generate_shared(
-    lm,
-    tokenizer,
-    prefixes: list[list[Segment]],
-    suffixes: list[str],
-    prefix_of: Sequence[int],
-    *,
-    max_new_tokens: int,
-    ended: list[Callable[[str], bool]],
-) -> list[str]:
-    """Greedy continuations of the prompts ``prefixes[prefix_of[i]] + [suffixes[i]]``.
+@dataclass
+class SharedPrompts:
+    """Prompts ``prefixes[prefix_of[i]] + [suffixes[i]]`` prefilled: the KV cache of every row, its
+    attention mask, the position id of its last token and the logits there (the first answer
+    token's)."""
 
-    Each prefix is prefilled once and its KV cache copied to the rows that continue it; then the
-    suffixes (left-padded after the prefixes) are prefilled and decoded. Row ``i`` ends at EOS or
-    once ``ended[i](its text so far)``; decoding stops when every row has ended, or after
-    ``max_new_tokens``. Each text is the start of ``greedy_generate``'s on the whole prompt, up to
-    where its row ended (tests/test_vqa.py checks the answers are the same).
-    """
+    cache: DynamicCache
+    mask: torch.Tensor
+    last_position: torch.Tensor
+    logits: torch.Tensor
+
+
+@torch.inference_mode()
+def prefill_shared(lm, tokenizer, prefixes: list[list[Segment]], suffixes: list[str], prefix_of: Sequence[int]):
+    """Each prefix is prefilled once and its KV cache copied to the rows that continue it; then the
+    suffixes, left-padded after the prefixes, are prefilled."""
     cache = DynamicCache()
     prefix_inputs, prefix_mask = left_padded([embed_prompt(lm, tokenizer, p) for p in prefixes])
     rows = torch.as_tensor(prefix_of, device=prefix_mask.device)
@@ -98,19 +97,71 @@ def greedy_generate_shared(
     inputs, suffix_mask = left_padded([embed_prompt(lm, tokenizer, [s]) for s in suffixes])
     mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1)
     position_ids = positions(mask)[:, -inputs.shape[1] :]
+    logits = lm(
+        inputs_embeds=inputs,
+        attention_mask=mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+    return SharedPrompts(cache=cache, mask=mask, last_position=position_ids[:, -1], logits=logits)
+
+
+@torch.inference_mode()
+def candidate_log_likelihoods(
+    lm, prompts: SharedPrompts, candidates: list[list[int]], sequences_per_call: int = 256
+) -> torch.Tensor:
+    """(rows, candidates): the log-likelihood of each candidate token sequence after each prompt,
+    the sum of its tokens' log-probabilities. Its first token's comes from the prompts' own logits;
+    candidates of more tokens are run on copies of each row's KV cache, ``sequences_per_call``
+    (row, candidate) pairs per LM call. ``prompts``' cache is left as it was."""
+    log_probs = prompts.logits.float().log_softmax(-1)
+    scores = log_probs[:, [c[0] for c in candidates]]
+    longer = [k for k, c in enumerate(candidates) if len(c) > 1]
+    if not longer:
+        return scores
+    length = max(len(candidates[k]) for k in longer)
+    device = prompts.mask.device
+    ids = torch.zeros(len(longer), length, dtype=torch.long, device=device)
+    for j, k in enumerate(longer):
+        ids[j, : len(candidates[k])] = torch.as_tensor(candidates[k])
+    valid = torch.as_tensor([[t < len(candidates[k]) for t in range(1, length)] for k in longer], device=device)
+    pairs = [(row, j) for row in range(len(scores)) for j in range(len(longer))]
     embed = lm.get_input_embeddings()
-    tokens: list[list[int]] = [[] for _ in suffixes]
-    running = set(range(len(suffixes)))
-    for _ in range(max_new_tokens):
+    for start in range(0, len(pairs), sequences_per_call):
+        chunk = pairs[start : start + sequences_per_call]
+        rows = torch.as_tensor([row for row, _ in chunk], device=device)
+        which = torch.as_tensor([j for _, j in chunk], device=device)
+        cache = DynamicCache()
+        for layer, cached in enumerate(prompts.cache.layers):
+            cache.update(cached.keys[rows], cached.values[rows], layer)
+        steps = torch.arange(1, length, device=device)
         logits = lm(
-            inputs_embeds=inputs,
-            attention_mask=mask,
-            position_ids=position_ids,
+            inputs_embeds=embed(ids[which, :-1]),
+            attention_mask=torch.cat([prompts.mask[rows], prompts.mask.new_ones(len(rows), length - 1)], dim=1),
+            position_ids=prompts.last_position[rows, None] + steps,
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
         ).logits
-        next_ids = logits[:, -1].argmax(-1)
+        later = logits.float().log_softmax(-1).gather(-1, ids[which, 1:, None])[..., 0]
+        scores[rows, torch.as_tensor(longer, device=device)[which]] += (later * valid[which]).sum(-1)
+    return scores
+
+
+@torch.inference_mode()
+def greedy_continue(
+    lm, tokenizer, prompts: SharedPrompts, *, max_new_tokens: int, ended: list[Callable[[str], bool]]
+) -> list[str]:
+    """Greedy continuations of prefilled prompts. Row ``i`` ends at EOS or once ``ended[i](its text
+    so far)``; decoding stops when every row has ended, or after ``max_new_tokens``."""
+    cache, mask, logits = prompts.cache, prompts.mask, prompts.logits
+    position_ids = prompts.last_position[:, None]
+    embed = lm.get_input_embeddings()
+    tokens: list[list[int]] = [[] for _ in ended]
+    running = set(range(len(ended)))
+    for step in range(max_new_tokens):
+        next_ids = logits.argmax(-1)
         chosen = next_ids.tolist()
         for row in sorted(running):
             token = chosen[row]
@@ -118,14 +169,39 @@ def greedy_generate_shared(
             text = tokenizer.decode(tokens[row], skip_special_tokens=True)
             if token == tokenizer.eos_token_id or ended[row](text):
                 running.discard(row)
-        if not running:
+        if not running or step == max_new_tokens - 1:
             break
         # Ended rows are still fed (their tokens dropped): a batch's answers end at about the same
         # step, so shrinking the cache would save little.
-        inputs = embed(next_ids)[:, None]
-        mask = torch.cat([mask, mask.new_ones(len(suffixes), 1)], dim=1)
-        position_ids = position_ids[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones(len(ended), 1)], dim=1)
+        position_ids = position_ids + 1
+        logits = lm(
+            inputs_embeds=embed(next_ids)[:, None],
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+
+def greedy_generate_shared(
+    lm,
+    tokenizer,
+    prefixes: list[list[Segment]],
+    suffixes: list[str],
+    prefix_of: Sequence[int],
+    *,
+    max_new_tokens: int,
+    ended: list[Callable[[str], bool]],
+) -> list[str]:
+    """Greedy continuations of the prompts ``prefixes[prefix_of[i]] + [suffixes[i]]``, each prefix
+    prefilled once (``prefill_shared``), then decoded by ``greedy_continue``. Each text is the start
+    of ``greedy_generate``'s on the whole prompt, up to where its row ended (tests/test_vqa.py
+    checks the answers are the same)."""
+    prompts = prefill_shared(lm, tokenizer, prefixes, suffixes, prefix_of)
+    return greedy_continue(lm, tokenizer, prompts, max_new_tokens=max_new_tokens, ended=ended)
 
 
 @torch.inference_mode()

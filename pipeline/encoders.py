@@ -365,7 +365,7 @@ def beit(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, Preprocessing
         weights = spec.pretrained
         source = weights.local() or weights.repo
         try:
-            # float32 weights whatever the checkpoint's dtype; CUDA runs under bf16 autocast.
+            # float32 weights whatever the checkpoint's dtype; extraction autocasts (pipeline.devices).
             model = BeitModel.from_pretrained(source, add_pooling_layer=False, dtype=torch.float32)
             processor = BeitImageProcessor.from_pretrained(source, size=size)
         except OSError as error:

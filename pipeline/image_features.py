@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pipeline.datasets import load_image
+from pipeline.devices import autocast, compute_dtype
 from pipeline.encoders import Backbone
 
 WRITES_IN_FLIGHT = 2  # chunks queued for the writer: bounds host memory to about 3 chunks
@@ -115,11 +116,20 @@ def collate_images(items) -> tuple[list[int], torch.Tensor | None, dict[int, str
 
 @torch.inference_mode()
 def encode_chunks(
-    backbone: Backbone, paths: list[str], chunks: list[slice], *, device: str, batch_size: int, workers: int
+    backbone: Backbone,
+    paths: list[str],
+    chunks: list[slice],
+    *,
+    device: str,
+    batch_size: int,
+    workers: int,
+    dtype: torch.dtype | None = None,
 ) -> Iterator[tuple[slice, np.ndarray, dict[int, str]]]:
     """(rows, float16 features (rows, positions, dim), {row: skip reason}) for each slice of ``paths``
     in ``chunks``, in order; batches never cross a chunk, so a chunk's numbers do not depend on which
-    other chunks are pending. Unreadable images give zero rows and a reason."""
+    other chunks are pending. Unreadable images give zero rows and a reason. The model computes in
+    ``dtype`` (``compute_dtype(device)`` by default)."""
+    dtype = dtype or compute_dtype(device)
     batches = [
         list(range(start, min(start + batch_size, rows.stop)))
         for rows in chunks
@@ -143,7 +153,7 @@ def encode_chunks(
             if pixels is None:
                 continue
             images = backbone.normalise(pixels.to(device, non_blocking=True))
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=images.is_cuda):
+            with autocast(device, dtype):
                 features = backbone.model(images)
             out[np.asarray(batch_rows) - rows.start] = features.to(torch.float16).cpu().numpy()
         yield rows, out, reasons
@@ -157,10 +167,12 @@ def extract_image_features(
     device: str,
     batch_size: int,
     workers: int = 0,
+    dtype: torch.dtype | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> ExtractionStats:
     """Encodes every pending chunk of ``store``; finished chunks are never recomputed. ``workers``
-    DataLoader processes decode images (0: the main process does)."""
+    DataLoader processes decode images (0: the main process does); the model computes in ``dtype``
+    (``compute_dtype(device)`` by default)."""
     pending = store.pending_chunks()
     stats = ExtractionStats()
     started = time.perf_counter()
@@ -182,6 +194,7 @@ def extract_image_features(
         device=device,
         batch_size=batch_size,
         workers=workers,
+        dtype=dtype,
     )
     # One writer thread, so chunks are written in order; leaving the block waits for every write.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer") as writer:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.devices import compute_dtype
 from pipeline.weights import PackageWeights, Weights, content_hash, offline
 
 
@@ -164,10 +165,12 @@ def prepare_language_model(name: str, directory: str | Path) -> dict:
     return description
 
 
-def load_language_model(directory: str | Path, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """Loads a prepared LM frozen, in bf16 on CUDA and float32 on CPU."""
+def load_language_model(
+    directory: str | Path, device: str, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Loads a prepared LM frozen, in ``dtype`` (``pipeline.devices.compute_dtype``'s by default)."""
     description = json.loads((Path(directory) / "language_model.json").read_text())
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = dtype or compute_dtype(device)
     checkpoint = _resolve(directory, description["checkpoint"])
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)

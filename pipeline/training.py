@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.devices import autocast
 from pipeline.image_features import chunk_rows_of, rows_by_id
 from pipeline.linear_map import LinearMap
 
@@ -181,7 +182,7 @@ def caption_loss(
     ``all_logits`` computes them everywhere, through the model's own loss (the reference).
     """
     embed = lm.get_input_embeddings()
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+    with autocast(device, embed.weight.dtype):  # the map's output in the frozen LM's dtype
         image_tokens = linear_map(torch.from_numpy(features).float().to(device))
         inputs = torch.cat([image_tokens.to(embed.weight.dtype), embed(ids.to(device))], dim=1)
         labels = labels.to(device)

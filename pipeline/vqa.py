@@ -13,6 +13,10 @@ image (n-shot uses the first n of its ``max(SHOTS)`` draws), so all questions of
 same examples. Each prefix is then prefilled once and its KV cache reused by the image's
 questions, and decoding stops once every answer of a batch is complete: the answers are still
 those of decoding each whole prompt for ``max_new_tokens`` tokens, then cutting them.
+
+A second, closed-vocabulary answer ranks the support split's most frequent answers by the LM's
+likelihood after the same prompt: it tells "the LM does not follow the answer format" apart from
+"the image information is not there".
 """
 
 from collections.abc import Iterator
@@ -22,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.decoding import Segment, greedy_generate_shared, image_tokens
+from pipeline.decoding import Segment, candidate_log_likelihoods, greedy_continue, image_tokens, prefill_shared
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 
@@ -157,6 +161,14 @@ def prompt_batches(
         yield batch, prefixes, np.cumsum(first) - 1
 
 
+def answer_vocabulary(questions: pd.DataFrame, size: int) -> list[str]:
+    """The ``size`` most frequent ground-truth answers of ``questions`` (every annotator's answer
+    counts; ties in name order): all 13 of easy-vqa's, or with 3,129 the size of VQAv2's standard
+    answer list (which is drawn from train and val; here from the support split alone)."""
+    counts = pd.Series([a for answers in questions["answers"] for a in answers], dtype=object).value_counts()
+    return sorted(counts.index, key=lambda answer: (-counts[answer], answer))[:size]
+
+
 def answer_questions(
     lm,
     tokenizer,
@@ -165,27 +177,35 @@ def answer_questions(
     support: np.ndarray | None,
     *,
     max_new_tokens: int,
+    vocabulary: list[str] | None = None,
     on_batch=None,
     **prompting,
-) -> list[str]:
-    """Answers for ``questions``, batch by batch as ``prompt_batches`` (which takes the other
-    arguments) builds them: each image's prefix is prefilled once for all of its questions, and a
-    batch stops decoding once all of its answers are complete."""
-    answers = []
+) -> pd.DataFrame:
+    """Answers for ``questions`` (column ``prediction``), batch by batch as ``prompt_batches``
+    (which takes the other arguments) builds them: each image's prefix is prefilled once for all
+    of its questions, and a batch stops decoding once all of its answers are complete.
+
+    With a ``vocabulary``, column ``closed_prediction`` is also the answer of the vocabulary the
+    LM finds most likely after the same prompt (``" " + answer``'s tokens, scored on the prompts'
+    KV cache): whether the image information is there, whatever the answer's format."""
+    candidates = [tokenizer(f" {answer}", add_special_tokens=False).input_ids for answer in vocabulary or []]
+    answers, closed = [], []
     for batch, prefixes, prefix_of in prompt_batches(questions, support_questions, support, **prompting):
-        generated = greedy_generate_shared(
+        prompts = prefill_shared(lm, tokenizer, prefixes, [vqa_question(q) for q in batch["question"]], prefix_of)
+        if vocabulary:
+            scores = candidate_log_likelihoods(lm, prompts, candidates, sequences_per_call=prompting["batch_size"])
+            closed += [vocabulary[k] for k in scores.argmax(-1).tolist()]
+        generated = greedy_continue(
             lm,
             tokenizer,
-            prefixes,
-            [vqa_question(q) for q in batch["question"]],
-            prefix_of,
+            prompts,
             max_new_tokens=max_new_tokens,
             ended=[partial(answer_complete, words=answer_words(gt)) for gt in batch["answers"]],
         )
         answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"], strict=True)]
         if on_batch:
             on_batch(len(answers), len(questions))
-    return answers
+    return pd.DataFrame({"prediction": answers, **({"closed_prediction": closed} if vocabulary else {})})
 
 
 def evaluate_vqa(
@@ -198,18 +218,21 @@ def evaluate_vqa(
     questions: int,
     seed: int,
     support_images: int,
+    closed_vocabulary: int = 0,
     linear_map: LinearMap | None = None,
     store=None,
     support_store=None,
     **decoding,
 ) -> pd.DataFrame:
     """Answers to a seeded sample of ``questions`` questions of ``manifest`` at ``shots`` shots, as a
-    table ``(question_id, image_id, question, answers, answer_type, prediction)``.
+    table ``(question_id, image_id, question, answers, answer_type, prediction)``, and
+    ``closed_prediction`` among the ``closed_vocabulary`` most frequent answers of
+    ``support_manifest`` when that is not 0.
 
     Solved examples come from a seeded pool of ``support_images`` images of ``support_manifest``
-    (needed only when ``shots`` > 0), the same for every system. Feature rows are found by image id
-    in ``store`` / ``support_store`` (FeatureArrays), never by position; with no linear map (the
-    blind system) no features are read.
+    (needed only when ``shots`` > 0 or a closed vocabulary is asked for), the same for every
+    system. Feature rows are found by image id in ``store`` / ``support_store`` (FeatureArrays),
+    never by position; with no linear map (the blind system) no features are read.
     """
     # Images sampled by id, their questions in question-id order, examples drawn per sampled image
     # and pooled in image-id order, so a reordered manifest asks the same questions with the same
@@ -237,6 +260,9 @@ def evaluate_vqa(
         # together (one row) and its examples follow it (column ``image``).
         rows = rows_by_id(store.ids, sample["image_id"].tolist(), "vqa questions")
         sample = sample.assign(row=rows).iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
+    vocabulary = None
+    if closed_vocabulary:
+        vocabulary = answer_vocabulary(flatten_questions(support_manifest), closed_vocabulary)
     predictions = answer_questions(
         lm,
         tokenizer,
@@ -247,7 +273,8 @@ def evaluate_vqa(
         linear_map=linear_map,
         features=features,
         support_features=support_features,
+        vocabulary=vocabulary,
         **decoding,
     )
-    columns = ["question_id", "image_id", "question", "answers", "answer_type", "prediction"]
-    return sample.assign(prediction=predictions)[columns]
+    columns = ["question_id", "image_id", "question", "answers", "answer_type"]
+    return pd.concat([sample[columns], predictions], axis=1)

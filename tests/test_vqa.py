@@ -16,6 +16,7 @@ from pipeline.vqa import (
     SHOTS,
     answer_complete,
     answer_questions,
+    answer_vocabulary,
     draw_support,
     evaluate_vqa,
     flatten_questions,
@@ -137,7 +138,7 @@ def test_prefix_reuse_and_early_stop_answer_as_the_whole_prompts(request, easy_v
     lm, tokenizer = request.getfixturevalue(lm_fixture)
     arguments = {**easy_vqa_batch, "shots": shots, "batch_size": 8, "max_new_tokens": 6}
     arguments["linear_map"] = None if blind else arguments["linear_map"]  # both LMs are 64 wide
-    answers = answer_questions(lm, tokenizer, **arguments)
+    answers = answer_questions(lm, tokenizer, **arguments)["prediction"].tolist()
     assert answers == bench.full_prompt_answers(lm, tokenizer, **arguments)
     assert len(set(answers)) > 1
 
@@ -147,12 +148,13 @@ def test_the_questions_of_an_image_share_its_solved_examples_for_every_system_an
 ):
     prompts = {}
 
-    def record(lm, tokenizer, prefixes, suffixes, prefix_of, *, max_new_tokens, ended):
+    def record(lm, tokenizer, prefixes, suffixes, prefix_of):
         for suffix, p in zip(suffixes, prefix_of, strict=True):
             prompts[key].setdefault(suffix, []).append("".join(s for s in prefixes[p] if isinstance(s, str)))
-        return [""] * len(suffixes)
+        return len(suffixes)
 
-    monkeypatch.setattr(pipeline.vqa, "greedy_generate_shared", record)
+    monkeypatch.setattr(pipeline.vqa, "prefill_shared", record)
+    monkeypatch.setattr(pipeline.vqa, "greedy_continue", lambda lm, tokenizer, rows, **_: [""] * rows)
     manifest, support = _manifest(12, "q", questions=3), _manifest(20, "s")
     rng = np.random.default_rng(0)
     stores = {
@@ -331,3 +333,32 @@ def test_a_reordered_manifest_asks_and_answers_the_same(tmp_path, counting_map, 
     pd.testing.assert_frame_equal(
         second.set_index("question_id").loc[first["question_id"]].reset_index(), first.reset_index(drop=True)
     )
+
+
+def test_the_closed_vocabulary_is_the_most_frequent_answers_ties_by_name():
+    questions = pd.DataFrame({"answers": [["yes"], ["no"], ["yes"], ["red", "red", "teal"], ["blue"]]})
+    assert answer_vocabulary(questions, 3) == ["red", "yes", "blue"]
+    assert answer_vocabulary(questions, 99) == ["red", "yes", "blue", "no", "teal"]
+
+
+@pytest.mark.parametrize("shots", [0, 2])
+def test_closed_vocabulary_answers_leave_the_open_answers_as_they_were(tmp_path, counting_map, tiny_llama, shots):
+    lm, tokenizer = tiny_llama
+    manifest, support = _manifest(6, "q"), _manifest(10, "s")
+    support["questions"] = [
+        [{**q, "answers": [answer]} for q in questions]
+        for questions, answer in zip(support["questions"], ["teal", "red", "blue", "red", "yes"] * 2, strict=True)
+    ]
+    rng = np.random.default_rng(0)
+    settings = {"shots": shots, "questions": 0, "seed": 0, "support_images": 0, "batch_size": 4, "max_new_tokens": 2}
+    stores = {
+        "store": _store(tmp_path / "eval", manifest, rng.standard_normal((6, 3, EVAL_DIM))),
+        "support_store": _store(tmp_path / "support", support, rng.standard_normal((10, 3, EVAL_DIM))),
+    }
+    open_only = evaluate_vqa(lm, tokenizer, manifest, support, linear_map=counting_map, **stores, **settings)
+    both = evaluate_vqa(
+        lm, tokenizer, manifest, support, linear_map=counting_map, closed_vocabulary=3, **stores, **settings
+    )
+    pd.testing.assert_frame_equal(both.drop(columns="closed_prediction"), open_only)
+    assert "closed_prediction" not in open_only
+    assert set(both["closed_prediction"]) <= {"red", "blue", "teal"}  # the 3 most frequent

@@ -197,3 +197,33 @@ def test_vqa_intervals_are_seeded_cover_the_value_and_narrow_with_more_questions
         # The binomial 95% half-width, 1.96 * sqrt(p (1 - p) / n), within the bootstrap's own noise.
         p = overall["value"] / 100
         assert (overall["ci_high"] - overall["ci_low"]) / 2 == pytest.approx(196 * np.sqrt(p * (1 - p) / n), rel=0.15)
+
+
+def test_closed_vocabulary_answers_are_a_second_metric_scored_by_the_same_rules():
+    import pandas as pd
+
+    from pipeline.metrics.table import paired_differences
+    from pipeline.metrics.vqa import CLOSED_VOCABULARY, answers_accuracy
+
+    answers = pd.DataFrame(
+        {
+            "question_id": [1, 2, 3, 4],
+            "prediction": ["No", "", "circle and", "blue"],
+            "closed_prediction": ["no", "red", "circle", "green"],
+            "answers": [["no"], ["red"], ["circle"], ["red"]],
+            "answer_type": ["yes/no", "other", "other", "other"],
+        }
+    )
+    table, per_question = answers_accuracy(answers)
+    rows = dict(zip(table["metric"], table["value"], strict=True))
+    assert rows["VQA accuracy"] == pytest.approx(25.0) and rows[CLOSED_VOCABULARY] == pytest.approx(75.0)
+    assert rows[f"{CLOSED_VOCABULARY} (other)"] == pytest.approx(66.67)
+    assert per_question["closed_accuracy"].tolist() == [100, 100, 100, 0]
+    # Paired against a system that answers every question right in the closed vocabulary only.
+    perfect = per_question.assign(closed_accuracy=100.0)
+    labels = {"task": "vqa", "dataset": "d", "split": "s", "shots": 0}
+    differences = paired_differences(
+        [({**labels, "system": "a"}, per_question), ({**labels, "system": "b"}, perfect)], ["b"], 0, 0
+    ).set_index("metric")
+    assert differences.loc[CLOSED_VOCABULARY, "difference"] == pytest.approx(-25.0)
+    assert differences.loc["VQA accuracy", "difference"] == 0.0

@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pandas as pd
 
+from pipeline.metrics.vqa import CLOSED_VOCABULARY
 from pipeline.plots import plt
 
 # Columns in the order the paper's tables use: captioning first, then VQA by shots.
@@ -17,9 +18,16 @@ TIDY_COLUMNS = [
 DIFFERENCE_COLUMNS = [
     "system", "baseline", "task", "dataset", "split", "metric", "shots", "difference", "ci_low", "ci_high", "n",
 ]  # fmt: skip
+# The VQA metrics the comparison shows, and their column labels.
+VQA_COLUMNS = {"VQA accuracy": "VQA", CLOSED_VOCABULARY: "VQA closed"}
 # Valid ranges of the scores as reported: BLEU/METEOR/ROUGE-L in [0, 1], CIDEr-D x10, CLIP-S x2.5,
 # percentages ("... (%)", VQA accuracy) in [0, 100].
-METRIC_RANGES = {"CIDEr-D": (0.0, 10.0), "CLIP-S": (0.0, 2.5), "RefCLIP-S": (0.0, 2.5), "VQA accuracy": (0.0, 100.0)}
+METRIC_RANGES = {
+    "CIDEr-D": (0.0, 10.0), "CLIP-S": (0.0, 2.5), "RefCLIP-S": (0.0, 2.5),
+    "VQA accuracy": (0.0, 100.0), CLOSED_VOCABULARY: (0.0, 100.0),
+}  # fmt: skip
+# The VQA metrics of a per-question table (pipeline.metrics.vqa.answers_accuracy), by column.
+VQA_METRICS = {"accuracy": "VQA accuracy", "closed_accuracy": CLOSED_VOCABULARY}
 
 
 def in_range(metric: str, value: float) -> bool:
@@ -57,17 +65,19 @@ def paired_differences(
     images or questions), with a paired bootstrap 95% interval.
 
     ``results`` holds (labels: system, task, dataset, split, shots; per-item table: an
-    ``image_id`` or ``question_id`` column and one column per metric, or VQA's ``accuracy`` and
-    ``answer_type``). Metrics that are not means over items (BLEU, METEOR) have no per-item table.
+    ``image_id`` or ``question_id`` column and one column per metric, or VQA's ``answer_type`` and
+    ``VQA_METRICS``' columns). Metrics that are not means over items (BLEU, METEOR) have no per-item table.
     """
     from pipeline.metrics.intervals import Estimate, resamples_of
 
     def metrics(table: pd.DataFrame) -> dict[str, pd.Series]:
         if "accuracy" in table:  # VQA: overall and per answer type
             by_id = table.set_index("question_id")
-            out = {"VQA accuracy": by_id["accuracy"]}
-            for answer_type in sorted(by_id["answer_type"].unique()):
-                out[f"VQA accuracy ({answer_type})"] = by_id.loc[by_id["answer_type"] == answer_type, "accuracy"]
+            out = {}
+            for column, metric in ((c, m) for c, m in VQA_METRICS.items() if c in by_id):
+                out[metric] = by_id[column]
+                for answer_type in sorted(by_id["answer_type"].unique()):
+                    out[f"{metric} ({answer_type})"] = by_id.loc[by_id["answer_type"] == answer_type, column]
             return out
         by_id = table.set_index("image_id")
         return {column: by_id[column] for column in by_id.columns}
@@ -108,18 +118,20 @@ def paired_differences(
 
 
 def comparison_table(tidy: pd.DataFrame) -> pd.DataFrame:
-    """One row per system; columns like 'test CIDEr-D' and 'VQA 0-shot', each followed by its
-    interval ('test CIDEr-D ci_low', 'test CIDEr-D ci_high')."""
+    """One row per system; columns like 'test CIDEr-D', 'VQA 0-shot' and 'VQA closed 0-shot'
+    (closed vocabulary), each followed by its interval ('test CIDEr-D ci_low', 'test CIDEr-D
+    ci_high')."""
     captions = tidy[(tidy["task"] == "captioning") & tidy["metric"].isin(CAPTION_COLUMNS)]
     # Splits are named by their dataset too when several datasets are captioned (NoCaps "val" is not COCO's).
     several = captions["dataset"].nunique() > 1
     splits = (captions["dataset"] + " " + captions["split"]) if several else captions["split"]
     captions = captions.assign(column=splits + " " + captions["metric"])
-    vqa = tidy[(tidy["task"] == "vqa") & (tidy["metric"] == "VQA accuracy")]
-    vqa = vqa.assign(column="VQA " + vqa["shots"].astype(str) + "-shot")
-    present = set(captions["column"])
+    vqa = tidy[(tidy["task"] == "vqa") & tidy["metric"].isin(VQA_COLUMNS)]
+    vqa = vqa.assign(column=vqa["metric"].map(VQA_COLUMNS) + " " + vqa["shots"].astype(str) + "-shot")
+    present = set(captions["column"]) | set(vqa["column"])
     columns = [f"{split} {m}" for split in sorted(set(splits), reverse=True) for m in CAPTION_COLUMNS]
-    columns = [c for c in columns if c in present] + [f"VQA {n}-shot" for n in sorted(vqa["shots"].unique())]
+    columns += [f"{label} {n}-shot" for label in VQA_COLUMNS.values() for n in sorted(vqa["shots"].unique())]
+    columns = [c for c in columns if c in present]
     wide = pd.concat([captions, vqa]).pivot_table(
         index="system", columns="column", values=["value", "ci_low", "ci_high"]
     )

@@ -12,6 +12,9 @@
 import re
 from collections import defaultdict
 
+# The second metric: the answer among a closed vocabulary the LM finds most likely (pipeline.vqa).
+CLOSED_VOCABULARY = "VQA accuracy, closed vocabulary"
+
 CONTRACTIONS = {
     "aint": "ain't",
     "arent": "aren't",
@@ -272,9 +275,11 @@ def normalise(answer: str) -> str:
 
 def answers_accuracy(answers, resamples: int = 0, seed: int = 0):
     """VQA accuracy of an answers table (``question_id``, ``prediction``, ``answers``,
-    ``answer_type``): rows ``(metric, value, ci_low, ci_high, n, note)`` overall and per answer
-    type, x100, with seeded bootstrap 95% intervals over the questions (``resamples`` of them); and
-    the per-question accuracy (``question_id``, ``answer_type``, ``accuracy``), from which paired
+    ``answer_type``, and optionally ``closed_prediction``): rows ``(metric, value, ci_low, ci_high,
+    n, note)`` overall and per answer type, x100, with seeded bootstrap 95% intervals over the
+    questions (``resamples`` of them), for the open-ended answers ("VQA accuracy") and the
+    closed-vocabulary ones (``CLOSED_VOCABULARY``); and the per-question accuracies
+    (``question_id``, ``answer_type``, ``accuracy``, ``closed_accuracy``), from which paired
     differences between systems are drawn.
 
     A question with ten ground-truth answers (VQAv2) is scored exactly as the official evaluator
@@ -286,27 +291,29 @@ def answers_accuracy(answers, resamples: int = 0, seed: int = 0):
 
     from pipeline.metrics.intervals import Estimate, resamples_of
 
-    gt, predictions = {}, {}
-    for q, prediction, a in zip(answers["question_id"], answers["prediction"], answers["answers"], strict=True):
-        single = len(a) == 1
-        gt[q] = [normalise(a[0])] * 10 if single else list(a)
-        predictions[q] = normalise(prediction) if single else prediction
-    report = vqa_accuracy(predictions, gt, dict(zip(answers["question_id"], answers["answer_type"], strict=True)))
-    per_question = pd.DataFrame(
-        {
-            "question_id": answers["question_id"].to_numpy(),
-            "answer_type": answers["answer_type"].to_numpy(),
-            # Unrounded: the official report rounds each question to 2 decimals only for display.
-            "accuracy": [100 * question_accuracy(predictions[q], gt[q]) for q in answers["question_id"]],
-        }
-    ).sort_values("question_id", kind="stable", ignore_index=True)  # resampled in question-id order
-
-    def row(metric: str, values: pd.Series, reported: float) -> dict:
-        estimate = Estimate.mean(values, resamples_of(len(values), resamples, seed))
-        return {"metric": metric, "value": reported, "ci_low": estimate.low, "ci_high": estimate.high}
-
-    rows = [{**row("VQA accuracy", per_question["accuracy"], report["overall"]), "n": len(answers), "note": ""}]
-    for answer_type, value in sorted(report["perAnswerType"].items()):
-        of_type = per_question.loc[per_question["answer_type"] == answer_type, "accuracy"]
-        rows.append({**row(f"VQA accuracy ({answer_type})", of_type, value), "n": len(of_type), "note": ""})
+    # Resampled in question-id order, so a question's draw does not depend on the table's order.
+    answers = answers.sort_values("question_id", kind="stable", ignore_index=True)
+    types = dict(zip(answers["question_id"], answers["answer_type"], strict=True))
+    per_question = answers[["question_id", "answer_type"]].copy()
+    scored = {"prediction": ("VQA accuracy", "accuracy"), "closed_prediction": (CLOSED_VOCABULARY, "closed_accuracy")}
+    rows = []
+    for column, (metric, name) in ((c, scored[c]) for c in scored if c in answers):
+        gt, predictions = {}, {}
+        for q, prediction, a in zip(answers["question_id"], answers[column], answers["answers"], strict=True):
+            single = len(a) == 1
+            gt[q] = [normalise(a[0])] * 10 if single else list(a)
+            predictions[q] = normalise(prediction) if single else prediction
+        report = vqa_accuracy(predictions, gt, types)
+        # Unrounded: the official report rounds each question to 2 decimals only for display.
+        per_question[name] = [100 * question_accuracy(predictions[q], gt[q]) for q in answers["question_id"]]
+        groups = [(metric, report["overall"], per_question[name])]
+        for answer_type, value in sorted(report["perAnswerType"].items()):
+            of_type = per_question.loc[per_question["answer_type"] == answer_type, name]
+            groups.append((f"{metric} ({answer_type})", value, of_type))
+        for label, value, values in groups:
+            estimate = Estimate.mean(values, resamples_of(len(values), resamples, seed))
+            rows.append(
+                {"metric": label, "value": value, "ci_low": estimate.low, "ci_high": estimate.high}
+                | {"n": len(values), "note": ""}
+            )
     return pd.DataFrame(rows), per_question
