@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/limber demo
+	$(BIN)/limber demo $(DEMO_ARGS)
 
 # tests/test_ui.py drives the Dagster UI in Debian's Chromium; without root (or apt) it cannot be
 # installed and that test skips, saying so.

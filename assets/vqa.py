@@ -39,7 +39,8 @@ def _system_and_shots(context) -> tuple[str, int]:
     op_tags=GPU_TAGS,
 )
 def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Limber) -> dg.MaterializeResult:
-    """Answers to a fixed subset of evaluation questions, with n solved support examples in the prompt.
+    """Answers to a fixed subset of evaluation questions, with n solved support examples in the
+    prompt: open-ended, and among a closed vocabulary when ``closed_vocabulary`` is not 0.
 
     Keyed by the eval manifest and features, the support manifest (n > 0, or a closed vocabulary)
     and features (n > 0), the system's map, the LM and this asset's config."""
@@ -95,7 +96,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
 )
 def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
     """VQA accuracy (official evaluator's rules), overall and per answer type, x100, with 95%
-    intervals over the questions."""
+    intervals over the questions; the same for the closed-vocabulary answers, when asked for."""
     system, shots = _system_and_shots(context)
     inputs = Inputs(limber)
     answers = inputs.table(

@@ -1,6 +1,6 @@
 """Feature extraction throughput: the whole path against the model forward it has to keep busy.
 
-    python bench/extraction.py [--device cpu|cuda] [--iters N] [--quick] [--json out.json]
+    python bench/extraction.py [--device cpu|cuda] [--iters N] [--quick] [--precision P] [--json out.json]
 
 For each backbone in ``SIZES``, in one run and interleaved (so both see the same machine load):
 
@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.datasets import load_image
-from pipeline.devices import autocast, compute_dtype
+from pipeline.devices import PRECISIONS, autocast, compute_dtype
 from pipeline.encoders import create_backbone
 from pipeline.image_features import extract_image_features
 from pipeline.settings import DEFAULT
@@ -40,9 +40,11 @@ from storage import FeatureArray
 
 # images: files extracted per timing; batch: the encoder batch (the demo's setting for Lite0);
 # workers: DataLoader processes (the demo's setting). About three minutes on 2 CPU cores at iters=3.
+# Enough images that the DataLoader worker's start (about 0.3 s) is not what is timed: a demo part
+# is 500 to 3,500 images.
 SIZES = {
-    "efficientnet_lite0": dict(images=128, batch=DEFAULT["extraction"]["batch_size"], source="easy_vqa"),
-    "clip_rn50x16": dict(images=16, batch=4, source="jpeg_640x480"),
+    "efficientnet_lite0": dict(images=512, batch=DEFAULT["extraction"]["batch_size"], source="easy_vqa"),
+    "clip_rn50x16": dict(images=32, batch=4, source="jpeg_640x480"),
 }
 QUICK_SIZES = {"efficientnet_lite0": dict(images=32, batch=16, source="easy_vqa")}  # checks the code path only
 WORKERS = DEFAULT["extraction"]["workers"]
@@ -78,24 +80,24 @@ def image_files(source: str, count: int, folder: Path) -> list[str]:
     return paths
 
 
-def extraction_seconds(backbone, paths: list[str], device: str, batch: int, workers: int, folder: Path) -> float:
+def extraction_seconds(backbone, paths: list[str], device: str, batch: int, workers: int, folder: Path, dtype) -> float:
     spec = backbone.spec
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         store = FeatureArray.open(
             f"{tmp}/f.zarr", [str(i) for i in range(len(paths))], spec.layout.positions, spec.feature_dim, CHUNK_ROWS
         )
         started = time.perf_counter()
-        extract_image_features(backbone, paths, store, device=device, batch_size=batch, workers=workers)
+        extract_image_features(backbone, paths, store, device=device, batch_size=batch, workers=workers, dtype=dtype)
         return time.perf_counter() - started
 
 
-def bench_backbone(name: str, size: dict, device: str, iters: int, peak_flops: float | None, folder: Path) -> dict:
+def bench_backbone(
+    name: str, size: dict, device: str, iters: int, peak_flops: float | None, folder: Path, dtype: torch.dtype
+) -> dict:
     backbone = create_backbone(name, device, pretrained=False)
     paths = image_files(size["source"], size["images"], folder)
     pixels = [backbone.preprocessing.pixels(load_image(path)[0]) for path in paths]
     batches = [torch.stack(pixels[i : i + size["batch"]]).to(device) for i in range(0, len(pixels), size["batch"])]
-
-    dtype = compute_dtype(device)  # what extract_image_features computes in
 
     @torch.inference_mode()
     def forward():  # the device work of extraction, on batches already there
@@ -115,13 +117,14 @@ def bench_backbone(name: str, size: dict, device: str, iters: int, peak_flops: f
         started = time.perf_counter()
         forward()
         forward_s.append(time.perf_counter() - started)
-        extraction_s.append(extraction_seconds(backbone, paths, device, size["batch"], WORKERS, folder))
-        host_s.append(extraction_seconds(zero_cost, paths, device, size["batch"], 0, folder))
+        extraction_s.append(extraction_seconds(backbone, paths, device, size["batch"], WORKERS, folder, dtype))
+        host_s.append(extraction_seconds(zero_cost, paths, device, size["batch"], 0, folder, dtype))
     # The fastest of the repetitions: on a shared machine the others measure its load, not the code.
     forward_per_s, extraction_per_s = len(paths) / min(forward_s), len(paths) / min(extraction_s)
     return {
         **size,
         "workers": WORKERS,
+        "dtype": str(dtype),
         "forward_images_per_s": forward_per_s,
         "extraction_images_per_s": extraction_per_s,
         "extraction_vs_forward": extraction_per_s / forward_per_s,
@@ -132,11 +135,16 @@ def bench_backbone(name: str, size: dict, device: str, iters: int, peak_flops: f
     }
 
 
-def run(device: str, iters: int, peak_flops: float | None, sizes: dict[str, dict] = SIZES) -> dict:
-    """Every backbone of ``sizes``; the headline numbers are also keyed by backbone at the top."""
+def run(
+    device: str, iters: int, peak_flops: float | None, sizes: dict[str, dict] = SIZES, precision: str = "auto"
+) -> dict:
+    """Every backbone of ``sizes``, computing in ``compute_dtype(device, precision)`` as
+    ``extract_image_features`` does; the headline numbers are also keyed by backbone at the top."""
+    dtype = compute_dtype(device, precision)
     with tempfile.TemporaryDirectory() as folder:
         backbones = {
-            name: bench_backbone(name, size, device, iters, peak_flops, Path(folder)) for name, size in sizes.items()
+            name: bench_backbone(name, size, device, iters, peak_flops, Path(folder), dtype)
+            for name, size in sizes.items()
         }
     headline = ("extraction_vs_forward", "cpu_ms_per_image", "forward_ms_per_image", "mfu")
     return {
@@ -157,7 +165,7 @@ def report_rows(result: dict) -> list[tuple[str, str]]:
                 f"extraction_vs_forward {name}",
                 f"{b['extraction_vs_forward']:.2f} ({b['extraction_images_per_s']:.1f} vs "
                 f"{b['forward_images_per_s']:.1f} images/s; {b['images']} images, batch {b['batch']}, "
-                f"{b['workers']} workers)",
+                f"{b['workers']} workers, {b['dtype']})",
             ),
             (
                 f"cpu_ms_per_image {name}",
@@ -174,9 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iters", type=int, default=3, help="repetitions; the fastest is reported")
     parser.add_argument("--peak-flops", type=float, help="the device's peak FLOP/s for MFU (default: none)")
     parser.add_argument("--quick", action="store_true", help="Lite0 on a few images: checks the code path only")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as the limber resource's")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    result = run(args.device, args.iters, args.peak_flops, QUICK_SIZES if args.quick else SIZES)
+    result = run(args.device, args.iters, args.peak_flops, QUICK_SIZES if args.quick else SIZES, args.precision)
     width = max(len(label) for label, _ in report_rows(result))
     for label, value in report_rows(result):
         print(f"{label:{width}s}  {value}")

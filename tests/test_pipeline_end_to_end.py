@@ -18,6 +18,7 @@ from assets.partitions import (
 )
 from assets.resources import Limber
 from pipeline import load_differences, load_metrics
+from pipeline.metrics.vqa import CLOSED_VOCABULARY
 from storage import FeatureArray
 from tests.tiny_run import TINY, materialize_tiny, tiny
 
@@ -123,8 +124,10 @@ def test_metric_tables_for_analysts(materialized):
     assert set(tidy["system"]) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
     assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite0_random", ""}
     assert set(tidy["lm"]) == {"smollm2-135m"}
-    vqa = tidy[(tidy["task"] == "vqa") & (tidy["metric"] == "VQA accuracy")]
-    assert sorted(vqa["shots"].unique()) == [0, 1, 2, 4] and vqa["value"].between(0, 100).all()
+    for metric in ("VQA accuracy", CLOSED_VOCABULARY):  # the closed vocabulary: on by default on easy-vqa
+        vqa = tidy[(tidy["task"] == "vqa") & (tidy["metric"] == metric)]
+        assert sorted(vqa["shots"].unique()) == [0, 1, 2, 4] and vqa["value"].between(0, 100).all()
+        assert set(vqa["system"]) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
     cider = tidy[(tidy["metric"] == "CIDEr-D")]
     assert len(cider) == 3 * 2 and np.isfinite(cider["value"]).all()
     clip = tidy[tidy["metric"] == "CLIP-S"]
@@ -134,7 +137,7 @@ def test_metric_tables_for_analysts(materialized):
     assert "data:image/png;base64" in metadata["chart"] and "VQA 4-shot" in metadata["comparison"]
     wide = pd.read_parquet(root / "metrics" / "comparison.parquet")
     assert set(wide.index) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
-    assert {"VQA 4-shot", "VQA 4-shot ci_low", "VQA 4-shot ci_high"} <= set(wide.columns)
+    assert {"VQA 4-shot", "VQA 4-shot ci_low", "VQA 4-shot ci_high", "VQA closed 4-shot"} <= set(wide.columns)
     differences = load_differences(root)
     # Every system against blind and against the random encoder, on the same images and questions.
     pairs = set(zip(differences["system"], differences["baseline"], strict=True))
@@ -146,6 +149,7 @@ def test_metric_tables_for_analysts(materialized):
     }
     vqa_differences = differences[(differences["task"] == "vqa") & (differences["metric"] == "VQA accuracy")]
     assert sorted(vqa_differences["shots"].unique()) == [0, 1, 2, 4]
+    assert len(differences[differences["metric"] == CLOSED_VOCABULARY]) == len(vqa_differences)
     assert (vqa_differences["n"] == 17).all()  # the 17 questions every system answered
     assert (differences["ci_low"] <= differences["difference"] + 1e-9).all()
 
