@@ -15,7 +15,7 @@ from assets.linear_map import linear_map
 from assets.partitions import CAPTIONING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
 from assets.resources import Limber
 from pipeline.captioning import caption_images
-from pipeline.metrics.captions import split_caption_metrics
+from pipeline.metrics.captions import SCORING, split_caption_metrics
 from pipeline.metrics.table import out_of_range
 from storage.feature_store import OK
 from storage.layout import dataset_part, write_bytes, write_table
@@ -135,7 +135,7 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
     manifest = inputs.manifest(part)
     generated = inputs.table(f"captions[{system}|{part}]", limber.layout.captions(system, limber.language_model, part))
     clip_weights = inputs.clip_weights(config.clip_weights)
-    key = inputs.key(intervals=config.interval_settings())
+    key = inputs.key(intervals=config.interval_settings(), scoring=SCORING)
     path = limber.layout.caption_metrics(system, limber.language_model, part)
 
     def score() -> pd.DataFrame:

@@ -13,9 +13,10 @@ from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
 from assets.resources import Limber
+from pipeline.datasets import dataset_vqa_groups
 from pipeline.metrics.vqa import answers_accuracy
 from pipeline.vqa import PROTOCOL, evaluate_vqa
-from storage.layout import write_table
+from storage.layout import dataset_part, write_table
 
 ACCURACY_IN_RANGE = "accuracy_in_range"
 
@@ -82,7 +83,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
 
 @dg.asset(
     partitions_def=vqa_partitions,
-    deps=[vqa_answers],
+    deps=[vqa_answers, dg.AssetDep(manifests, partition_mapping=evaluation_manifests([VQA_EVAL]))],
     group_name="evaluation",
     kinds={"parquet"},
     check_specs=[
@@ -96,17 +97,19 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
 )
 def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
     """VQA accuracy (official evaluator's rules), overall and per answer type, x100, with 95%
-    intervals over the questions; the same for the closed-vocabulary answers, when asked for."""
+    intervals over the questions; the same for the closed-vocabulary answers, when asked for; and
+    over the dataset's image groups (easy-vqa: each colour and shape)."""
     system, shots = _system_and_shots(context)
     inputs = Inputs(limber)
     answers = inputs.table(
         f"vqa_answers[{system}|{shots}]", limber.layout.vqa_answers(system, limber.language_model, shots)
     )
+    groups = dataset_vqa_groups(dataset_part(VQA_EVAL)[0], inputs.manifest(VQA_EVAL))
     key = inputs.key(intervals=config.interval_settings())
     path = limber.layout.vqa_metrics(system, limber.language_model, shots)
 
     def score() -> pd.DataFrame:
-        table, per_question = answers_accuracy(answers, config.bootstrap_resamples, config.bootstrap_seed)
+        table, per_question = answers_accuracy(answers, config.bootstrap_resamples, config.bootstrap_seed, groups)
         write_table(per_question, limber.layout.vqa_scores(system, limber.language_model, shots), key)
         return table  # the metrics, written last by stored_table
 

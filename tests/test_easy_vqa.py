@@ -102,9 +102,48 @@ def test_caption_credit_needs_the_right_colour_and_shape_and_no_other():
         "",  # nothing
     ]
     scores, per_image = caption_metrics(pd.DataFrame(), references, {str(i): c for i, c in enumerate(captions)})
-    assert per_image.loc["2"].tolist() == [0.0, 0.0, 0.0] and per_image.loc["0"].tolist() == [100.0] * 3
+    # Every image is a red circle, so the red and the circle subsets are the whole set.
+    assert per_image.loc["2"].tolist() == [0.0] * 5 and per_image.loc["0"].tolist() == [100.0] * 5
     assert {k: v.value for k, v in scores.items()} == {
         "names colour (%)": pytest.approx(100 * 4 / 8),
         "names shape (%)": pytest.approx(100 * 4 / 8),
         "names colour+shape (%)": pytest.approx(100 * 2 / 8),
+        "names colour+shape (%) (colour red)": pytest.approx(100 * 2 / 8),
+        "names colour+shape (%) (shape circle)": pytest.approx(100 * 2 / 8),
     }
+
+
+def test_colour_and_shape_subsets_score_only_their_images():
+    references = {"0": ["a red circle"], "1": ["a red triangle"], "2": ["a blue circle"], "3": ["a blue circle"]}
+    captions = {"0": "a red circle", "1": "a red circle", "2": "a blue circle", "3": "a green circle"}
+    scores, per_image = caption_metrics(pd.DataFrame(), references, captions, resamples=100)
+    values = {k: (v.value, v.n) for k, v in scores.items()}
+    assert values["names colour+shape (%) (colour red)"] == (pytest.approx(50.0), 2)
+    assert values["names colour+shape (%) (colour blue)"] == (pytest.approx(50.0), 2)
+    assert values["names colour+shape (%) (shape circle)"] == (pytest.approx(200 / 3), 3)
+    assert values["names colour+shape (%) (shape triangle)"] == (pytest.approx(0.0), 1)
+    assert "names colour+shape (%) (colour teal)" not in values  # no teal image: no row
+    # NaN outside a subset, so paired differences keep to its images.
+    assert per_image["names colour+shape (%) (colour red)"].isna().tolist() == [False, False, True, True]
+
+
+def test_vqa_accuracy_is_also_reported_per_colour_and_shape_of_the_image():
+    from pipeline.datasets import dataset_vqa_groups
+    from pipeline.metrics.vqa import answers_accuracy
+
+    manifest = pd.DataFrame({"image_id": ["a", "b"], "captions": [["a red circle"], ["a blue circle"]]})
+    answers = pd.DataFrame(
+        {
+            "question_id": [1, 2, 3, 4],
+            "image_id": ["a", "a", "b", "b"],
+            "prediction": ["yes", "red", "no", "red"],
+            "answers": [["yes"], ["red"], ["yes"], ["blue"]],
+            "answer_type": ["yes/no", "other", "yes/no", "other"],
+        }
+    )
+    table, _ = answers_accuracy(answers, 100, 0, dataset_vqa_groups("easy_vqa", manifest))
+    rows = table.set_index("metric")
+    assert rows.loc["VQA accuracy (colour red)", ["value", "n"]].tolist() == [100.0, 2]
+    assert rows.loc["VQA accuracy (colour blue)", ["value", "n"]].tolist() == [0.0, 2]
+    assert rows.loc["VQA accuracy (shape circle)", ["value", "n"]].tolist() == [50.0, 4]
+    assert dataset_vqa_groups("coco", manifest).columns.empty  # no groups for other datasets

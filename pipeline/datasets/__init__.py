@@ -74,12 +74,22 @@ def dataset_caption_metrics(
     return reader.caption_metrics(manifest, references, candidates, resamples, seed)
 
 
+def dataset_vqa_groups(dataset: str, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Image groups a dataset's VQA accuracy is also reported over (easy-vqa: colour and shape),
+    one column per grouping, indexed by image id; no columns for most datasets."""
+    reader = _reader(dataset)
+    if not hasattr(reader, "vqa_groups"):
+        return pd.DataFrame(index=pd.Index(manifest["image_id"], name="image_id"))
+    return reader.vqa_groups(manifest)
+
+
 __all__ = [
     "DATASETS",
     "MANIFEST_COLUMNS",
     "DatasetError",
     "ReadResult",
     "dataset_caption_metrics",
+    "dataset_vqa_groups",
     "how_to_get",
     "list_parts",
     "load_image",

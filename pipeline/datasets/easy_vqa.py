@@ -166,11 +166,17 @@ def read_manifest(part: str, *, root=None, val_size: int, seed: int) -> ReadResu
     return ReadResult(train if part == "train" else val, [])
 
 
+def reference_attributes(reference: str) -> tuple[str, str]:
+    """The colour and shape of an image's reference caption, "a {colour} {shape}"."""
+    _, colour, shape = reference.split()
+    return colour, shape
+
+
 def caption_hits(caption: str, reference: str) -> dict[str, bool]:
     """Whether a caption names the reference's colour, its shape, and both, exactly: the right word
     and no other colour (or shape) word, so listing every colour or shape earns nothing."""
     words = set(_WORD.findall(caption.lower()))
-    _, colour, shape = reference.split()
+    colour, shape = reference_attributes(reference)
     colour_ok = words & set(COLOURS) == {colour}
     shape_ok = words & set(SHAPES) == {shape}
     return {"colour": colour_ok, "shape": shape_ok, "colour+shape": colour_ok and shape_ok}
@@ -184,14 +190,31 @@ def caption_metrics(
     seed: int = 0,
 ) -> tuple[dict, pd.DataFrame]:
     """Share of captions that name exactly the image's colour, its shape, and both (x100; see
-    ``caption_hits``), with bootstrap intervals over the images; the references say both, so the
-    manifest is not needed."""
+    ``caption_hits``), with bootstrap intervals over the images; and "names colour+shape (%)" over
+    the images of each colour and each shape present ("... (colour red)", "... (shape circle)"):
+    which concepts pass through the map. The references say both, so the manifest is not needed."""
     from pipeline.metrics.intervals import Estimate, resamples_of
 
-    hits = pd.DataFrame(
-        [caption_hits(caption, references[i][0]) for i, caption in candidates.items()],
-        index=pd.Index(list(candidates), name="image_id"),
-    )
+    ids = pd.Index(list(candidates), name="image_id")
+    hits = pd.DataFrame([caption_hits(caption, references[i][0]) for i, caption in candidates.items()], index=ids)
     per_image = 100.0 * hits.rename(columns=lambda k: f"names {k} (%)").astype(float)
-    rows = resamples_of(len(per_image), resamples, seed)
-    return {metric: Estimate.mean(per_image[metric], rows) for metric in per_image}, per_image
+    attributes = pd.DataFrame(
+        [reference_attributes(references[i][0]) for i in ids], index=ids, columns=["colour", "shape"]
+    )
+    both = per_image["names colour+shape (%)"]
+    for attribute, values in (("colour", COLOURS), ("shape", SHAPES)):
+        for value in (v for v in values if (attributes[attribute] == v).any()):
+            # NaN outside the subset, so paired differences keep to its images.
+            per_image[f"names colour+shape (%) ({attribute} {value})"] = both.where(attributes[attribute] == value)
+    estimates = {}
+    for metric in per_image:
+        values = per_image[metric].dropna()
+        estimates[metric] = Estimate.mean(values, resamples_of(len(values), resamples, seed))
+    return estimates, per_image
+
+
+def vqa_groups(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The groups VQA accuracy is also reported over (indexed by image id): each image's colour and
+    shape."""
+    attributes = [reference_attributes(captions[0]) for captions in manifest["captions"]]
+    return pd.DataFrame(attributes, index=pd.Index(manifest["image_id"], name="image_id"), columns=["colour", "shape"])

@@ -186,6 +186,10 @@ def score_caption_files(annotations_path: str, results_path: str) -> dict[str, f
     return caption_metrics({k: references[k] for k in candidates}, candidates)
 
 
+# Part of every stored caption-metrics table's key: tables scored under older rules are not reused.
+SCORING = "dataset subsets (easy-vqa colours and shapes, NoCaps domains), each counting its own images"
+
+
 def split_caption_metrics(
     manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu", resamples: int = 0, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -232,7 +236,8 @@ def split_caption_metrics(
             "value": [e.value for e in scores.values()],
             "ci_low": [e.low for e in scores.values()],
             "ci_high": [e.high for e in scores.values()],
-            "n": len(candidates),
+            # A metric over a subset (a NoCaps domain, the readable images) counts its own images.
+            "n": [len(candidates) if e.n is None else e.n for e in scores.values()],
             "note": [note if metric in ("CLIP-S", "RefCLIP-S") else "" for metric in scores],
         }
     )

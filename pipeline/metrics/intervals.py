@@ -25,31 +25,32 @@ def resamples_of(n: int, count: int, seed: int) -> np.ndarray | None:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A metric's value and its 95% interval (NaN when not computed)."""
+    """A metric's value and its 95% interval (NaN when not computed), over ``n`` items when known."""
 
     value: float
     low: float = float("nan")
     high: float = float("nan")
+    n: int | None = None
 
     @classmethod
-    def of(cls, value: float, spread: np.ndarray | None) -> "Estimate":
+    def of(cls, value: float, spread: np.ndarray | None, n: int | None = None) -> "Estimate":
         """``value`` with the percentile interval of its resampled values ``spread``."""
         if spread is None or not np.isfinite(spread).any():
-            return cls(float(value))
+            return cls(float(value), n=n)
         tail = 100 * (1 - LEVEL) / 2
         low, high = np.nanpercentile(spread, [tail, 100 - tail])
-        return cls(float(value), float(low), float(high))
+        return cls(float(value), float(low), float(high), n)
 
     @classmethod
     def mean(cls, per_item, rows: np.ndarray | None) -> "Estimate":
         """The mean of per-item values, resampled by ``rows`` (from ``resamples_of``)."""
         values = np.asarray(per_item, dtype=float)
         if not len(values):
-            return cls(float("nan"))
-        return cls.of(values.mean(), None if rows is None else values[rows].mean(axis=1))
+            return cls(float("nan"), n=0)
+        return cls.of(values.mean(), None if rows is None else values[rows].mean(axis=1), len(values))
 
     def scaled(self, factor: float) -> "Estimate":
-        return Estimate(self.value * factor, self.low * factor, self.high * factor)
+        return Estimate(self.value * factor, self.low * factor, self.high * factor, self.n)
 
 
 def bleu_from_stats(stats: np.ndarray, order: int) -> np.ndarray:

@@ -31,8 +31,9 @@ VQA_METRICS = {"accuracy": "VQA accuracy", "closed_accuracy": CLOSED_VOCABULARY}
 
 
 def in_range(metric: str, value: float) -> bool:
-    """'CIDEr-D (in-domain)' has CIDEr-D's range; percentages '... (%)' lie in [0, 100]."""
-    low, high = (0.0, 100.0) if metric.endswith("(%)") else METRIC_RANGES.get(metric.split(" (")[0], (0.0, 1.0))
+    """'CIDEr-D (in-domain)' has CIDEr-D's range; percentages '... (%)', also over a subset ('... (%)
+    (colour red)'), lie in [0, 100]."""
+    low, high = (0.0, 100.0) if "(%)" in metric else METRIC_RANGES.get(metric.split(" (")[0], (0.0, 1.0))
     return low <= value <= high
 
 

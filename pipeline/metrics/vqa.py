@@ -273,14 +273,16 @@ def normalise(answer: str) -> str:
     return process_digit_article(process_punctuation(_clean(answer)))
 
 
-def answers_accuracy(answers, resamples: int = 0, seed: int = 0):
+def answers_accuracy(answers, resamples: int = 0, seed: int = 0, groups=None):
     """VQA accuracy of an answers table (``question_id``, ``prediction``, ``answers``,
     ``answer_type``, and optionally ``closed_prediction``): rows ``(metric, value, ci_low, ci_high,
     n, note)`` overall and per answer type, x100, with seeded bootstrap 95% intervals over the
     questions (``resamples`` of them), for the open-ended answers ("VQA accuracy") and the
     closed-vocabulary ones (``CLOSED_VOCABULARY``); and the per-question accuracies
     (``question_id``, ``answer_type``, ``accuracy``, ``closed_accuracy``), from which paired
-    differences between systems are drawn.
+    differences between systems are drawn. ``groups`` (indexed by image id, one column per
+    grouping, e.g. easy-vqa's colour and shape) adds rows over each group's questions,
+    "VQA accuracy (colour red)".
 
     A question with ten ground-truth answers (VQAv2) is scored exactly as the official evaluator
     does. A question with a single clean answer (easy-vqa) is scored as ten identical answers after
@@ -306,11 +308,17 @@ def answers_accuracy(answers, resamples: int = 0, seed: int = 0):
         report = vqa_accuracy(predictions, gt, types)
         # Unrounded: the official report rounds each question to 2 decimals only for display.
         per_question[name] = [100 * question_accuracy(predictions[q], gt[q]) for q in answers["question_id"]]
-        groups = [(metric, report["overall"], per_question[name])]
+        subsets = [(metric, report["overall"], per_question[name])]
         for answer_type, value in sorted(report["perAnswerType"].items()):
             of_type = per_question.loc[per_question["answer_type"] == answer_type, name]
-            groups.append((f"{metric} ({answer_type})", value, of_type))
-        for label, value, values in groups:
+            subsets.append((f"{metric} ({answer_type})", value, of_type))
+        for grouping in [] if groups is None else groups.columns:
+            group_of = answers["image_id"].map(groups[grouping])
+            for group in sorted(group_of.dropna().unique()):
+                of_group = per_question.loc[(group_of == group).to_numpy(), name]
+                # Rounded as the official report rounds each answer type's accuracy.
+                subsets.append((f"{metric} ({grouping} {group})", round(float(of_group.mean()), 2), of_group))
+        for label, value, values in subsets:
             estimate = Estimate.mean(values, resamples_of(len(values), resamples, seed))
             rows.append(
                 {"metric": label, "value": value, "ci_low": estimate.low, "ci_high": estimate.high}
