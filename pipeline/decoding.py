@@ -65,6 +65,18 @@ def greedy_generate(lm, tokenizer, prompts: list[list[Segment]], *, max_new_toke
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+def last_logits(lm, inputs: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
+    """The logits at the last position of ``inputs`` (B, T, width), run on (and appended to) ``cache``."""
+    return lm(
+        inputs_embeds=inputs,
+        attention_mask=mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+
+
 @dataclass
 class SharedPrompts:
     """Prompts ``prefixes[prefix_of[i]] + [suffixes[i]]`` prefilled: the KV cache of every row, its
@@ -85,26 +97,12 @@ def prefill_shared(lm, tokenizer, prefixes: list[list[Segment]], suffixes: list[
     prefix_inputs, prefix_mask = left_padded([embed_prompt(lm, tokenizer, p) for p in prefixes])
     rows = torch.as_tensor(prefix_of, device=prefix_mask.device)
     if prefix_inputs.shape[1]:  # the blind 0-shot prompt has no prefix
-        lm(
-            inputs_embeds=prefix_inputs,
-            attention_mask=prefix_mask,
-            position_ids=positions(prefix_mask),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        last_logits(lm, prefix_inputs, prefix_mask, positions(prefix_mask), cache)
         cache.batch_select_indices(rows)
     inputs, suffix_mask = left_padded([embed_prompt(lm, tokenizer, [s]) for s in suffixes])
     mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1)
     position_ids = positions(mask)[:, -inputs.shape[1] :]
-    logits = lm(
-        inputs_embeds=inputs,
-        attention_mask=mask,
-        position_ids=position_ids,
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
+    logits = last_logits(lm, inputs, mask, position_ids, cache)
     return SharedPrompts(cache=cache, mask=mask, last_position=position_ids[:, -1], logits=logits)
 
 
@@ -175,14 +173,7 @@ def greedy_continue(
         # step, so shrinking the cache would save little.
         mask = torch.cat([mask, mask.new_ones(len(ended), 1)], dim=1)
         position_ids = position_ids + 1
-        logits = lm(
-            inputs_embeds=embed(next_ids)[:, None],
-            attention_mask=mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
+        logits = last_logits(lm, embed(next_ids)[:, None], mask, position_ids, cache)
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
 
