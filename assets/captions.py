@@ -5,6 +5,7 @@ import json
 import dagster as dg
 import pandas as pd
 
+from assets.adapters import adapters
 from assets.config import CaptioningConfig, CaptionMetricsConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
@@ -45,6 +46,7 @@ def captions_check(table: pd.DataFrame, readable: int) -> dg.AssetCheckResult:
         dg.AssetDep(image_features, partition_mapping=SYSTEM_FEATURES),
         dg.AssetDep(manifests, partition_mapping=evaluation_manifests(CAPTIONING)),
         dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(adapters, partition_mapping=dg.AllPartitionMapping()),
         language_model,
     ],
     group_name="evaluation",

@@ -58,6 +58,13 @@ class TrainingConfig(dg.Config):
         return self.model_dump(exclude=set(settings.DEFAULT["training_report"]))
 
 
+class AdaptersConfig(TrainingConfig):
+    """The tuned baseline trains on the same data, steps and batch as the linear map (the same
+    fields and defaults), plus the adapters' bottleneck."""
+
+    reduction: int = Field(PROFILE["adapters"]["reduction"], description="adapter bottleneck: d -> d / reduction")
+
+
 class CaptioningConfig(dg.Config):
     prompt: str = Field(PROFILE["captioning"]["prompt"], description="text after the image tokens")
     max_new_tokens: int = PROFILE["captioning"]["max_new_tokens"]
@@ -91,6 +98,19 @@ class IntervalConfig(dg.Config):
 
     def interval_settings(self) -> dict:
         return {"resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed}
+
+
+class ReadoutConfig(IntervalConfig):
+    images: int = Field(PROFILE["readout"]["images"], description="seeded sample of readable images read out")
+    nearest: int = Field(PROFILE["readout"]["nearest"], description="vocabulary tokens kept per image token")
+    batch_size: int = PROFILE["readout"]["batch_size"]
+    seed: int = Field(PROFILE["readout"]["seed"], description="seed of the image sample")
+
+
+class GalleryConfig(dg.Config):
+    images: int = Field(PROFILE["gallery"]["images"], description="captioned images shown")
+    questions: int = Field(PROFILE["gallery"]["questions"], description="VQA questions shown")
+    seed: int = Field(PROFILE["gallery"]["seed"], description="seed of both samples")
 
 
 class CaptionMetricsConfig(IntervalConfig):

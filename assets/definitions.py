@@ -3,13 +3,16 @@
 import dagster as dg
 
 from assets import automation
+from assets.adapters import adapters
 from assets.captions import caption_metrics, captions
 from assets.datasets import manifests
 from assets.execution import executor
+from assets.gallery import caption_gallery
 from assets.image_features import image_features
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.metric_tables import metric_tables
+from assets.readout import image_prompt_readout
 from assets.resources import Limber
 from assets.vqa import vqa_answers, vqa_metrics
 
@@ -18,11 +21,14 @@ ALL_ASSETS = [
     image_features,
     language_model,
     linear_map,
+    adapters,
     captions,
     caption_metrics,
     vqa_answers,
     vqa_metrics,
+    image_prompt_readout,
     metric_tables,
+    caption_gallery,
 ]
 
 # One job per asset (a Dagster job spans one partitions definition), plus the evaluation jobs the

@@ -14,7 +14,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.config import PROFILE
-from assets.partitions import BLIND
+from assets.partitions import BLIND, system_backbone
 from assets.resources import Limber
 from pipeline.linear_map import LinearMap
 from pipeline.metrics.clip_score import CLIP_VIT_B32
@@ -55,8 +55,8 @@ class Inputs:
         return store
 
     def system_features(self, system: str, part: str) -> FeatureArray | None:
-        """The features a system shows the LM; the blind system shows none."""
-        return None if system == BLIND else self.features(system, part)
+        """The features a system shows the LM (its backbone's); the blind system shows none."""
+        return None if system == BLIND else self.features(system_backbone(system), part)
 
     def language_model(self) -> dict:
         """The prepared LM's description; load it with ``limber.load_lm()``."""
@@ -68,7 +68,8 @@ class Inputs:
         return description
 
     def linear_map(self, system: str) -> "StoredMap | None":
-        """A system's trained map (loaded on ``load()``); None for the blind system."""
+        """A system's trained map (loaded on ``load()``; with its adapters for a tuned baseline); None
+        for the blind system."""
         if system == BLIND:
             return None
         directory = self.limber.layout.linear_map(system, self.limber.language_model)

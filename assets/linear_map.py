@@ -83,38 +83,13 @@ def validation_captions(context, limber: Limber, config: TrainingConfig, backbon
     return table
 
 
-@dg.asset(
-    partitions_def=backbone_partitions,
-    deps=[
-        dg.AssetDep(image_features, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("backbone")),
-        dg.AssetDep(manifests, partition_mapping=dg.AllPartitionMapping()),
-        language_model,
-    ],
-    group_name="training",
-    kinds={"pytorch", "safetensors"},
-    pool=GPU_POOL,
-    op_tags=GPU_TAGS,
-    check_specs=[
-        dg.AssetCheckSpec(
-            LOSS_DECREASED,
-            asset="linear_map",
-            blocking=True,
-            description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
-        )
-    ],
-)
-def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
-    """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
-
-    Trains on every registered train part (all CC3M shards) whose features are extracted. Keyed by
-    those parts' features and manifests, the LM and the settings the weights depend on.
-    """
-    backbone = context.partition_key
-    spec = backbone_spec(backbone)
+def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, system: str, new_map):
+    """Trains (or reuses) ``system``'s map on ``backbone``'s train features and reports it, with its
+    loss check. ``new_map(lm_dim, lm)`` makes the untrained map: LiMBeR's, or the tuned baseline's."""
     inputs, parts, read = _train_inputs(context, limber, backbone)
     inputs.language_model()
     key = inputs.key(training=config.weight_settings(), backbone=backbone)
-    directory = limber.layout.linear_map(backbone, limber.language_model)
+    directory = limber.layout.linear_map(system, limber.language_model)
     mirror = limber.mirror(directory)
     local = mirror.pull()
     device = limber.torch_device()
@@ -122,16 +97,17 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
 
     reused = LinearMap.stored_key(local) == key
     if reused:
-        context.log.info(f"reusing the linear map trained from these inputs and settings: {directory}")
+        context.log.info(f"reusing the map trained from these inputs and settings: {directory}")
         mapping = LinearMap.load(local)
         summary = LinearMap.stored_config(local)["training"]
     else:
         features, captions, rows = training_set(read)
         torch.manual_seed(config.seed)  # the initial weights, too, come from the settings
-        mapping = LinearMap(spec.feature_dim, lm_description["hidden_size"], spec.layout, dropout=config.dropout)
+        mapping = new_map(lm_description["hidden_size"], lm)
+        trained = sum(p.numel() for p in mapping.parameters())
         context.log.info(
-            f"training on {len(rows)} cached {backbone} features from {len(parts)} parts "
-            f"for {config.steps} steps on {device}"
+            f"training {system} ({trained:,} parameters) on {len(rows)} cached {backbone} features from "
+            f"{len(parts)} parts for {config.steps} steps on {device}"
         )
 
         def log_loss(step: int, loss: float) -> None:
@@ -165,6 +141,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         )
         summary = {
             "settings": config.weight_settings(),
+            "trained_parameters": trained,
             "losses": result.losses,
             "train_rows": len(rows),
             "train_parts": parts,
@@ -179,7 +156,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
             f"gradient checkpointing {'on' if result.recompute else 'off'}"
             + (f": {per_token / 2**20:.2f} MiB of activations per token measured" if per_token else " (CPU)")
         )
-        loss_png = loss_curve_png(result.losses, f"{backbone} -> {limber.language_model}")
+        loss_png = loss_curve_png(result.losses, f"{system} -> {limber.language_model}")
         limber.layout.loss_curve(local).write_bytes(loss_png)
         mapping.save(
             local,
@@ -194,6 +171,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         key,
         reused,
         train_parts=len(summary["train_parts"]),
+        trained_parameters=summary.get("trained_parameters", 0),
         steps=len(losses),
         first_loss=round(losses[0], 4),
         final_loss=round(float(np.mean(losses[-config.final_loss_window :])), 4),
@@ -204,3 +182,41 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
         validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
     )
     yield loss_check(losses)
+
+
+@dg.asset(
+    partitions_def=backbone_partitions,
+    deps=[
+        dg.AssetDep(image_features, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("backbone")),
+        dg.AssetDep(manifests, partition_mapping=dg.AllPartitionMapping()),
+        language_model,
+    ],
+    group_name="training",
+    kinds={"pytorch", "safetensors"},
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            LOSS_DECREASED,
+            asset="linear_map",
+            blocking=True,
+            description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
+        )
+    ],
+)
+def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
+    """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
+
+    Trains on every registered train part (all CC3M shards) whose features are extracted. Keyed by
+    those parts' features and manifests, the LM and the settings the weights depend on.
+    """
+    backbone = context.partition_key
+    spec = backbone_spec(backbone)
+    yield from trained_map(
+        context,
+        config,
+        limber,
+        backbone,
+        system=backbone,
+        new_map=lambda lm_dim, lm: LinearMap(spec.feature_dim, lm_dim, spec.layout, dropout=config.dropout),
+    )

@@ -6,7 +6,7 @@ import numpy as np
 from assets.captions import caption_metrics
 from assets.config import IntervalConfig
 from assets.inputs import Inputs, stored_result, stored_table
-from assets.partitions import BLIND, VQA_EVAL, caption_partitions, vqa_partitions
+from assets.partitions import BACKBONES, BLIND, VQA_EVAL, caption_partitions, system_backbone, vqa_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
 from pipeline.encoders import backbone_spec
@@ -43,7 +43,7 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
             dataset, split = dataset_part(part)
             labels = {
                 "system": system,
-                "backbone": "" if system == BLIND else system,
+                "backbone": system_backbone(system) or "",
                 "lm": lm,
                 "dataset": dataset,
                 "split": split,
@@ -55,8 +55,8 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
 
 
 def baselines(systems: set[str]) -> list[str]:
-    """The systems every other is compared with: blind, and each random-init encoder."""
-    random_init = sorted(s for s in systems if s != BLIND and backbone_spec(s).pretrained is None)
+    """The systems every other is compared with: blind, and each random-init encoder's linear map."""
+    random_init = sorted(s for s in systems if s in BACKBONES and backbone_spec(s).pretrained is None)
     return [BLIND, *random_init]
 
 

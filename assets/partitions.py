@@ -5,11 +5,13 @@ A dataset *part* is a partition key "dataset.split" or "dataset.split.shard" ("e
 the raw-data folder (the ``new_data`` sensor, or ``register_dataset_parts``), so a new CC3M shard
 adds one partition and triggers only its own work.
 
-An evaluation partition belongs to a *system*: a backbone with its trained map, or ``blind``, the
-LM shown no image. The ``system`` dimension maps exactly onto the ``backbone`` dimension (blind onto
-nothing). Dagster's built-in mappings cannot map a dynamic dimension onto a static one or a
+An evaluation partition belongs to a *system*: a backbone with its trained map, a backbone with the
+tuned baseline's map and adapters (``{backbone}+adapters``, for the profile's ``models.adapters``),
+or ``blind``, the LM shown no image. The ``system`` dimension maps exactly onto the ``backbone``
+dimension (blind onto nothing). Dagster's built-in mappings cannot map a dynamic dimension onto a static one or a
 single-dimension asset onto one value of a two-dimension one, so the evaluation assets depend on
-every part's features, every evaluation manifest and every linear map; what each partition really
+every part's features, every evaluation manifest and every linear map (the ``adapters`` asset,
+one partition per adapted backbone, on every backbone's features); what each partition really
 reads is in its result's key (``assets/inputs.py``), so nothing is reused stale.
 """
 
@@ -24,24 +26,45 @@ ROLES = PROFILE["datasets"]  # which part plays which role in the method
 TRAIN, VALIDATION = ROLES["train"], ROLES["validation"]
 VQA_EVAL, VQA_SUPPORT = ROLES["vqa"], ROLES["vqa_support"]
 CAPTIONING = ROLES["captioning"]
+SHOWN = ROLES["shown"]  # the images the readout and the gallery show
+if SHOWN not in CAPTIONING:
+    raise ValueError(f"datasets.shown = {SHOWN!r} must be one of the captioning parts {CAPTIONING}")
 PROFILE_PARTS = [TRAIN, VALIDATION, VQA_EVAL, VQA_SUPPORT, *CAPTIONING]
 BACKBONES = PROFILE["models"]["backbones"]
+ADAPTED = PROFILE["models"]["adapters"]  # backbones that also get the tuned (MAGMA-style) baseline
 BLIND = "blind"  # the baseline that sees no image: same prompts, image tokens left out
+ADAPTERS_SUFFIX = "+adapters"
+
+
+def adapted_system(backbone: str) -> str:
+    """The tuned baseline's system on a backbone: ``efficientnet_lite0+adapters``."""
+    return backbone + ADAPTERS_SUFFIX
+
+
+def system_backbone(system: str) -> str | None:
+    """The backbone whose features a system shows the LM; None for blind."""
+    return None if system == BLIND else system.removesuffix(ADAPTERS_SUFFIX)
+
 
 backbone_partitions = dg.StaticPartitionsDefinition(BACKBONES)
+adapter_partitions = dg.StaticPartitionsDefinition(ADAPTED)
 part_partitions = dg.DynamicPartitionsDefinition(name="dataset_parts")
 feature_partitions = dg.MultiPartitionsDefinition({"backbone": backbone_partitions, "part": part_partitions})
 
-system_partitions = dg.StaticPartitionsDefinition([*BACKBONES, BLIND])
+SYSTEMS = [*BACKBONES, *map(adapted_system, ADAPTED), BLIND]
+system_partitions = dg.StaticPartitionsDefinition(SYSTEMS)
+image_system_partitions = dg.StaticPartitionsDefinition([s for s in SYSTEMS if s != BLIND])  # with image tokens
 captioning_part_partitions = dg.StaticPartitionsDefinition(CAPTIONING)
 caption_partitions = dg.MultiPartitionsDefinition({"system": system_partitions, "part": captioning_part_partitions})
 shot_partitions = dg.StaticPartitionsDefinition([str(n) for n in SHOTS])
 vqa_partitions = dg.MultiPartitionsDefinition({"shots": shot_partitions, "system": system_partitions})
 
-# image_features[backbone, *] -> an evaluation partition of the same system; blind reads none.
+# image_features[backbone, *] -> the evaluation partitions of the systems on that backbone; blind reads none.
 SYSTEM_FEATURES = dg.MultiPartitionMapping(
     {
-        "backbone": dg.DimensionPartitionMapping("system", dg.StaticPartitionMapping({b: b for b in BACKBONES})),
+        "backbone": dg.DimensionPartitionMapping(
+            "system", dg.StaticPartitionMapping({b: {s for s in SYSTEMS if system_backbone(s) == b} for b in BACKBONES})
+        ),
     }
 )
 

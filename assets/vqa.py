@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from assets.adapters import adapters
 from assets.config import IntervalConfig, VqaConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
@@ -32,6 +33,7 @@ def _system_and_shots(context) -> tuple[str, int]:
         dg.AssetDep(image_features, partition_mapping=SYSTEM_FEATURES),
         dg.AssetDep(manifests, partition_mapping=evaluation_manifests([VQA_EVAL, VQA_SUPPORT])),
         dg.AssetDep(linear_map, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(adapters, partition_mapping=dg.AllPartitionMapping()),
         language_model,
     ],
     group_name="evaluation",

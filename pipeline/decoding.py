@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from pipeline.adapters import adapted
 from pipeline.linear_map import LinearMap
 
 Segment = torch.Tensor | str
@@ -217,4 +218,5 @@ def greedy_captions(
         # Every blind prompt is the same and decoding is greedy: one generation serves all.
         return greedy_generate(lm, tokenizer, [[prompt]], max_new_tokens=max_new_tokens) * len(features)
     prompts = [[tokens, prompt] if prompt else [tokens] for tokens in image_tokens(linear_map, features, device)]
-    return greedy_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    with adapted(lm, linear_map):
+        return greedy_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -22,12 +22,13 @@ class LinearMap(nn.Module):
         self.layout = layout
         self.lm_dim = lm_dim
         self.proj = nn.Linear(feature_dim, lm_dim * layout.tokens_per_position)
+        self.norm = nn.Identity()  # LiMBeR has none; the tuned baseline's prefix sets a LayerNorm here
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch = features.shape[0]
         tokens = self.proj(features).reshape(batch, self.layout.num_tokens, self.lm_dim)
-        return self.dropout(tokens)
+        return self.dropout(self.norm(tokens))
 
     def config(self) -> dict:
         return {
@@ -64,10 +65,17 @@ class LinearMap(nn.Module):
         config = cls.stored_config(directory)
         return None if config is None else config.get("key", "")
 
-    @classmethod
-    def load(cls, directory: str | Path) -> "LinearMap":
+    @staticmethod
+    def load(directory: str | Path) -> "LinearMap":
+        """The map saved in ``directory``: LiMBeR's, or the tuned baseline's when it has adapters."""
         directory = Path(directory)
         config = json.loads((directory / "config.json").read_text())
-        linear_map = cls(config["feature_dim"], config["lm_dim"], TokenLayout(**config["layout"]), config["dropout"])
+        shape = (config["feature_dim"], config["lm_dim"], TokenLayout(**config["layout"]), config["dropout"])
+        if "adapters" in config:
+            from pipeline.adapters import AdaptedMap  # which imports this module
+
+            linear_map = AdaptedMap(*shape, **config["adapters"])
+        else:
+            linear_map = LinearMap(*shape)
         linear_map.load_state_dict(load_file(directory / "linear_map.safetensors"))
         return linear_map

@@ -13,11 +13,16 @@ import os
 import re
 
 DEFAULT: dict[str, dict] = {
-    "models": {"backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "language_model": "smollm2-135m"},
+    # adapters: the backbones that also get the tuned baseline (map + LayerNorm + adapters, MAGMA's recipe).
+    "models": {
+        "backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "adapters": ["efficientnet_lite0"],
+        "language_model": "smollm2-135m",
+    },
     # Dataset parts are "dataset.split[.shard]" keys; "train" names a prefix: every shard under it.
     "datasets": {
         "train": "easy_vqa.train", "validation": "easy_vqa.val", "captioning": ["easy_vqa.val", "easy_vqa.test"],
         "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
+        "shown": "easy_vqa.test",  # a captioning part: the images the readout and the gallery show
     },
     # workers: DataLoader processes decoding images. One on 2 cores: decoding and resizing a demo
     # image (about 2 ms) leaves the main process, and a second worker only contends with the forward.
@@ -29,6 +34,8 @@ DEFAULT: dict[str, dict] = {
     },
     # How the linear_map asset reports: loss lines, the final-loss window, validation captions
     # decoded from the paper's prompt and from none. None of these change the trained weights.
+    # The tuned baseline's adapters: Down d -> d / reduction (MAGMA: 4).
+    "adapters": {"reduction": 4},
     "training_report": {
         "log_every": 50, "final_loss_window": 20, "sample_captions": 8, "sample_caption_tokens": 12,
         "sample_prompt": "A picture of",
@@ -43,6 +50,10 @@ DEFAULT: dict[str, dict] = {
         "questions": 1100, "seed": 0, "batch_size": 100, "max_new_tokens": 4, "support_images": 0,
         "closed_vocabulary": 13,
     },
+    # image_prompt_readout: nearest vocabulary tokens of each image token, for a seeded sample of images.
+    "readout": {"images": 200, "nearest": 5, "batch_size": 50, "seed": 0},
+    # caption_gallery: a seeded sample of images (every system's caption) and of VQA questions.
+    "gallery": {"images": 6, "questions": 6, "seed": 0},
     # Seeded bootstrap 95% intervals of every metric, over its images or questions.
     "intervals": {"resamples": 1000, "seed": 0},
     # Rows of a table shown in an asset's metadata, and skip reasons listed there.
@@ -52,11 +63,12 @@ DEFAULT: dict[str, dict] = {
 PAPER_CHANGES: dict[str, dict] = {
     "models": {
         "backbones": ["clip_rn50x16", "nfrn50", "nfrn50_random", "beit_large", "beit_large_ft"],
+        "adapters": ["clip_rn50x16"],  # MAGMA's own encoder
         "language_model": "gpt-j-6b",
     },
     "datasets": {
         "train": "cc3m.train", "validation": "cc3m.val", "captioning": ["coco.karpathy_test", "nocaps.val"],
-        "vqa": "vqav2.val", "vqa_support": "vqav2.train", "val_size": 0,
+        "vqa": "vqav2.val", "vqa_support": "vqav2.train", "val_size": 0, "shown": "coco.karpathy_test",
     },
     # 8 worker processes decode CC3M's JPEGs for one GPU (not measured here: no GPU machine).
     "extraction": {"batch_size": 64, "chunk_rows": 1024, "workers": 8},

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.adapters import adapted
 from pipeline.devices import autocast
 from pipeline.image_features import chunk_rows_of, rows_by_id
 from pipeline.linear_map import LinearMap
@@ -288,9 +289,10 @@ def train_linear_map(
     on_step: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
 ) -> TrainingResult:
-    """Trains ``linear_map`` in place on ``features[rows]`` (any array with numpy slicing, e.g. Zarr)
-    with ``captions`` (aligned with ``features``). Resumes from ``checkpoint_dir/state.pt``;
-    ``on_checkpoint`` runs after each checkpoint is written (e.g. to upload it).
+    """Trains ``linear_map`` (and its adapters, if it has them) in place on ``features[rows]`` (any
+    array with numpy slicing, e.g. Zarr) with ``captions`` (aligned with ``features``). Resumes from
+    ``checkpoint_dir/state.pt``; ``on_checkpoint`` runs after each checkpoint is written (e.g. to
+    upload it).
 
     ``recompute`` (gradient checkpointing) is decided from the activation memory per token
     measured on the first micro-batch when None; ``prefetch`` reads the next shuffle buffer on a
@@ -299,83 +301,88 @@ def train_linear_map(
     """
     checkpoint = Path(checkpoint_dir) / "state.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    linear_map.to(device).train()
-    optimizer = torch.optim.AdamW(linear_map.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-    result = TrainingResult()
-    if checkpoint.exists():
-        # weights_only: a checkpoint pulled from shared storage must not be able to run code.
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        linear_map.load_state_dict(state["linear_map"])
-        optimizer.load_state_dict(state["optimizer"])
-        result.losses = state["losses"]
-        result.resumed_from = len(result.losses)
-    micro = micro_batch_size or batch_size
-    batches = training_batches(
-        features,
-        rows,
-        batch_size=batch_size,
-        buffer_chunks=buffer_chunks,
-        seed=seed,
-        start=result.resumed_from,
-        stop=max(steps, result.resumed_from),
-        prefetch=prefetch,
-    )
-    started = time.perf_counter()
-    progress = tqdm(
-        batches,
-        total=steps,
-        initial=result.resumed_from,
-        desc="linear map",
-        unit="step",
-    )
-    buffer = None
-    for step, (batch_buffer, batch_rows, batch_features) in enumerate(progress, start=result.resumed_from):
-        result.buffers += batch_buffer != buffer
-        buffer = batch_buffer
-        # Gradient accumulation: a large batch (LiMBeR's 2048) runs as micro-batches that fit the device.
-        micro_batches = []
-        for start in range(0, len(batch_rows), micro):
-            ids = caption_tokens(
-                tokenizer, [captions[r] for r in batch_rows[start : start + micro]], max_caption_tokens
-            )
-            labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
-            micro_batches.append((batch_features[start : start + micro], ids, labels))
-        if step == result.resumed_from:  # before the step's seed, so a resumed run's dropout is the same
-            longest = micro * (linear_map.layout.num_tokens + max_caption_tokens)
-            result.recompute = _set_recompute(lm, linear_map, micro_batches[0], device, recompute, longest, result)
-        torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
-        optimizer.zero_grad(set_to_none=True)
-        # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
-        predicted = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in micro_batches)
-        loss = 0.0
-        for micro_features, ids, labels in micro_batches:
-            share = int((labels[:, 1:] != IGNORE).sum()) / predicted
-            micro_loss = caption_loss(linear_map, lm, micro_features, ids, labels, device, all_logits) * share
-            micro_loss.backward()
-            loss += micro_loss.item()
-        torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)
-        optimizer.step()
+    with adapted(lm, linear_map):  # the tuned baseline trains its adapters inside the LM
+        linear_map.to(device).train()
+        optimizer = torch.optim.AdamW(linear_map.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        result = TrainingResult()
+        if checkpoint.exists():
+            # weights_only: a checkpoint pulled from shared storage must not be able to run code.
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+            linear_map.load_state_dict(state["linear_map"])
+            optimizer.load_state_dict(state["optimizer"])
+            result.losses = state["losses"]
+            result.resumed_from = len(result.losses)
+        micro = micro_batch_size or batch_size
+        batches = training_batches(
+            features,
+            rows,
+            batch_size=batch_size,
+            buffer_chunks=buffer_chunks,
+            seed=seed,
+            start=result.resumed_from,
+            stop=max(steps, result.resumed_from),
+            prefetch=prefetch,
+        )
+        started = time.perf_counter()
+        progress = tqdm(
+            batches,
+            total=steps,
+            initial=result.resumed_from,
+            desc="linear map",
+            unit="step",
+        )
+        buffer = None
+        for step, (batch_buffer, batch_rows, batch_features) in enumerate(progress, start=result.resumed_from):
+            result.buffers += batch_buffer != buffer
+            buffer = batch_buffer
+            # Gradient accumulation: a large batch (LiMBeR's 2048) runs as micro-batches that fit the device.
+            micro_batches = []
+            for start in range(0, len(batch_rows), micro):
+                ids = caption_tokens(
+                    tokenizer, [captions[r] for r in batch_rows[start : start + micro]], max_caption_tokens
+                )
+                labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
+                micro_batches.append((batch_features[start : start + micro], ids, labels))
+            if step == result.resumed_from:  # before the step's seed, so a resumed run's dropout is the same
+                longest = micro * (linear_map.layout.num_tokens + max_caption_tokens)
+                result.recompute = _set_recompute(lm, linear_map, micro_batches[0], device, recompute, longest, result)
+            torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
+            optimizer.zero_grad(set_to_none=True)
+            # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
+            predicted = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in micro_batches)
+            loss = 0.0
+            for micro_features, ids, labels in micro_batches:
+                share = int((labels[:, 1:] != IGNORE).sum()) / predicted
+                micro_loss = caption_loss(linear_map, lm, micro_features, ids, labels, device, all_logits) * share
+                micro_loss.backward()
+                loss += micro_loss.item()
+            torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)
+            optimizer.step()
 
-        result.losses.append(loss)
-        result.steps_run += 1
-        result.samples += len(batch_rows)
-        progress.set_postfix(loss=f"{result.losses[-1]:.3f}")
-        if on_step:
-            on_step(step + 1, result.losses[-1])
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_state(
-                checkpoint,
-                {"linear_map": linear_map.state_dict(), "optimizer": optimizer.state_dict(), "losses": result.losses},
-            )
-            if on_checkpoint:
-                on_checkpoint()
-    result.seconds = time.perf_counter() - started
-    linear_map.eval()
-    if result.recompute:
-        lm.activation_checkpointing_disable()
-    lm.eval()
-    if not math.isfinite(result.losses[-1] if result.losses else 0.0):
-        raise FloatingPointError(f"training diverged: last loss {result.losses[-1]}")
-    return result
+            result.losses.append(loss)
+            result.steps_run += 1
+            result.samples += len(batch_rows)
+            progress.set_postfix(loss=f"{result.losses[-1]:.3f}")
+            if on_step:
+                on_step(step + 1, result.losses[-1])
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                _save_state(
+                    checkpoint,
+                    {
+                        "linear_map": linear_map.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "losses": result.losses,
+                    },
+                )
+                if on_checkpoint:
+                    on_checkpoint()
+        result.seconds = time.perf_counter() - started
+        linear_map.eval()
+        if result.recompute:
+            lm.activation_checkpointing_disable()
+        lm.eval()
+        if not math.isfinite(result.losses[-1] if result.losses else 0.0):
+            raise FloatingPointError(f"training diverged: last loss {result.losses[-1]}")
+        return result

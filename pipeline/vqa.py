@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.adapters import adapted
 from pipeline.decoding import Segment, candidate_log_likelihoods, greedy_continue, image_tokens, prefill_shared
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
@@ -190,21 +191,22 @@ def answer_questions(
     KV cache): whether the image information is there, whatever the answer's format."""
     candidates = [tokenizer(f" {answer}", add_special_tokens=False).input_ids for answer in vocabulary or []]
     answers, closed = [], []
-    for batch, prefixes, prefix_of in prompt_batches(questions, support_questions, support, **prompting):
-        prompts = prefill_shared(lm, tokenizer, prefixes, [vqa_question(q) for q in batch["question"]], prefix_of)
-        if vocabulary:
-            scores = candidate_log_likelihoods(lm, prompts, candidates, sequences_per_call=prompting["batch_size"])
-            closed += [vocabulary[k] for k in scores.argmax(-1).tolist()]
-        generated = greedy_continue(
-            lm,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            ended=[partial(answer_complete, words=answer_words(gt)) for gt in batch["answers"]],
-        )
-        answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"], strict=True)]
-        if on_batch:
-            on_batch(len(answers), len(questions))
+    with adapted(lm, prompting.get("linear_map")):  # a tuned baseline answers with its adapters in
+        for batch, prefixes, prefix_of in prompt_batches(questions, support_questions, support, **prompting):
+            prompts = prefill_shared(lm, tokenizer, prefixes, [vqa_question(q) for q in batch["question"]], prefix_of)
+            if vocabulary:
+                scores = candidate_log_likelihoods(lm, prompts, candidates, sequences_per_call=prompting["batch_size"])
+                closed += [vocabulary[k] for k in scores.argmax(-1).tolist()]
+            generated = greedy_continue(
+                lm,
+                tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                ended=[partial(answer_complete, words=answer_words(gt)) for gt in batch["answers"]],
+            )
+            answers += [truncate_answer(a, gt) for a, gt in zip(generated, batch["answers"], strict=True)]
+            if on_batch:
+                on_batch(len(answers), len(questions))
     return pd.DataFrame({"prediction": answers, **({"closed_prediction": closed} if vocabulary else {})})
 
 

@@ -111,6 +111,22 @@ class StorageLayout:
         """Per-question accuracy beside the metrics, for paired differences between systems."""
         return self.vqa_metrics(system, language_model, shots).with_suffix(".per_question.parquet")
 
+    def prompt_readout(self, system: str, language_model: str) -> UPath:
+        """The shares of images whose prompt reads out their own words, with intervals."""
+        return self.root / "image_prompt_readout" / _safe(language_model) / system / "lexical.parquet"
+
+    def prompt_nearest_tokens(self, system: str, language_model: str) -> UPath:
+        """Each sampled image token's nearest LM vocabulary tokens, beside the shares."""
+        return self.prompt_readout(system, language_model).with_name("nearest_tokens.parquet")
+
+    def gallery_table(self, language_model: str) -> UPath:
+        """The gallery's samples and every system's outputs on them."""
+        return self.root / "gallery" / _safe(language_model) / "gallery.parquet"
+
+    def gallery(self, language_model: str, task: str) -> UPath:
+        """The gallery PNG of one task ("captioning", "vqa")."""
+        return self.gallery_table(language_model).with_name(f"{task}.png")
+
     def metrics_table(self) -> UPath:
         """The tidy metric table analysts read with pandas."""
         return self.root / "metrics" / "metrics.parquet"

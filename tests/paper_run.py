@@ -15,23 +15,25 @@ from pathlib import Path
 
 # The paper's code paths (grid and pooled maps, gradient accumulation, several shuffle buffers,
 # few-shot prompts of up to 5 x 196 image tokens) at sizes that take minutes on 2 cores.
+TRAINING = {
+    "steps": 16,
+    "batch_size": 4,
+    "micro_batch_size": 2,
+    "buffer_chunks": 1,
+    "lr": 1e-2,
+    "warmup_steps": 4,
+    "checkpoint_every": 8,
+    "sample_captions": 2,
+    "max_caption_tokens": 16,
+}
 PAPER_SMALL = {
     "image_features": {"config": {"batch_size": 4, "chunk_rows": 4, "workers": 1}},  # 2-core CI
-    "linear_map": {
-        "config": {
-            "steps": 16,
-            "batch_size": 4,
-            "micro_batch_size": 2,
-            "buffer_chunks": 1,
-            "lr": 1e-2,
-            "warmup_steps": 4,
-            "checkpoint_every": 8,
-            "sample_captions": 2,
-            "max_caption_tokens": 16,
-        }
-    },
+    "linear_map": {"config": TRAINING},
+    "adapters": {"config": TRAINING},
     "captions": {"config": {"batch_size": 4, "max_new_tokens": 4}},
     "vqa_answers": {"config": {"batch_size": 4, "max_new_tokens": 2}},
+    "image_prompt_readout": {"config": {"batch_size": 4}},
+    "caption_gallery": {"config": {"images": 2, "questions": 2}},
 }
 
 

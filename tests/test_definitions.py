@@ -13,11 +13,14 @@ def test_definitions_load_and_validate():
         "image_features",
         "language_model",
         "linear_map",
+        "adapters",
         "captions",
         "caption_metrics",
         "vqa_answers",
         "vqa_metrics",
+        "image_prompt_readout",
         "metric_tables",
+        "caption_gallery",
     }
     assert len(ALL_ASSETS) == len(keys)
 
@@ -56,7 +59,8 @@ def test_paper_profile_is_one_environment_variable_away():
         "from assets.partitions import backbone_partitions; from assets.resources import Limber; "
         "from assets.config import TrainingConfig; import dagster as dg; from assets.definitions import defs; "
         "dg.Definitions.validate_loadable(defs); "
-        "print(backbone_partitions.get_partition_keys(), Limber().language_model, TrainingConfig().lr)"
+        "from assets.partitions import SYSTEMS; "
+        "print(backbone_partitions.get_partition_keys(), Limber().language_model, TrainingConfig().lr, SYSTEMS)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -67,6 +71,7 @@ def test_paper_profile_is_one_environment_variable_away():
     ).stdout
     assert "'clip_rn50x16', 'nfrn50', 'nfrn50_random', 'beit_large', 'beit_large_ft'" in out
     assert "gpt-j-6b 0.0008" in out
+    assert "'beit_large_ft', 'clip_rn50x16+adapters', 'blind']" in out  # the tuned baseline on MAGMA's encoder
 
 
 def test_ml_core_imports_without_dagster():
@@ -77,6 +82,7 @@ def test_ml_core_imports_without_dagster():
         "import sys; sys.modules['dagster'] = None; "  # any import of dagster now fails
         "import pipeline, pipeline.encoders, pipeline.language_models, pipeline.linear_map, pipeline.training, "
         "pipeline.decoding, pipeline.image_features, pipeline.vqa, pipeline.datasets, pipeline.metrics.vqa, "
+        "pipeline.adapters, pipeline.readout, pipeline.gallery, "
         "pipeline.metrics.captions, pipeline.metrics.clip_score, pipeline.metrics.table, storage"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -112,7 +118,12 @@ def test_an_evaluation_partition_depends_on_its_own_systems_features_and_blind_o
         (vqa_answers, vqa_answers.partitions_def, {"shots": "1"}, {"easy_vqa.test", "easy_vqa.train"}),
     ):
         mapping = asset.get_partition_mapping(dg.AssetKey("image_features"))
-        for system, backbones in (("efficientnet_lite0", {"efficientnet_lite0"}), ("blind", set())):
+        for system, backbones in (
+            ("efficientnet_lite0", {"efficientnet_lite0"}),
+            ("efficientnet_lite0+adapters", {"efficientnet_lite0"}),
+            ("efficientnet_lite0_random", {"efficientnet_lite0_random"}),
+            ("blind", set()),
+        ):
             downstream = partitions_def.subset_with_partition_keys([dg.MultiPartitionKey({"system": system, **other})])
             upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
                 downstream, partitions_def, feature_partitions, dynamic_partitions_store=instance

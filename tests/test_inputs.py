@@ -13,8 +13,8 @@ from assets.resources import Limber
 from pipeline.weights import PackageWeights
 from tests.tiny_run import TINY
 
-SYSTEMS = ("efficientnet_lite0", "efficientnet_lite0_random", "blind")
-LITE0, RANDOM = "efficientnet_lite0", "efficientnet_lite0_random"
+LITE0, RANDOM, TUNED = "efficientnet_lite0", "efficientnet_lite0_random", "efficientnet_lite0+adapters"
+SYSTEMS = (LITE0, RANDOM, TUNED, "blind")
 
 
 def keep(asset: str, key) -> bool:
@@ -75,16 +75,18 @@ def labels(asset: str, systems=SYSTEMS, parts=None, shots=("0", "1")) -> set[str
         return {f"{asset}[{n}|{s}]" for n in shots for s in systems}
     if asset == "image_features":
         return {f"{asset}[{b}|{p}]" for b in systems for p in parts}
-    if asset == "linear_map":
+    if asset in ("linear_map", "adapters", "image_prompt_readout"):
         return {f"{asset}[{b}]" for b in systems}
     raise KeyError(asset)
 
 
 EVALUATION = ("captions", "caption_metrics", "vqa_answers", "vqa_metrics")
+REPORTS = {"metric_tables", "caption_gallery"}  # read every system's results
 
 
 def downstream_of_system(system: str) -> set[str]:
-    return set().union(*(labels(a, [system]) for a in EVALUATION)) | {"metric_tables"}
+    readout = set() if system == "blind" else labels("image_prompt_readout", [system])
+    return set().union(*(labels(a, [system]) for a in EVALUATION)) | readout | REPORTS
 
 
 def test_an_unchanged_rerun_reuses_every_step_and_writes_no_file(graph):
@@ -120,18 +122,18 @@ def test_dagster_marks_no_materialized_partition_unsynced(graph):
 
 def test_new_captioning_settings_recompute_only_captions_and_their_metrics(graph):
     graph.config["captions"]["config"]["max_new_tokens"] = 3
-    expected = labels("captions") | labels("caption_metrics") | {"metric_tables"}
+    expected = labels("captions") | labels("caption_metrics") | REPORTS
     assert recomputed(graph.run()) == expected
 
 
 def test_new_vqa_settings_recompute_only_answers_and_their_metrics(graph):
     graph.config["vqa_answers"]["config"]["questions"] = 5
-    assert recomputed(graph.run()) == labels("vqa_answers") | labels("vqa_metrics") | {"metric_tables"}
+    assert recomputed(graph.run()) == labels("vqa_answers") | labels("vqa_metrics") | REPORTS
 
 
 def test_new_encoder_weights_recompute_that_backbone_and_nothing_else(graph):
     """The lite0 weights file changes (one tensor perturbed): its features, map and evaluations are
-    recomputed; the random encoder and the blind system are reused."""
+    recomputed, and so is the tuned baseline on it; the random encoder and the blind system are reused."""
     weights = torch.load(pipeline.encoders.LITE0_WEIGHTS.path(), map_location="cpu", weights_only=True)
     first = next(iter(weights))
     weights[first] = weights[first] * 1.01
@@ -140,7 +142,9 @@ def test_new_encoder_weights_recompute_that_backbone_and_nothing_else(graph):
     real = PackageWeights.path
     graph.patch.setattr(PackageWeights, "path", lambda self: changed if self.name == LITE0 else real(self))
     expected = labels("image_features", [LITE0], ["easy_vqa.test", "easy_vqa.train", "easy_vqa.val"])
-    expected |= {f"linear_map[{LITE0}]"} | downstream_of_system(LITE0)
+    expected |= (
+        {f"linear_map[{LITE0}]", f"adapters[{LITE0}]"} | downstream_of_system(LITE0) | downstream_of_system(TUNED)
+    )
     assert recomputed(graph.run()) == expected
 
 
@@ -152,7 +156,8 @@ def test_a_new_validation_carve_out_recomputes_what_reads_train_or_val(graph):
     graph.config["manifests"]["config"]["seed"] = 1
     expected = {"manifests[easy_vqa.train]", "manifests[easy_vqa.val]"}
     expected |= labels("image_features", [LITE0, RANDOM], ["easy_vqa.train", "easy_vqa.val"])
-    expected |= labels("linear_map", [LITE0, RANDOM]) | downstream_of_system(LITE0) | downstream_of_system(RANDOM)
+    expected |= labels("linear_map", [LITE0, RANDOM]) | labels("adapters", [LITE0])
+    expected |= downstream_of_system(LITE0) | downstream_of_system(RANDOM) | downstream_of_system(TUNED)
     expected |= labels("vqa_answers", ["blind"]) | labels("vqa_metrics", ["blind"])
     assert recomputed(graph.run()) == expected
 
@@ -162,6 +167,6 @@ def test_a_new_language_model_recomputes_everything_but_manifests_and_features(g
     graph.patch.setattr(
         PackageWeights, "fingerprint", lambda self: real(self) + (":retrained" if self.name == "smollm2-135m" else "")
     )
-    expected = {"language_model"} | labels("linear_map", [LITE0, RANDOM])
+    expected = {"language_model"} | labels("linear_map", [LITE0, RANDOM]) | labels("adapters", [LITE0])
     expected |= set().union(*(downstream_of_system(s) for s in SYSTEMS))
     assert recomputed(graph.run()) == expected

@@ -23,7 +23,7 @@ def test_pooled_layout_maps_one_vector_to_k_tokens():
 
 def test_dropout_only_in_training_and_no_layernorm():
     linear_map = LinearMap(8, 6, TokenLayout("pooled", 1, 2))
-    assert [type(m).__name__ for m in linear_map.children()] == ["Linear", "Dropout"]
+    assert [type(m).__name__ for m in linear_map.children()] == ["Linear", "Identity", "Dropout"]  # no LayerNorm
     features = torch.randn(64, 1, 8)
     linear_map.train()
     assert (linear_map(features) == 0).float().mean() > 0.05

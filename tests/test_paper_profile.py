@@ -18,7 +18,8 @@ from tests.paper_run import write_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = ["clip_rn50x16", "nfrn50", "nfrn50_random", "beit_large", "beit_large_ft"]
-SYSTEMS = [*BACKBONES, "blind"]
+TUNED = "clip_rn50x16+adapters"  # the MAGMA-style baseline, on MAGMA's encoder
+SYSTEMS = [*BACKBONES, TUNED, "blind"]
 
 
 def _run_paper_profile(command: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
@@ -57,7 +58,9 @@ def test_every_asset_and_partition_is_materialized(paper_run):
     features = summary["partitions"]["image_features"]["expected"]
     assert len(features) == 5 * 8 and {key.split("|")[0] for key in features} == set(BACKBONES)
     assert set(parts) <= {p for p in summary["partitions"]["manifests"]["expected"]}
-    assert len(summary["partitions"]["vqa_answers"]["expected"]) == 6 * 4
+    assert len(summary["partitions"]["vqa_answers"]["expected"]) == 7 * 4
+    assert summary["partitions"]["adapters"]["materialized"] == ["clip_rn50x16"]
+    assert summary["partitions"]["image_prompt_readout"]["materialized"] == sorted([*BACKBONES, TUNED])
 
 
 def test_every_check_passes(paper_run):
@@ -97,6 +100,24 @@ def test_training_spans_shards_and_shuffle_buffers(paper_run):
     assert len(maps) == 5
     for label, metadata in maps.items():
         assert metadata["train_parts"] == 3 and metadata["shuffle_buffers"] > 1 and metadata["steps"] == 16, label
+    (tuned,) = [step["metadata"] for step in summary["steps"] if step["asset"] == "adapters"]
+    assert tuned["train_parts"] == 3 and tuned["steps"] == 16
+    # CLIP's 3072 -> GPT-J width 64 per grid token, a LayerNorm, and 2 adapters 64 -> 16 -> 64.
+    assert tuned["trained_parameters"] == maps["linear_map[clip_rn50x16]"]["trained_parameters"] + 2 * 64 + 2 * (
+        64 * 16 + 16 + 16 * 64 + 64
+    )
+
+
+def test_readout_and_gallery_run_on_the_paper_shapes(paper_run):
+    summary, storage, _ = paper_run
+    tokens = pd.read_parquet(storage / "image_prompt_readout" / "gpt-j-6b" / TUNED / "nearest_tokens.parquet")
+    assert sorted(tokens["position"].unique()) == list(range(144))  # one row per CLIP grid token
+    (gallery,) = [step["metadata"] for step in summary["steps"] if step["asset"] == "caption_gallery"]
+    assert (
+        "data:image/png;base64" in gallery["captioning_gallery"] and "data:image/png;base64" in gallery["vqa_gallery"]
+    )
+    table = pd.read_parquet(storage / "gallery" / "gpt-j-6b" / "gallery.parquet")
+    assert set(table["system"]) == {*SYSTEMS, "reference"}
 
 
 def test_the_metric_table_has_every_system_and_metric(paper_run):

@@ -10,9 +10,11 @@ import pytest
 import pipeline.captioning
 from assets.definitions import ALL_ASSETS
 from assets.partitions import (
+    adapter_partitions,
     backbone_partitions,
     caption_partitions,
     feature_partitions,
+    image_system_partitions,
     part_partitions,
     vqa_partitions,
 )
@@ -21,6 +23,9 @@ from pipeline import load_differences, load_metrics
 from pipeline.metrics.vqa import CLOSED_VOCABULARY
 from storage import FeatureArray
 from tests.tiny_run import TINY, materialize_tiny, tiny
+
+LITE0, RANDOM, TUNED = "efficientnet_lite0", "efficientnet_lite0_random", "efficientnet_lite0+adapters"
+SYSTEMS = {LITE0, RANDOM, TUNED, "blind"}
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +47,12 @@ def test_every_partition_materialized(materialized):
         ("manifests", part_partitions),
         ("image_features", feature_partitions),
         ("linear_map", backbone_partitions),
+        ("adapters", adapter_partitions),
         ("captions", caption_partitions),
         ("caption_metrics", caption_partitions),
         ("vqa_answers", vqa_partitions),
         ("vqa_metrics", vqa_partitions),
+        ("image_prompt_readout", image_system_partitions),
     ):
         done = instance.get_materialized_partitions(dg.AssetKey(asset))
         assert done == set(partitions.get_partition_keys(dynamic_partitions_store=instance)), asset
@@ -121,37 +128,90 @@ def test_metric_tables_for_analysts(materialized):
     assert (numbers["ci_low"] <= numbers["value"] + 1e-9).all() and (
         numbers["value"] <= numbers["ci_high"] + 1e-9
     ).all()
-    assert set(tidy["system"]) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
-    assert set(tidy["backbone"]) == {"efficientnet_lite0", "efficientnet_lite0_random", ""}
+    assert set(tidy["system"]) == SYSTEMS
+    assert set(tidy["backbone"]) == {LITE0, RANDOM, ""}
     assert set(tidy["lm"]) == {"smollm2-135m"}
     for metric in ("VQA accuracy", CLOSED_VOCABULARY):  # the closed vocabulary: on by default on easy-vqa
         vqa = tidy[(tidy["task"] == "vqa") & (tidy["metric"] == metric)]
         assert sorted(vqa["shots"].unique()) == [0, 1, 2, 4] and vqa["value"].between(0, 100).all()
-        assert set(vqa["system"]) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
+        assert set(vqa["system"]) == SYSTEMS
     cider = tidy[(tidy["metric"] == "CIDEr-D")]
-    assert len(cider) == 3 * 2 and np.isfinite(cider["value"]).all()
+    assert len(cider) == 4 * 2 and np.isfinite(cider["value"]).all()
     clip = tidy[tidy["metric"] == "CLIP-S"]
     # No CLIP weights on this machine: the table says so in words and holds no number.
     assert clip["value"].isna().all() and clip["note"].str.contains("CLIP ViT-B/32 weights").all()
     metadata = _metadata(results[("metric_tables", None)])
     assert "data:image/png;base64" in metadata["chart"] and "VQA 4-shot" in metadata["comparison"]
     wide = pd.read_parquet(root / "metrics" / "comparison.parquet")
-    assert set(wide.index) == {"efficientnet_lite0", "efficientnet_lite0_random", "blind"}
+    assert set(wide.index) == SYSTEMS
     assert {"VQA 4-shot", "VQA 4-shot ci_low", "VQA 4-shot ci_high", "VQA closed 4-shot"} <= set(wide.columns)
     differences = load_differences(root)
     # Every system against blind and against the random encoder, on the same images and questions.
     pairs = set(zip(differences["system"], differences["baseline"], strict=True))
     assert pairs == {
-        ("efficientnet_lite0", "blind"),
-        ("efficientnet_lite0_random", "blind"),
-        ("efficientnet_lite0", "efficientnet_lite0_random"),
-        ("blind", "efficientnet_lite0_random"),
+        (LITE0, "blind"),
+        (RANDOM, "blind"),
+        (TUNED, "blind"),
+        (LITE0, RANDOM),
+        (TUNED, RANDOM),
+        ("blind", RANDOM),
     }
     vqa_differences = differences[(differences["task"] == "vqa") & (differences["metric"] == "VQA accuracy")]
     assert sorted(vqa_differences["shots"].unique()) == [0, 1, 2, 4]
     assert len(differences[differences["metric"] == CLOSED_VOCABULARY]) == len(vqa_differences)
     assert (vqa_differences["n"] == 17).all()  # the 17 questions every system answered
     assert (differences["ci_low"] <= differences["difference"] + 1e-9).all()
+
+
+def test_the_tuned_baseline_trains_a_prefix_and_adapters_on_the_same_data(materialized):
+    root, _, _, results = materialized
+    maps = root / "linear_maps" / "smollm2-135m"
+    linear, tuned = (json.loads((maps / name / "config.json").read_text()) for name in (LITE0, TUNED))
+    assert tuned["adapters"] == {"layers": 30, "reduction": 4} and "adapters" not in linear
+    # The same steps, batch, learning rate and rows; only the trained parameters differ.
+    assert {k: v for k, v in tuned["training"]["settings"].items() if k != "reduction"} == linear["training"][
+        "settings"
+    ]
+    assert tuned["training"]["train_rows"] == linear["training"]["train_rows"]
+    # Prefix (2,949,120 + 2,304 + LayerNorm 1,152) and 30 adapters of 576 -> 144 -> 576 (166,608 each).
+    assert linear["training"]["trained_parameters"] == 1280 * 576 * 4 + 576 * 4
+    assert tuned["training"]["trained_parameters"] == 1280 * 576 * 4 + 576 * 4 + 2 * 576 + 30 * 166_608
+    metadata = _metadata(results[("adapters", LITE0)])
+    assert metadata["steps"] == 24 and not metadata["reused"]
+
+
+def test_image_prompt_readout_names_nearest_tokens_and_lexical_shares(materialized):
+    root, _, _, results = materialized
+    for system in (LITE0, RANDOM, TUNED):
+        metadata = _metadata(results[("image_prompt_readout", system)])
+        assert metadata["images"] == 8
+        for label in ("colour", "shape"):
+            for metric in (
+                f"nearest tokens name the {label} (%)",
+                f"nearest tokens name a shuffled {label} (chance, %)",
+            ):
+                value, interval = metadata[metric].split(" [")
+                assert 0 <= float(value) <= 100, (system, metric)
+        tokens = pd.read_parquet(root / "image_prompt_readout" / "smollm2-135m" / system / "nearest_tokens.parquet")
+        # 8 images x 4 image tokens (Lite0 pooled to 4) x 5 nearest, ranked by falling cosine.
+        assert len(tokens) == 8 * 4 * 5 and tokens["image_id"].nunique() == 8
+        ranked = tokens.sort_values(["image_id", "position", "rank"])["cosine"].to_numpy().reshape(-1, 5)
+        assert (np.diff(ranked, axis=1) <= 1e-6).all()
+
+
+def test_the_gallery_shows_every_system_on_the_same_images(materialized):
+    root, _, _, results = materialized
+    metadata = _metadata(results[("caption_gallery", None)])
+    assert all("data:image/png;base64" in metadata[f"{task}_gallery"] for task in ("captioning", "vqa"))
+    gallery = pd.read_parquet(root / "gallery" / "smollm2-135m" / "gallery.parquet")
+    captions = gallery[gallery["task"] == "captioning"]
+    assert captions["image_id"].nunique() == 2 and set(captions["system"]) == SYSTEMS | {"reference"}
+    vqa = gallery[gallery["task"] == "vqa"]
+    assert vqa["question"].nunique() == 2
+    for _, asked in vqa[vqa["system"] != "reference"].groupby("question"):
+        assert sorted(asked[["system", "shots"]].itertuples(index=False, name=None)) == sorted(
+            (system, shots) for system in SYSTEMS for shots in (0, 1, 2, 4)
+        )
 
 
 def test_rematerializing_unchanged_reuses_everything(materialized):
@@ -201,8 +261,9 @@ def test_a_new_learning_rate_recomputes_only_the_map_and_what_reads_it(materiali
         )
         return _metadata(result)["reused"]
 
-    assert not captions_reused("efficientnet_lite0")
-    assert captions_reused("efficientnet_lite0_random") and captions_reused("blind")
+    assert not captions_reused(LITE0)
+    # The tuned baseline has its own config: a new learning rate for LiMBeR's map leaves it as it is.
+    assert captions_reused(RANDOM) and captions_reused(TUNED) and captions_reused("blind")
 
 
 def test_every_stage_runs_its_checks(materialized):
@@ -211,6 +272,7 @@ def test_every_stage_runs_its_checks(materialized):
         "manifests": "manifest_valid",
         "image_features": "features_valid",
         "linear_map": "loss_decreased",
+        "adapters": "loss_decreased",
         "captions": "captions_non_empty",
         "caption_metrics": "metrics_in_range",
         "vqa_metrics": "accuracy_in_range",

@@ -29,12 +29,14 @@ ASSETS = [
     "image_features",
     "language_model",
     "linear_map",
+    "adapters",
     "captions",
     "caption_metrics",
     "vqa_answers",
     "vqa_metrics",
     "metric_tables",
 ]
+REPORTS = ["image_prompt_readout", "caption_gallery"]  # beside metric_tables, not upstream of it
 # Playwright adds --headless, and --user-data-dir (a new empty folder) from launch_persistent_context.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -223,11 +225,11 @@ def test_catalog_lists_every_asset(webserver, page, tmp_path):
     from playwright.sync_api import expect
 
     page.goto(f"{webserver}/assets")
-    for name in ASSETS:
+    for name in ASSETS + REPORTS:
         expect(page.locator(f'a[href="/assets/{name}"]').first, name).to_be_visible()
     # The unpartitioned assets' status cell reads "Materialized · <date>" (else "Never materialized").
     # The catalog is a virtualized grid of divs, not a <table>: a row is a VirtualizedAssetRow_rowGrid__<hash>.
-    for name in ("language_model", "metric_tables"):
+    for name in ("language_model", "metric_tables", "caption_gallery"):
         link = page.locator(f'a[href="/assets/{name}"]')
         row = page.locator('[class*="VirtualizedAssetRow_rowGrid"]').filter(has=link)
         expect(row, name).to_contain_text(MATERIALIZED)
@@ -276,3 +278,20 @@ def test_metric_tables_shows_comparison_and_chart(webserver, page, tmp_path):
     width, height = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
     assert width > 100 and height > 100, (width, height)
     _screenshot(page, tmp_path, "metric_tables-chart")
+
+
+def test_caption_gallery_shows_every_system_as_pngs(webserver, page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(f"{webserver}/assets/caption_gallery")
+    for task in ("captioning", "vqa"):
+        dialog = _show_markdown(page, f"{task}_gallery")
+        image = dialog.locator("img")
+        expect(image).to_have_count(1)
+        expect(image).to_have_attribute("src", DATA_PNG)
+        image.evaluate("i => i.decode()")
+        width, height = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+        assert width > 500 and height > 100, (task, width, height)
+        _screenshot(page, tmp_path, f"caption_gallery-{task}")
+        dialog.get_by_role("button", name="Close").click()
+        expect(dialog).to_be_hidden()

@@ -1,13 +1,11 @@
 """The tidy metric table, its valid ranges, and shaping it for reading: the paper-style comparison
 and a bar chart."""
 
-import io
-
 import numpy as np
 import pandas as pd
 
 from pipeline.metrics.vqa import CLOSED_VOCABULARY
-from pipeline.plots import plt
+from pipeline.plots import figure_png, plt
 
 # Columns in the order the paper's tables use: captioning first, then VQA by shots.
 CAPTION_COLUMNS = ["CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L", "CLIP-S", "RefCLIP-S", "names colour+shape (%)"]
@@ -172,7 +170,4 @@ def metrics_bar_chart(tidy: pd.DataFrame) -> bytes:
         axis.set_xticks(range(len(values)), shown.index, rotation=30, ha="right", fontsize=7)
         axis.set_title(column, fontsize=9)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
