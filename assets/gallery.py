@@ -63,9 +63,7 @@ def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, li
 
     gallery, reused = stored_table(path, key, show)
     pictures = {
-        task: dg.MetadataValue.md(markdown_image(limber.layout.gallery(lm, task).read_bytes(), f"{task} gallery"))
+        f"{task}_gallery": dg.MetadataValue.md(markdown_image(limber.layout.gallery(lm, task).read_bytes(), task))
         for task in gallery["task"].unique()
     }
-    return stored_result(
-        path, key, reused, systems=len(captioned), **{f"{task}_gallery": md for task, md in pictures.items()}
-    )
+    return stored_result(path, key, reused, systems=len(captioned), vqa_partitions=len(answered), **pictures)

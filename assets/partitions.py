@@ -8,11 +8,11 @@ adds one partition and triggers only its own work.
 An evaluation partition belongs to a *system*: a backbone with its trained map, a backbone with the
 tuned baseline's map and adapters (``{backbone}+adapters``, for the profile's ``models.adapters``),
 or ``blind``, the LM shown no image. The ``system`` dimension maps exactly onto the ``backbone``
-dimension (blind onto nothing). Dagster's built-in mappings cannot map a dynamic dimension onto a static one or a
-single-dimension asset onto one value of a two-dimension one, so the evaluation assets depend on
-every part's features, every evaluation manifest and every linear map (the ``adapters`` asset,
-one partition per adapted backbone, on every backbone's features); what each partition really
-reads is in its result's key (``assets/inputs.py``), so nothing is reused stale.
+dimension (blind onto nothing). Dagster's built-in mappings cannot map a dynamic dimension onto a
+static one or a single-dimension asset onto one value of a two-dimension one, so the evaluation
+assets depend on every part's features, every evaluation manifest and every linear map (and
+``adapters``, one partition per adapted backbone, on every backbone's features); what each
+partition really reads is in its result's key (``assets/inputs.py``), so nothing is reused stale.
 """
 
 import dagster as dg
@@ -32,6 +32,8 @@ if SHOWN not in CAPTIONING:
 PROFILE_PARTS = [TRAIN, VALIDATION, VQA_EVAL, VQA_SUPPORT, *CAPTIONING]
 BACKBONES = PROFILE["models"]["backbones"]
 ADAPTED = PROFILE["models"]["adapters"]  # backbones that also get the tuned (MAGMA-style) baseline
+if not set(ADAPTED) <= set(BACKBONES):
+    raise ValueError(f"models.adapters {ADAPTED} must be among models.backbones {BACKBONES}")
 BLIND = "blind"  # the baseline that sees no image: same prompts, image tokens left out
 ADAPTERS_SUFFIX = "+adapters"
 

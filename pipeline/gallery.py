@@ -49,7 +49,7 @@ def vqa_samples(answers: dict[tuple[str, int], pd.DataFrame], questions: int, se
             answer = table.loc[question_id]
             text = repr(answer["prediction"])  # an empty answer shows as ''
             if "closed_prediction" in answer:
-                text += f" (closed: {answer['closed_prediction']})"
+                text += f"/{answer['closed_prediction']}"
             rows.append(("vqa", image_id, question, system, shots, text))
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -68,7 +68,7 @@ def gallery_pngs(gallery: pd.DataFrame, image_paths: dict) -> dict[str, bytes]:
                 heading = f"{image_id}: " + " | ".join(truth)
                 lines = [f"{system}: {text}" for system, text in zip(outputs["system"], outputs["text"], strict=True)]
             else:
-                heading = f"{image_id}: {question}  (answer: {truth[0]})"
+                heading = f"{image_id}: {question}  (answer: {truth[0]}; each system: open 'answer'/closed answer)"
                 lines = [
                     f"{system}: "
                     + "  ".join(f"{shots}-shot {text}" for shots, text in zip(g["shots"], g["text"], strict=True))

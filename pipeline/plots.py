@@ -34,14 +34,14 @@ def gallery_png(items: list[tuple], title: str) -> bytes:
     """One row per item ``(image, heading, lines)``: the image (a PIL image, or None when it could
     not be read) beside its heading and its lines of text (each system's output)."""
     rows = max(1, len(items))
-    figure, axes = plt.subplots(rows, 2, figsize=(12, 1.9 * rows), dpi=80, width_ratios=[1, 5], squeeze=False)
+    figure, axes = plt.subplots(rows, 2, figsize=(15, 1.9 * rows), dpi=80, width_ratios=[1, 8], squeeze=False)
     for (image, heading, lines), (picture, text) in zip(items, axes, strict=False):
         picture.axis("off")
         text.axis("off")
         if image is not None:
             picture.imshow(image)
-        text.text(0, 1, heading, fontsize=9, fontweight="bold", va="top", family="monospace", wrap=True)
-        text.text(0, 0.8, "\n".join(lines), fontsize=8, va="top", family="monospace")
+        text.text(0, 1, heading, fontsize=9, fontweight="bold", va="top", family="monospace")
+        text.text(0, 0.82, "\n".join(lines), fontsize=7.5, va="top", family="monospace")
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     return figure_png(figure)

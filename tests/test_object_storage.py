@@ -33,7 +33,7 @@ def s3_server():
 
 
 def _one_backbone(asset, key):
-    """The pretrained backbone and blind, at 0 and 1 shots: every stage, fewer partitions."""
+    """The pretrained backbone, its tuned baseline and blind, at 0 and 1 shots: every stage, fewer partitions."""
     dimensions = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else {"backbone": key}
     return dimensions.get("system", dimensions.get("backbone")) != "efficientnet_lite0_random" and dimensions.get(
         "shots", "0"
@@ -49,10 +49,13 @@ def test_every_artifact_lives_in_the_bucket(s3_server, tmp_path):
         "features/easy_vqa/train/efficientnet_lite0.zarr/zarr.json",
         "language_models/smollm2-135m/language_model.json",
         "linear_maps/smollm2-135m/efficientnet_lite0/",
+        "linear_maps/smollm2-135m/efficientnet_lite0+adapters/linear_map.safetensors",
         "captions/smollm2-135m/blind/",
         "vqa_answers/smollm2-135m/efficientnet_lite0/",
         "metrics/metrics.parquet",
         "metrics/metrics.png",
+        "image_prompt_readout/smollm2-135m/efficientnet_lite0+adapters/nearest_tokens.parquet",
+        "gallery/smollm2-135m/captioning.png",
     ):
         assert any(path.startswith(f"limber-test/run/{prefix}") for path in stored), prefix
     checkpoint = [p for p in stored if p.startswith("limber-test/run/linear_maps/") and p.endswith("state.pt")]
@@ -62,7 +65,8 @@ def test_every_artifact_lives_in_the_bucket(s3_server, tmp_path):
     features = FeatureArray.read(str(layout.image_features("efficientnet_lite0", "easy_vqa.test")))
     assert features.is_complete() and np.isfinite(features.features[:]).all()
     tidy = load_metrics(ROOT)
-    assert set(tidy["system"]) == {"efficientnet_lite0", "blind"} and tidy["value"].notna().any()
+    assert set(tidy["system"]) == {"efficientnet_lite0", "efficientnet_lite0+adapters", "blind"}
+    assert tidy["value"].notna().any()
     (event,) = results[("metric_tables", None)].get_asset_materialization_events()
     assert event.materialization.metadata["path"].value == f"{ROOT}/metrics/metrics.parquet"
 
