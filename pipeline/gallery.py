@@ -63,7 +63,7 @@ def gallery_pngs(gallery: pd.DataFrame, image_paths: dict) -> dict[str, bytes]:
         for (image_id, question), item in rows.groupby(["image_id", "question"], sort=False):
             image, _ = load_image(image_paths[image_id])
             truth = item[item["system"] == REFERENCE]["text"].tolist()
-            outputs = item[item["system"] != REFERENCE]
+            outputs = item[item["system"] != REFERENCE].assign(text=lambda t: t["text"].str.split().str.join(" "))
             if task == "captioning":
                 heading = f"{image_id}: " + " | ".join(truth)
                 lines = [f"{system}: {text}" for system, text in zip(outputs["system"], outputs["text"], strict=True)]
