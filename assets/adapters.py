@@ -7,7 +7,7 @@ from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
 from assets.language_model import language_model
-from assets.linear_map import LOSS_DECREASED, trained_map
+from assets.linear_map import loss_check_spec, trained_map
 from assets.partitions import adapted_system, adapter_partitions
 from assets.resources import Limber
 from pipeline.adapters import AdaptedMap, feed_forward_blocks
@@ -27,14 +27,7 @@ from pipeline.encoders import backbone_spec
     kinds={"pytorch", "safetensors"},
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
-    check_specs=[
-        dg.AssetCheckSpec(
-            LOSS_DECREASED,
-            asset="adapters",
-            blocking=True,
-            description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
-        )
-    ],
+    check_specs=[loss_check_spec("adapters")],
 )
 def adapters(context: dg.AssetExecutionContext, config: AdaptersConfig, limber: Limber):
     """MAGMA's recipe on the cached features of one backbone (system ``{backbone}+adapters``): an

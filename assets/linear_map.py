@@ -23,6 +23,16 @@ from pipeline.training import train_linear_map, training_set
 LOSS_DECREASED = "loss_decreased"
 
 
+def loss_check_spec(asset: str) -> dg.AssetCheckSpec:
+    """The trained-map assets' blocking check (``linear_map``, ``adapters``)."""
+    return dg.AssetCheckSpec(
+        LOSS_DECREASED,
+        asset=asset,
+        blocking=True,
+        description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
+    )
+
+
 def loss_check(losses: list[float]) -> dg.AssetCheckResult:
     """The loss fell: its mean over the last quarter of the steps is below that over the first quarter."""
     quarter = max(1, len(losses) // 4)
@@ -195,14 +205,7 @@ def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, 
     kinds={"pytorch", "safetensors"},
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
-    check_specs=[
-        dg.AssetCheckSpec(
-            LOSS_DECREASED,
-            asset="linear_map",
-            blocking=True,
-            description="finite losses; mean loss of the last quarter of the steps below the first quarter's",
-        )
-    ],
+    check_specs=[loss_check_spec("linear_map")],
 )
 def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
     """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
