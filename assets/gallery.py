@@ -24,6 +24,8 @@ from storage.layout import stored_key, write_bytes
     ],
     group_name="reporting",
     kinds={"parquet", "png"},
+    # Redrawn after any evaluation finishes, as metric_tables is, even while some systems are missing.
+    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
 )
 def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, limber: Limber):
     """A seeded sample of images of the shown part, each with its references and every system's

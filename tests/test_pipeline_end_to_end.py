@@ -307,3 +307,32 @@ def test_a_failing_blocking_check_stops_its_downstream(materialized, monkeypatch
     materialized_assets = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "caption_metrics" not in materialized_assets
     assert not result.success
+
+
+def test_the_report_assets_redraw_after_an_evaluation(materialized):
+    """metric_tables and caption_gallery are eager: nothing is requested after the whole graph ran;
+    recomputed captions and caption metrics request both (the gallery reads captions, the tables
+    their metrics)."""
+    from assets.definitions import defs
+
+    _, instance, resources, _ = materialized
+    reports = dg.AssetSelection.assets("metric_tables", "caption_gallery")
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=reports)
+    assert first.total_requested == 0  # everything was just materialized
+    recaptioned = dg.materialize(  # the blind captions of test and their metrics, with new settings
+        ALL_ASSETS,
+        selection=["captions", "caption_metrics"],
+        partition_key=dg.MultiPartitionKey({"system": "blind", "part": "easy_vqa.test"}),
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"captions": {"config": {"batch_size": 16, "max_new_tokens": 2}}}},
+    )
+    assert recaptioned.success
+    assert not any(
+        event.materialization.metadata["reused"].value for event in recaptioned.get_asset_materialization_events()
+    )
+    evaluation = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, asset_selection=reports, cursor=first.cursor
+    )
+    for name in ("metric_tables", "caption_gallery"):
+        assert evaluation.get_num_requested(dg.AssetKey(name)) == 1, name
