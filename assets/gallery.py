@@ -13,7 +13,7 @@ from assets.vqa import vqa_answers
 from pipeline.gallery import caption_samples, gallery_pngs, vqa_samples
 from pipeline.plots import markdown_image
 from pipeline.vqa import SHOTS
-from storage.layout import stored_key, write_bytes
+from storage.layout import read_table, stored_key, write_bytes
 
 
 @dg.asset(
@@ -33,39 +33,45 @@ def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, li
     this asset's metadata, and as a tidy table (task, image_id, question, system, shots, text).
 
     Shows the systems whose outputs are stored; keyed by those outputs and this config."""
-    inputs = Inputs(limber)
-    lm = limber.language_model
-    shown, asked = inputs.manifest(SHOWN), inputs.manifest(VQA_EVAL)
+    inputs, layout, lm = Inputs(limber), limber.layout, limber.language_model
+    # Only the keys are read here: the tables are loaded when the gallery is redrawn.
+    inputs.manifest(SHOWN, read=False)
+    inputs.manifest(VQA_EVAL, read=False)
     captioned = {
-        system: inputs.table(f"captions[{system}|{SHOWN}]", limber.layout.captions(system, lm, SHOWN))
+        system: layout.captions(system, lm, SHOWN)
         for system in SYSTEMS
-        if stored_key(limber.layout.captions(system, lm, SHOWN)) is not None
+        if stored_key(layout.captions(system, lm, SHOWN)) is not None
     }
     answered = {
-        (system, shots): inputs.table(f"vqa_answers[{system}|{shots}]", limber.layout.vqa_answers(system, lm, shots))
+        (system, shots): layout.vqa_answers(system, lm, shots)
         for system in SYSTEMS
         for shots in SHOTS
-        if stored_key(limber.layout.vqa_answers(system, lm, shots)) is not None
+        if stored_key(layout.vqa_answers(system, lm, shots)) is not None
     }
+    for system, table in captioned.items():
+        inputs.table(f"captions[{system}|{SHOWN}]", table, read=False)
+    for (system, shots), table in answered.items():
+        inputs.table(f"vqa_answers[{system}|{shots}]", table, read=False)
     key = inputs.key(gallery=config.model_dump())
-    path = limber.layout.gallery_table(lm)
+    path = layout.gallery_table(lm)
 
     def show():
+        shown, asked = read_table(layout.manifest(SHOWN)), read_table(layout.manifest(VQA_EVAL))
         gallery = pd.concat(
             [
-                caption_samples(shown, captioned, config.images, config.seed),
-                vqa_samples(answered, config.questions, config.seed),
+                caption_samples(shown, {s: read_table(p) for s, p in captioned.items()}, config.images, config.seed),
+                vqa_samples({k: read_table(p) for k, p in answered.items()}, config.questions, config.seed),
             ],
             ignore_index=True,
         )
         paths = {row.image_id: row.image_path for manifest in (shown, asked) for row in manifest.itertuples()}
         for task, png in gallery_pngs(gallery, paths).items():
-            write_bytes(limber.layout.gallery(lm, task), png)
+            write_bytes(layout.gallery(lm, task), png)
         return gallery  # written last by stored_table
 
     gallery, reused = stored_table(path, key, show)
     pictures = {
-        f"{task}_gallery": dg.MetadataValue.md(markdown_image(limber.layout.gallery(lm, task).read_bytes(), task))
+        f"{task}_gallery": dg.MetadataValue.md(markdown_image(layout.gallery(lm, task).read_bytes(), task))
         for task in gallery["task"].unique()
     }
     return stored_result(path, key, reused, systems=len(captioned), vqa_partitions=len(answered), **pictures)

@@ -77,11 +77,12 @@ class Inputs:
         self._record(f"linear_map[{system}]", stored.key())
         return stored
 
-    def table(self, partition: str, path) -> pd.DataFrame:
+    def table(self, partition: str, path, read: bool = True) -> pd.DataFrame | None:
         """A stored result table of an upstream asset partition (``"captions[blind|coco.val]"``),
-        named by its partition, not its path, so a moved storage root keeps its keys."""
+        named by its partition, not its path, so a moved storage root keeps its keys; with
+        ``read=False`` only its key is recorded."""
         self._record(partition, stored_key(path))
-        return read_table(path)
+        return read_table(path) if read else None
 
     def clip_weights(self, weights: str) -> str:
         """The CLIP-S weights file given, else CLIP's own resolver; returns the path (or "")."""

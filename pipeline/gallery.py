@@ -1,20 +1,13 @@
 """The gallery: a fixed sample of evaluation images with every system's caption and VQA answers,
 as a tidy table and as PNGs for the Dagster UI."""
 
-import numpy as np
 import pandas as pd
 
-from pipeline.datasets.manifest import load_image
+from pipeline.datasets.manifest import load_image, seeded_ids
 from pipeline.plots import gallery_png
 
 COLUMNS = ["task", "image_id", "question", "system", "shots", "text"]
 REFERENCE = "reference"  # the ``system`` of a reference caption or ground-truth answer
-
-
-def _seeded(values: list, count: int, seed: int) -> list:
-    """``count`` of ``values`` (sorted first, so the input order does not matter), in sorted order."""
-    ordered = sorted(values)
-    return [ordered[i] for i in np.sort(np.random.default_rng(seed).permutation(len(ordered))[:count])]
 
 
 def caption_samples(manifest: pd.DataFrame, captions: dict[str, pd.DataFrame], images: int, seed: int) -> pd.DataFrame:
@@ -26,7 +19,7 @@ def caption_samples(manifest: pd.DataFrame, captions: dict[str, pd.DataFrame], i
     references = manifest.set_index("image_id")["captions"]
     by_system = {system: table.set_index("image_id")["caption"] for system, table in captions.items()}
     rows = []
-    for image_id in _seeded(list(common), images, seed):
+    for image_id in seeded_ids(common, images, seed):
         rows += [("captioning", image_id, "", REFERENCE, 0, text) for text in references[image_id]]
         rows += [("captioning", image_id, "", system, 0, caption[image_id]) for system, caption in by_system.items()]
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -42,7 +35,7 @@ def vqa_samples(answers: dict[tuple[str, int], pd.DataFrame], questions: int, se
     common = set.intersection(*(set(table.index) for table in tables))
     first = tables[0]
     rows = []
-    for question_id in _seeded(list(common), questions, seed):
+    for question_id in seeded_ids(common, questions, seed):
         image_id, question, truth = first.loc[question_id, ["image_id", "question", "answers"]]
         rows.append(("vqa", image_id, question, REFERENCE, 0, pd.Series(list(truth)).mode()[0]))
         for (system, shots), table in zip(answers, tables, strict=True):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.datasets.manifest import seeded_ids
 from pipeline.decoding import image_tokens
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
@@ -105,17 +106,16 @@ def prompt_readout(
     """The readout of a seeded sample of ``images`` readable images of ``manifest`` (joined to their
     feature rows in ``store`` by id): the shares of ``lexical_shares`` over ``labels`` (indexed by
     image id; no columns, no shares), and the nearest-token table."""
-    readable = manifest[store.status[rows_by_id(store.ids, manifest["image_id"].tolist(), "readout")] == OK]
-    ordered = readable.sort_values("image_id", kind="stable")
-    sample = ordered.iloc[np.sort(np.random.default_rng(seed).permutation(len(ordered))[:images])]
-    rows = rows_by_id(store.ids, sample["image_id"].tolist(), "readout")
-    order = np.argsort(rows, kind="stable")  # stored order: each chunk read once
-    sample, rows = sample.iloc[order], rows[order]
+    all_rows = rows_by_id(store.ids, manifest["image_id"].tolist(), "readout")
+    readable = store.status[all_rows] == OK
+    row_of = dict(zip(manifest["image_id"][readable], all_rows[readable], strict=True))
+    sample = sorted(seeded_ids(row_of, images, seed), key=row_of.get)  # stored order: each chunk read once
+    rows = np.array([row_of[i] for i in sample], dtype=np.int64)
     ids, cosines = nearest_tokens(
         linear_map, lm, ChunkedRows(store.features)[rows], nearest=nearest, batch_size=batch_size, device=device
     )
-    table = readout_table(sample["image_id"].tolist(), ids, cosines, tokenizer)
-    shares = lexical_shares(ids, labels.loc[sample["image_id"]], tokenizer, resamples, seed)
+    table = readout_table(sample, ids, cosines, tokenizer)
+    shares = lexical_shares(ids, labels.loc[sample], tokenizer, resamples, seed)
     return shares, table
 
 

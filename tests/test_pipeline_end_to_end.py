@@ -190,8 +190,8 @@ def test_image_prompt_readout_names_nearest_tokens_and_lexical_shares(materializ
                 f"nearest tokens name the {label} (%)",
                 f"nearest tokens name a shuffled {label} (chance, %)",
             ):
-                value, interval = metadata[metric].split(" [")
-                assert 0 <= float(value) <= 100, (system, metric)
+                value, low, high = map(float, metadata[metric].strip("]").replace(" [", ", ").split(", "))
+                assert 0 <= low <= value <= high <= 100, (system, metric)
         tokens = pd.read_parquet(root / "image_prompt_readout" / "smollm2-135m" / system / "nearest_tokens.parquet")
         # 8 images x 4 image tokens (Lite0 pooled to 4) x 5 nearest, ranked by falling cosine.
         assert len(tokens) == 8 * 4 * 5 and tokens["image_id"].nunique() == 8

@@ -26,6 +26,7 @@ from pipeline.datasets.manifest import (
     DatasetError,
     ReadResult,
     load_image,
+    seeded_ids,
     split_off_validation,
     validate_manifest,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "list_parts",
     "load_image",
     "read_manifest",
+    "seeded_ids",
     "split_off_validation",
     "validate_manifest",
 ]

@@ -141,6 +141,13 @@ def validate_manifest(manifest: pd.DataFrame, source: str) -> pd.DataFrame:
     return manifest.reset_index(drop=True)
 
 
+def seeded_ids(ids, count: int, seed: int) -> list:
+    """A seeded sample of ``count`` ids (all when fewer), in sorted order; the ids are sorted
+    first, so the sample does not depend on the order they come in."""
+    ordered = sorted(ids)
+    return [ordered[i] for i in np.sort(np.random.default_rng(seed).permutation(len(ordered))[:count])]
+
+
 def split_off_validation(manifest: pd.DataFrame, size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Carves a fixed, seeded validation split out of a training manifest: (train, val)."""
     if not 0 < size < len(manifest):
