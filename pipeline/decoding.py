@@ -109,24 +109,32 @@ def prefill_shared(lm, tokenizer, prefixes: list[list[Segment]], suffixes: list[
 
 @torch.inference_mode()
 def candidate_log_likelihoods(
-    lm, prompts: SharedPrompts, candidates: list[list[int]], sequences_per_call: int = 256
+    lm, prompts: SharedPrompts, candidates: list[list[int]], sequences_per_call: int = 256, bound: bool = False
 ) -> torch.Tensor:
     """(rows, candidates): the log-likelihood of each candidate token sequence after each prompt,
     the sum of its tokens' log-probabilities. Its first token's comes from the prompts' own logits;
     candidates of more tokens are run on copies of each row's KV cache, ``sequences_per_call``
-    (row, candidate) pairs per LM call. ``prompts``' cache is left as it was."""
+    (row, candidate) pairs per LM call. ``prompts``' cache is left as it was.
+
+    With ``bound``, only each row's most likely candidate is sure to be right (``argmax(-1)`` is
+    exact): a longer candidate whose first token alone scores below the row's best one-token
+    candidate cannot be the most likely (later tokens only lower its score), so its later tokens
+    are not run and its score is that first token's, an upper bound."""
     log_probs = prompts.logits.float().log_softmax(-1)
     scores = log_probs[:, [c[0] for c in candidates]]
     longer = [k for k, c in enumerate(candidates) if len(c) > 1]
     if not longer:
         return scores
+    single = [k for k, c in enumerate(candidates) if len(c) == 1]
+    best_single = scores[:, single].max(-1).values if bound and single else torch.full_like(scores[:, 0], -torch.inf)
+    may_win = scores[:, longer] >= best_single[:, None]  # (rows, longer)
     length = max(len(candidates[k]) for k in longer)
     device = prompts.mask.device
     ids = torch.zeros(len(longer), length, dtype=torch.long, device=device)
     for j, k in enumerate(longer):
         ids[j, : len(candidates[k])] = torch.as_tensor(candidates[k])
     valid = torch.as_tensor([[t < len(candidates[k]) for t in range(1, length)] for k in longer], device=device)
-    pairs = [(row, j) for row in range(len(scores)) for j in range(len(longer))]
+    pairs = may_win.nonzero().tolist()
     embed = lm.get_input_embeddings()
     for start in range(0, len(pairs), sequences_per_call):
         chunk = pairs[start : start + sequences_per_call]
@@ -153,26 +161,30 @@ def greedy_continue(
     lm, tokenizer, prompts: SharedPrompts, *, max_new_tokens: int, ended: list[Callable[[str], bool]]
 ) -> list[str]:
     """Greedy continuations of prefilled prompts. Row ``i`` ends at EOS or once ``ended[i](its text
-    so far)``; decoding stops when every row has ended, or after ``max_new_tokens``."""
+    so far)``; decoding stops when every row has ended, or after ``max_new_tokens``. Ended rows
+    leave the batch (and the KV cache), so each step costs only the rows still running.
+    ``prompts``' cache is consumed."""
     cache, mask, logits = prompts.cache, prompts.mask, prompts.logits
     position_ids = prompts.last_position[:, None]
     embed = lm.get_input_embeddings()
     tokens: list[list[int]] = [[] for _ in ended]
-    running = set(range(len(ended)))
+    live = list(range(len(ended)))  # the rows the batch (logits, cache) holds, in its order
     for step in range(max_new_tokens):
         next_ids = logits.argmax(-1)
-        chosen = next_ids.tolist()
-        for row in sorted(running):
-            token = chosen[row]
+        running = []
+        for index, (row, token) in enumerate(zip(live, next_ids.tolist(), strict=True)):
             tokens[row].append(token)
             text = tokenizer.decode(tokens[row], skip_special_tokens=True)
-            if token == tokenizer.eos_token_id or ended[row](text):
-                running.discard(row)
+            if not (token == tokenizer.eos_token_id or ended[row](text)):
+                running.append(index)
         if not running or step == max_new_tokens - 1:
             break
-        # Ended rows are still fed (their tokens dropped): a batch's answers end at about the same
-        # step, so shrinking the cache would save little.
-        mask = torch.cat([mask, mask.new_ones(len(ended), 1)], dim=1)
+        if len(running) < len(live):
+            keep = torch.as_tensor(running, device=mask.device)
+            cache.batch_select_indices(keep)
+            mask, position_ids, next_ids = mask[keep], position_ids[keep], next_ids[keep]
+            live = [live[index] for index in running]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
         position_ids = position_ids + 1
         logits = last_logits(lm, embed(next_ids)[:, None], mask, position_ids, cache)
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]

@@ -195,7 +195,9 @@ def answer_questions(
         for batch, prefixes, prefix_of in prompt_batches(questions, support_questions, support, **prompting):
             prompts = prefill_shared(lm, tokenizer, prefixes, [vqa_question(q) for q in batch["question"]], prefix_of)
             if vocabulary:
-                scores = candidate_log_likelihoods(lm, prompts, candidates, sequences_per_call=prompting["batch_size"])
+                scores = candidate_log_likelihoods(
+                    lm, prompts, candidates, sequences_per_call=prompting["batch_size"], bound=True
+                )
                 closed += [vocabulary[k] for k in scores.argmax(-1).tolist()]
             generated = greedy_continue(
                 lm,

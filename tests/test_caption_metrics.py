@@ -72,6 +72,31 @@ def test_scores_match_pycocoevalcap_and_their_intervals_are_seeded_and_hold_them
     assert per_image.index.tolist() == list(references)
 
 
+def test_one_meteor_process_serves_every_split_and_a_dead_or_failed_one_is_replaced():
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    gts = {"1": ["a red circle", "a red round shape"], "2": ["a blue square", "blue box"]}
+    res = {"1": ["a red circle"], "2": ["a green square"]}
+    first = caption_module._meteor(Meteor, gts, res, list(gts))
+    process = caption_module._METEORS[Meteor].meteor_p
+    again = caption_module._meteor(Meteor, gts, res, list(gts))
+    assert caption_module._METEORS[Meteor].meteor_p is process
+    assert again[0] == first[0] and np.array_equal(again[1], first[1])
+    process.kill()
+    process.wait()
+    replaced = caption_module._meteor(Meteor, gts, res, list(gts))
+    assert caption_module._METEORS[Meteor].meteor_p is not process
+    assert replaced[0] == first[0] and np.array_equal(replaced[1], first[1])
+
+    class Broken(Meteor):
+        def _stat(self, hypothesis, references):
+            raise OSError("pipe closed")
+
+    with pytest.raises(RuntimeError, match="METEOR failed: pipe closed"):
+        caption_module._meteor(Broken, gts, res, list(gts))
+    assert Broken not in caption_module._METEORS
+
+
 def test_mismatched_images_are_rejected():
     with pytest.raises(ValueError, match="different images"):
         caption_metrics(REFERENCES, {"1": "a red circle"})

@@ -53,24 +53,33 @@ def _after(tokens: int):
     return lambda text: seen.append(text) or len(seen) >= tokens
 
 
-def test_shared_prefix_decoding_stops_once_every_row_has_ended(tiny_llama):
+def test_shared_prefix_decoding_feeds_only_the_rows_still_running(tiny_llama):
+    """One call for the prefixes, one for the suffixes, then one per token for the rows that have
+    not ended, until none is left; the texts start the undisturbed decoding's."""
     lm, tokenizer = tiny_llama
-    calls = []
-    lm_calls = lm.register_forward_hook(lambda *_: calls.append(1))
+    fed = []  # (rows, tokens) of each LM call
+
+    def record(module, args, kwargs):
+        fed.append(tuple(kwargs["inputs_embeds"].shape[:2]))
+
     prefixes = [[torch.randn(3, 64), " Q: is it red? A: yes"], ["The sky is"]]
     suffixes, prefix_of = [" Q: what is it? A:", " Q: why? A:", " blue and"], [0, 0, 1]
+    prefix_tokens = max(len(embed_prompt(lm, tokenizer, p)) for p in prefixes)
+    suffix_tokens = max(len(tokenizer(s, add_special_tokens=False).input_ids) for s in suffixes)
+    hook = lm.register_forward_pre_hook(record, with_kwargs=True)
     try:
         early = greedy_generate_shared(
             lm, tokenizer, prefixes, suffixes, prefix_of, max_new_tokens=10, ended=[_after(n) for n in (1, 3, 2)]
         )
-        assert len(calls) == 1 + 3  # the prefixes, then one call per token until the last row ends
-        calls.clear()
+        # Rows end after 1, 3 and 2 tokens: two rows fed for the second token, one for the third.
+        assert fed == [(2, prefix_tokens), (3, suffix_tokens), (2, 1), (1, 1)]
+        fed.clear()
         full = greedy_generate_shared(
             lm, tokenizer, prefixes, suffixes, prefix_of, max_new_tokens=10, ended=[_after(99) for _ in suffixes]
         )
-        assert len(calls) == 1 + 10
+        assert fed == [(2, prefix_tokens), (3, suffix_tokens), *[(3, 1)] * 9]
     finally:
-        lm_calls.remove()
+        hook.remove()
     assert all(f.startswith(e) for e, f in zip(early, full, strict=True))
 
 
@@ -96,3 +105,35 @@ def test_candidate_likelihoods_are_each_whole_prompt_and_candidates_log_probabil
             predicted = logits[len(prompt) - 1 : -1].log_softmax(-1)
             expected = predicted.gather(-1, ids[:, None]).sum()
             assert scores[row, k].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_bounded_candidate_scores_keep_each_rows_most_likely_and_skip_candidates_that_cannot_win(tiny_llama):
+    lm, tokenizer = tiny_llama
+    torch.manual_seed(0)
+    prefixes = [[torch.randn(3, 64), " Q: is it red? A: yes"], ["The sky is"], []]
+    suffixes, prefix_of = [" Q: what is it? A:", " Q: why not? A:", " blue and", " Q: shape? A:"], [0, 0, 1, 2]
+    words = ("red", "blue", "no", "teal", "a red circle", "dark green")
+    candidates = [tokenizer(f" {a}", add_special_tokens=False).input_ids for a in words]
+    prompts = prefill_shared(lm, tokenizer, prefixes, suffixes, prefix_of)
+    greedy = prompts.logits.argmax(-1)
+    candidates.append([int(greedy[0]), int(greedy[1])])  # its first token is row 0's most likely: never skipped
+    exact = candidate_log_likelihoods(lm, prompts, candidates)
+    single = [k for k, c in enumerate(candidates) if len(c) == 1]
+    longer = [k for k, c in enumerate(candidates) if len(c) > 1]
+    first = prompts.logits.float().log_softmax(-1)[:, [c[0] for c in candidates]]
+    may_win = first[:, longer] >= first[:, single].max(-1, keepdim=True).values
+    assert 0 < may_win.sum() < may_win.numel()  # some (row, candidate) pairs are run, some skipped
+    fed = []
+    hook = lm.register_forward_pre_hook(
+        lambda _, args, kwargs: fed.append(len(kwargs["inputs_embeds"])), with_kwargs=True
+    )
+    try:
+        bounded = candidate_log_likelihoods(lm, prompts, candidates, bound=True)
+    finally:
+        hook.remove()
+    assert sum(fed) == may_win.sum()  # only the pairs that can still win are run
+    assert torch.equal(bounded.argmax(-1), exact.argmax(-1))
+    kept = torch.ones_like(exact, dtype=torch.bool)
+    kept[:, longer] = may_win
+    assert torch.allclose(bounded[kept], exact[kept])
+    assert (bounded[~kept] >= exact[~kept]).all()  # skipped: the first token's score, an upper bound

@@ -131,35 +131,47 @@ def caption_estimates(
     return scores, per_image
 
 
+# One METEOR Java process per Python process and class: its first split costs about 7 s (the JVM
+# and the paraphrase tables), a later one well under 1 s. Its calls are serialised by the lock.
+_METEORS: dict = {}
+_METEOR_LOCK = threading.Lock()
+
+
 def _meteor(meteor_class, gts: dict, res: dict, ids: list) -> tuple[float, np.ndarray]:
     """METEOR of the split through pycocoevalcap's Java process, and each image's alignment
     statistics (n, 23). Runs under the time limit: the wrapper blocks on a pipe forever when the
-    process stops answering, so it runs in a thread and is killed on timeout."""
-    meteor = meteor_class()
-    outcome: dict = {}
+    process stops answering, so it runs in a thread and is killed on timeout. The process is kept
+    for the next split unless it failed."""
+    with _METEOR_LOCK:
+        meteor = _METEORS.get(meteor_class)
+        if meteor is None or meteor.meteor_p.poll() is not None:
+            meteor = _METEORS[meteor_class] = meteor_class()
+        outcome: dict = {}
 
-    def score() -> None:
-        try:
-            stats = [meteor._stat(res[i][0], gts[i]) for i in ids]
-            process = meteor.meteor_p
-            process.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
-            process.stdin.flush()
-            for _ in stats:  # per-image scores, then the corpus score
-                process.stdout.readline()
-            outcome["score"] = float(process.stdout.readline().strip())
-            outcome["stats"] = meteor_segment_stats(np.array([line.split() for line in stats], dtype=float))
-        except Exception as error:  # reported below, in the caller's thread
-            outcome["error"] = error
+        def score() -> None:
+            try:
+                stats = [meteor._stat(res[i][0], gts[i]) for i in ids]
+                process = meteor.meteor_p
+                process.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+                process.stdin.flush()
+                for _ in stats:  # per-image scores, then the corpus score
+                    process.stdout.readline()
+                outcome["score"] = float(process.stdout.readline().strip())
+                outcome["stats"] = meteor_segment_stats(np.array([line.split() for line in stats], dtype=float))
+            except Exception as error:  # reported below, in the caller's thread
+                outcome["error"] = error
 
-    thread = threading.Thread(target=score, daemon=True)
-    thread.start()
-    thread.join(JAVA_TIMEOUT_S)
-    if thread.is_alive():
-        meteor.meteor_p.kill()
-        raise RuntimeError(f"METEOR did not answer in {JAVA_TIMEOUT_S} s ({len(res)} captions)")
-    if "error" in outcome:
-        raise RuntimeError(f"METEOR failed: {outcome['error']}") from outcome["error"]
-    return outcome["score"], outcome["stats"]  # Meteor's __del__ ends the Java process
+        thread = threading.Thread(target=score, daemon=True)
+        thread.start()
+        thread.join(JAVA_TIMEOUT_S)
+        if thread.is_alive() or "error" in outcome:
+            del _METEORS[meteor_class]  # its pipes may hold half an answer: never reused
+            meteor.meteor_p.kill()
+        if thread.is_alive():
+            raise RuntimeError(f"METEOR did not answer in {JAVA_TIMEOUT_S} s ({len(res)} captions)")
+        if "error" in outcome:
+            raise RuntimeError(f"METEOR failed: {outcome['error']}") from outcome["error"]
+        return outcome["score"], outcome["stats"]
 
 
 def score_caption_files(annotations_path: str, results_path: str) -> dict[str, float]:
