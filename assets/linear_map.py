@@ -159,7 +159,6 @@ def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, 
             "samples_per_second": round(result.samples_per_second, 2),
             "shuffle_buffers": result.buffers,
             "recompute": result.recompute,
-            "attention": result.attention,
             "activation_bytes_per_token": result.activation_bytes_per_token,
         }
         per_token = result.activation_bytes_per_token
@@ -189,7 +188,6 @@ def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, 
         samples_per_second=summary["samples_per_second"],
         shuffle_buffers=summary["shuffle_buffers"],
         recompute=summary.get("recompute", False),
-        attention=summary.get("attention", ""),
         loss_curve=dg.MetadataValue.md(markdown_image(limber.layout.loss_curve(local).read_bytes(), "loss curve")),
         validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
     )

@@ -4,8 +4,7 @@ project's own code path measured as it was and as it is, side by side in one run
 1. Training the linear map through frozen GPT-J (transformers' GPTJForCausalLM; 6B at ``--size
    paper``): ``pipeline.training.train_linear_map`` itself on a Zarr store of 144 x 3072 CLIP
    RN50x16 grid features, with micro-batch accumulation. Old: recompute on, GPT-J's unfused
-   ``gelu_new``, logits at every position, synchronous buffer reads, the LM's own attention (SDPA)
-   on every device. New: the defaults (eager attention on CPU: ``pipeline.devices.training_attention``). Key
+   ``gelu_new``, logits at every position, synchronous buffer reads. New: the defaults. Key
    ``train_step_speedup`` = old step time / new step time; tokens/s, MFU, peak GPU memory.
 2. Feature extraction (``bench/extraction.py``): key ``extraction_vs_forward``, the whole
    extraction path's images/s over the pure forward's, and ``cpu_ms_per_image``; encoder MFU.
@@ -204,7 +203,6 @@ def timed_training(
     return {
         "step_s": statistics.median(np.diff(stamps)[warmup:]),
         "recompute": result.recompute,
-        "attention": result.attention,
         "activation_bytes_per_token": result.activation_bytes_per_token,
         "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "losses": result.losses,
@@ -214,8 +212,7 @@ def timed_training(
 
 def bench_training(size: str, device: str, batch: int, micro: int, caption_len: int, warmup: int, iters: int) -> dict:
     """The training step as it was (recompute on, GPT-J's unfused ``gelu_new``, logits at every
-    position, synchronous buffer reads, SDPA attention) and as it is, side by side on the same LM
-    and data."""
+    position, synchronous buffer reads) and as it is, side by side on the same LM and data."""
     lm = build_lm(size, device)
     cuda = device.startswith("cuda")
     resident = torch.cuda.memory_allocated() if cuda else None  # LM weights
@@ -224,9 +221,7 @@ def bench_training(size: str, device: str, batch: int, micro: int, caption_len: 
         # One chunk per batch, one chunk per buffer: every step reads a new buffer from Zarr.
         store = feature_store(folder, batch * steps, chunk_rows=batch)
         kwargs = dict(batch=batch, micro=micro, caption_len=caption_len, steps=steps, warmup=warmup, device=device)
-        old = timed_training(
-            lm, store, folder, recompute=True, all_logits=True, prefetch=False, attention=None, **kwargs
-        )
+        old = timed_training(lm, store, folder, recompute=True, all_logits=True, prefetch=False, **kwargs)
         fuse_activations(lm)
         new = timed_training(lm, store, folder, **kwargs)
     spec = backbone_spec(BACKBONE)
@@ -253,8 +248,6 @@ def bench_training(size: str, device: str, batch: int, micro: int, caption_len: 
         "step_s": new["step_s"],
         "train_step_speedup": old["step_s"] / new["step_s"],
         "recompute": new["recompute"],
-        "old_attention": old["attention"],
-        "new_attention": new["attention"],
         "activation_bytes_per_token": new["activation_bytes_per_token"],
         # Same weights either way: the speedups change how a step runs, not what it computes.
         "max_weight_difference": float((old["weights"] - new["weights"]).abs().max()),
@@ -276,20 +269,14 @@ def training_rows(t: dict, device: str) -> list[tuple[str, str]]:
     mfu = lambda m: f"{100 * m:.1f}%" if m is not None else "n/a"  # noqa: E731
     per_token = t["activation_bytes_per_token"]
     return [
-        ("LM params", f"{t['lm_params'] / 1e9:.3f} B, {t['dtype']}"),
+        ("LM params", f"{t['lm_params'] / 1e9:.3f} B, {t['dtype']}, attention {t['attn_implementation']}"),
         (
             "train batch x tokens",
             f"{t['batch']} (micro-batches of {t['micro_batch']}) x "
             f"({t['image_tokens']} image + {t['caption_tokens']} caption)",
         ),
-        (
-            "train step, old",
-            f"{1000 * t['old_step_s']:.1f} ms (recompute, gelu_new, all logits, sync reads, {t['old_attention']})",
-        ),
-        (
-            "train step, new",
-            f"{1000 * t['step_s']:.1f} ms (recompute {'on' if t['recompute'] else 'off'}, {t['new_attention']})",
-        ),
+        ("train step, old", f"{1000 * t['old_step_s']:.1f} ms (recompute, gelu_new, all logits, sync reads)"),
+        ("train step, new", f"{1000 * t['step_s']:.1f} ms (recompute {'on' if t['recompute'] else 'off'})"),
         (
             "train_step_speedup",
             f"{t['train_step_speedup']:.2f}x (same weights: max |diff| {t['max_weight_difference']:.1e})",

@@ -32,11 +32,3 @@ def compute_dtype(device: str, precision: str = "auto") -> torch.dtype:
 def autocast(device: str, dtype: torch.dtype) -> AbstractContextManager:
     """Float32 modules (an encoder, the linear map) computing in ``dtype`` on ``device``."""
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-
-
-def training_attention(device: str) -> str | None:
-    """The frozen LM's attention while a map trains through it: on a CPU, Hugging Face's eager
-    attention (matmuls and a softmax), since PyTorch's fused CPU attention kernel has a slow
-    backward at these short sequences (bench/benchmark.py, ``train_step_speedup``); elsewhere the
-    LM's own (SDPA). Evaluation keeps the LM's own everywhere: its forward is as fast."""
-    return "eager" if torch.device(device).type == "cpu" else None

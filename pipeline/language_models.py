@@ -9,8 +9,6 @@ when they change.
 """
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,17 +190,3 @@ def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(child, NewGELUActivation):
                 setattr(module, name, GELUTanh())
     return model
-
-
-@contextmanager
-def attention_implementation(model: PreTrainedModel, name: str | None) -> Iterator[str]:
-    """While inside, ``model`` attends with Hugging Face's implementation ``name`` ("eager",
-    "sdpa"; None: its own); afterwards it is as it was. Yields the implementation in use."""
-    previous = model.config._attn_implementation
-    if name and name != previous:
-        model.set_attn_implementation(name)
-    try:
-        yield model.config._attn_implementation
-    finally:
-        if model.config._attn_implementation != previous:
-            model.set_attn_implementation(previous)

@@ -19,9 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.adapters import adapted
-from pipeline.devices import autocast, training_attention
+from pipeline.devices import autocast
 from pipeline.image_features import chunk_rows_of, rows_by_id
-from pipeline.language_models import attention_implementation
 from pipeline.linear_map import LinearMap
 
 IGNORE = -100
@@ -227,7 +226,6 @@ class TrainingResult:
     samples: int = 0
     buffers: int = 0  # shuffle buffers loaded by this run
     recompute: bool = False  # gradient checkpointing was on
-    attention: str = ""  # the LM's attention implementation while it trained
     activation_bytes_per_token: float | None = None  # measured on CUDA, decides ``recompute``
 
     @property
@@ -288,7 +286,6 @@ def train_linear_map(
     recompute: bool | None = None,
     prefetch: bool = True,
     all_logits: bool = False,
-    attention: str | None = "auto",
     on_step: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
 ) -> TrainingResult:
@@ -299,18 +296,15 @@ def train_linear_map(
 
     ``recompute`` (gradient checkpointing) is decided from the activation memory per token
     measured on the first micro-batch when None; ``prefetch`` reads the next shuffle buffer on a
-    thread; ``all_logits`` computes logits at every position (see ``caption_loss``); ``attention``
-    is the LM's attention implementation meanwhile ("auto": ``training_attention(device)``; None:
-    the LM's own). None of the four changes what is computed, only the speed and memory of a step.
+    thread; ``all_logits`` computes logits at every position (see ``caption_loss``). None of the
+    three changes the result, only the speed and memory of a step.
     """
     checkpoint = Path(checkpoint_dir) / "state.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    attention = training_attention(device) if attention == "auto" else attention
-    # The tuned baseline trains its adapters inside the LM.
-    with adapted(lm, linear_map), attention_implementation(lm, attention) as attending:
+    with adapted(lm, linear_map):  # the tuned baseline trains its adapters inside the LM
         linear_map.to(device).train()
         optimizer = torch.optim.AdamW(linear_map.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-        result = TrainingResult(attention=attending)
+        result = TrainingResult()
         if checkpoint.exists():
             # weights_only: a checkpoint pulled from shared storage must not be able to run code.
             state = torch.load(checkpoint, map_location=device, weights_only=True)
