@@ -124,8 +124,9 @@ def run(device: str, iters: int, lm_dir: Path | None = None, images: int = IMAGE
         "answers_per_s": questions / new_s,
         "old_answers_per_s": questions / old_s,
         "vqa_speedup": old_s / new_s,
-        # Every row of a batch is decoded for as many steps as the batch runs: one per LM call but,
-        # on the new path, the call that prefills the batch's prefixes.
+        # Decoding steps per batch, as many as its longest answer needs (on the new path the rows
+        # already complete leave the batch): one per LM call but, on the new path, the call that
+        # prefills the batch's prefixes.
         "tokens_per_row": (new_calls - batches) / batches,
         "old_tokens_per_row": old_calls / batches,
     }

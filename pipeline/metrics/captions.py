@@ -131,8 +131,9 @@ def caption_estimates(
     return scores, per_image
 
 
-# One METEOR Java process per Python process and class: its first split costs about 7 s (the JVM
-# and the paraphrase tables), a later one well under 1 s. Its calls are serialised by the lock.
+# One METEOR Java process per Python process and class: only its first split pays for starting the
+# JVM and loading the paraphrase tables (the first caption_metrics step of `make demo`'s list, against
+# the others). Its calls are serialised by the lock.
 _METEORS: dict = {}
 _METEOR_LOCK = threading.Lock()
 
