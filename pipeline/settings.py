@@ -83,7 +83,8 @@ PAPER_CHANGES: dict[str, dict] = {
     # All VQAv2 val questions; solved examples from a pool of 1,024 VQAv2 train images (CLIP
     # features: about 0.9 GB in memory).
     # Closed-vocabulary answers off: with the 3,129-answer list, each answer of more than one token
-    # is scored on its own copy of the question's KV cache (thousands of copies per question),
+    # that can still rank first is scored on its own copy of the question's KV cache (up to
+    # thousands of copies per question; how many the bound leaves at GPT-J is not measured),
     # against 10 decoding steps for the open-ended answer.
     "vqa": {"questions": 0, "batch_size": 32, "max_new_tokens": 10, "support_images": 1024, "closed_vocabulary": 0},
 }  # fmt: skip
