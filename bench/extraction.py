@@ -5,10 +5,12 @@
 For each backbone in ``SIZES``, in one run and interleaved (so both see the same machine load):
 
 - ``extraction_vs_forward``: images/s of ``pipeline.image_features.extract_image_features`` into a
-  real FeatureArray in a temporary folder (decode and resize in DataLoader workers, normalise and
-  forward on the device, background zstd writes), over images/s of the model forward alone on the
-  same images already as uint8 batches on the device (normalise, forward, float16 copy back). 1.0:
-  the host work is entirely hidden behind the forward.
+  real FeatureArray in a temporary folder (decode and resize, in DataLoader workers where the
+  profile has them, normalise and forward on the device, background zstd writes), over images/s of
+  the model forward alone on the same images already as uint8 batches on the device (normalise,
+  forward, float16 copy back). 1.0: the host work is entirely hidden behind the forward. With the
+  profile's number of workers; ``extraction_vs_forward_by_workers`` has it for each of
+  ``WORKER_COUNTS``, timed in the same run, which is what the profile's setting is chosen by.
 - ``cpu_ms_per_image``: the host work per image (decode, resize, write), timed as the same
   extraction with a model that costs nothing and no workers, beside ``forward_ms_per_image``, the
   time it has to hide in.
@@ -39,16 +41,23 @@ from pipeline.settings import DEFAULT
 from storage import FeatureArray
 
 # images: files extracted per timing; batch: the encoder batch (the demo's setting for Lite0);
-# workers: DataLoader processes (the demo's setting). About three minutes on 2 CPU cores at iters=3.
+# chunk_rows: rows per stored chunk, two chunks per timing as in a long part, where a chunk's write
+# overlaps the next chunk's forwards (a part's only chunk, mostly padding, would be written alone at
+# the end: Zarr stores an edge chunk at full size). About two minutes on 2 CPU cores at iters=3.
 # Enough images that the DataLoader worker's start (about 0.3 s) is not what is timed: a demo part
 # is 500 to 3,500 images.
 SIZES = {
-    "efficientnet_lite0": dict(images=512, batch=DEFAULT["extraction"]["batch_size"], source="easy_vqa"),
-    "clip_rn50x16": dict(images=32, batch=4, source="jpeg_640x480"),
+    "efficientnet_lite0": dict(
+        images=512,
+        batch=DEFAULT["extraction"]["batch_size"],
+        chunk_rows=DEFAULT["extraction"]["chunk_rows"],
+        source="easy_vqa",
+    ),
+    "clip_rn50x16": dict(images=32, batch=4, chunk_rows=16, source="jpeg_640x480"),
 }
-QUICK_SIZES = {"efficientnet_lite0": dict(images=32, batch=16, source="easy_vqa")}  # checks the code path only
-WORKERS = DEFAULT["extraction"]["workers"]
-CHUNK_ROWS = DEFAULT["extraction"]["chunk_rows"]
+QUICK_SIZES = {"efficientnet_lite0": dict(images=32, batch=16, chunk_rows=16, source="easy_vqa")}  # the code path
+WORKERS = DEFAULT["extraction"]["workers"]  # DataLoader processes: the demo's setting
+WORKER_COUNTS = sorted({0, 1, WORKERS})  # each timed, to show which setting is faster here
 
 
 class ZeroFeatures(nn.Module):
@@ -80,14 +89,20 @@ def image_files(source: str, count: int, folder: Path) -> list[str]:
     return paths
 
 
-def extraction_seconds(backbone, paths: list[str], device: str, batch: int, workers: int, folder: Path, dtype) -> float:
+def extraction_seconds(backbone, paths: list[str], device: str, size: dict, workers: int, folder: Path, dtype) -> float:
     spec = backbone.spec
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         store = FeatureArray.open(
-            f"{tmp}/f.zarr", [str(i) for i in range(len(paths))], spec.layout.positions, spec.feature_dim, CHUNK_ROWS
+            f"{tmp}/f.zarr",
+            [str(i) for i in range(len(paths))],
+            spec.layout.positions,
+            spec.feature_dim,
+            size["chunk_rows"],
         )
         started = time.perf_counter()
-        extract_image_features(backbone, paths, store, device=device, batch_size=batch, workers=workers, dtype=dtype)
+        extract_image_features(
+            backbone, paths, store, device=device, batch_size=size["batch"], workers=workers, dtype=dtype
+        )
         return time.perf_counter() - started
 
 
@@ -112,22 +127,25 @@ def bench_backbone(
     flops_per_image = counter.get_total_flops() / len(batches[0])
     forward()  # warm-up: first-call allocations and kernel selection
     zero_cost = replace(backbone, model=ZeroFeatures(backbone.spec.layout.positions, backbone.spec.feature_dim))
-    forward_s, extraction_s, host_s = [], [], []
-    for _ in range(iters):  # interleaved, so a change in the machine's load hits all three alike
+    forward_s, host_s, extraction_s = [], [], {workers: [] for workers in WORKER_COUNTS}
+    for _ in range(iters):  # interleaved, so a change in the machine's load hits them all alike
         started = time.perf_counter()
         forward()
         forward_s.append(time.perf_counter() - started)
-        extraction_s.append(extraction_seconds(backbone, paths, device, size["batch"], WORKERS, folder, dtype))
-        host_s.append(extraction_seconds(zero_cost, paths, device, size["batch"], 0, folder, dtype))
+        for workers, seconds in extraction_s.items():
+            seconds.append(extraction_seconds(backbone, paths, device, size, workers, folder, dtype))
+        host_s.append(extraction_seconds(zero_cost, paths, device, size, 0, folder, dtype))
     # The fastest of the repetitions: on a shared machine the others measure its load, not the code.
-    forward_per_s, extraction_per_s = len(paths) / min(forward_s), len(paths) / min(extraction_s)
+    forward_per_s = len(paths) / min(forward_s)
+    by_workers = {workers: len(paths) / min(seconds) / forward_per_s for workers, seconds in extraction_s.items()}
     return {
         **size,
         "workers": WORKERS,
         "dtype": str(dtype),
         "forward_images_per_s": forward_per_s,
-        "extraction_images_per_s": extraction_per_s,
-        "extraction_vs_forward": extraction_per_s / forward_per_s,
+        "extraction_images_per_s": by_workers[WORKERS] * forward_per_s,
+        "extraction_vs_forward": by_workers[WORKERS],
+        "extraction_vs_forward_by_workers": {str(workers): ratio for workers, ratio in by_workers.items()},
         "forward_ms_per_image": 1e3 / forward_per_s,
         "cpu_ms_per_image": 1e3 * min(host_s) / len(paths),
         "flops_per_image": flops_per_image,
@@ -166,6 +184,10 @@ def report_rows(result: dict) -> list[tuple[str, str]]:
                 f"{b['extraction_vs_forward']:.2f} ({b['extraction_images_per_s']:.1f} vs "
                 f"{b['forward_images_per_s']:.1f} images/s; {b['images']} images, batch {b['batch']}, "
                 f"{b['workers']} workers, {b['dtype']})",
+            ),
+            (
+                f"extraction_vs_forward by workers {name}",
+                ", ".join(f"{w} workers {r:.2f}" for w, r in b["extraction_vs_forward_by_workers"].items()),
             ),
             (
                 f"cpu_ms_per_image {name}",

@@ -172,7 +172,11 @@ def test_extraction_benchmark_runs_on_cpu_and_writes_json(tmp_path):
     for key in ("extraction_vs_forward", "cpu_ms_per_image", "forward_ms_per_image"):
         assert set(result[key]) == {"efficientnet_lite0"} and result[key]["efficientnet_lite0"] > 0
     assert result["mfu"] == {"efficientnet_lite0": None}
-    assert result["backbones"]["efficientnet_lite0"]["flops_per_image"] > 1e8
+    lite0 = result["backbones"]["efficientnet_lite0"]
+    assert lite0["flops_per_image"] > 1e8
+    # every worker count is timed in the same run; the headline is the profile's own
+    assert set(lite0["extraction_vs_forward_by_workers"]) == {"0", "1"}
+    assert lite0["extraction_vs_forward"] == lite0["extraction_vs_forward_by_workers"][str(lite0["workers"])]
 
 
 def test_the_vqa_benchmark_runs_and_answers_as_the_old_path(prepared_lm):
