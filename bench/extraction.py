@@ -1,6 +1,7 @@
 """Feature extraction throughput: the whole path against the model forward it has to keep busy.
 
-    python bench/extraction.py [--device cpu|cuda] [--iters N] [--quick] [--precision P] [--json out.json]
+    python bench/extraction.py [--device cpu|cuda] [--iters N] [--quick] [--precision P]
+                               [--backbone NAME ...] [--images N] [--json out.json]
 
 For each backbone in ``SIZES``, in one run and interleaved (so both see the same machine load):
 
@@ -8,12 +9,16 @@ For each backbone in ``SIZES``, in one run and interleaved (so both see the same
   real FeatureArray in a temporary folder (decode and resize, in DataLoader workers where the
   profile has them, normalise and forward on the device, background zstd writes), over images/s of
   the model forward alone on the same images already as uint8 batches on the device (normalise,
-  forward, float16 copy back). 1.0: the host work is entirely hidden behind the forward. With the
-  profile's number of workers; ``extraction_vs_forward_by_workers`` has it for each of
-  ``WORKER_COUNTS``, timed in the same run, which is what the profile's setting is chosen by.
+  forward, float16 copy back). 1.0: the host work is entirely hidden behind the forward. Each
+  repetition times a forward and, right after it, an extraction, and takes their ratio; the result
+  is the median over repetitions, with their range (``extraction_vs_forward_range``): a shared
+  machine's speed drifts by more than the effect measured, and a ratio of two timings seconds
+  apart cancels most of the drift. With the profile's number of workers;
+  ``extraction_vs_forward_by_workers`` has it for each of ``WORKER_COUNTS``, timed in the same
+  run in alternating order, which is what the profile's setting is chosen by.
 - ``cpu_ms_per_image``: the host work per image (decode, resize, write), timed as the same
-  extraction with a model that costs nothing and no workers, beside ``forward_ms_per_image``, the
-  time it has to hide in.
+  extraction with a model that costs nothing and no workers (median), beside
+  ``forward_ms_per_image`` (median), the time it has to hide in.
 - ``mfu``: FLOPs per image (torch's FlopCounterMode) x forward images/s over ``peak_flops``.
 
 Random weights throughout (timing does not depend on weight values): EfficientNet-Lite0 on the
@@ -24,6 +29,7 @@ JPEG photographs.
 import argparse
 import io
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -40,20 +46,22 @@ from pipeline.image_features import extract_image_features
 from pipeline.settings import DEFAULT
 from storage import FeatureArray
 
-# images: files extracted per timing; batch: the encoder batch (the demo's setting for Lite0);
-# chunk_rows: rows per stored chunk, two chunks per timing as in a long part, where a chunk's write
-# overlaps the next chunk's forwards (a part's only chunk, mostly padding, would be written alone at
-# the end: Zarr stores an edge chunk at full size). About two minutes on 2 CPU cores at iters=3.
-# Enough images that the DataLoader worker's start (about 0.3 s) is not what is timed: a demo part
-# is 500 to 3,500 images.
+# images: files extracted per timing, enough for the steady state of a long part: a DataLoader
+# worker's start and the pipeline's fill and drain cost a few tenths of a second, which at 512 or
+# 1,024 Lite0 images made one worker look slower than none, and at 3,500 (the demo's train part)
+# the two were level (a demo part is 500 to 3,500 images, a CC3M shard 10,000). batch: the encoder
+# batch (the demo's setting for Lite0). chunk_rows: rows per stored chunk, so that each timing
+# writes several chunks and a chunk's write overlaps the next chunk's forwards, as in a long part
+# (a part's only chunk would be written alone at the end, at full size even where it is mostly
+# padding: Zarr stores an edge chunk whole). About eight minutes on 2 CPU cores at iters=5.
 SIZES = {
     "efficientnet_lite0": dict(
-        images=512,
+        images=2048,
         batch=DEFAULT["extraction"]["batch_size"],
         chunk_rows=DEFAULT["extraction"]["chunk_rows"],
         source="easy_vqa",
     ),
-    "clip_rn50x16": dict(images=32, batch=4, chunk_rows=16, source="jpeg_640x480"),
+    "clip_rn50x16": dict(images=64, batch=4, chunk_rows=16, source="jpeg_640x480"),
 }
 QUICK_SIZES = {"efficientnet_lite0": dict(images=32, batch=16, chunk_rows=16, source="easy_vqa")}  # the code path
 WORKERS = DEFAULT["extraction"]["workers"]  # DataLoader processes: the demo's setting
@@ -127,17 +135,17 @@ def bench_backbone(
     flops_per_image = counter.get_total_flops() / len(batches[0])
     forward()  # warm-up: first-call allocations and kernel selection
     zero_cost = replace(backbone, model=ZeroFeatures(backbone.spec.layout.positions, backbone.spec.feature_dim))
-    forward_s, host_s, extraction_s = [], [], {workers: [] for workers in WORKER_COUNTS}
-    for _ in range(iters):  # interleaved, so a change in the machine's load hits them all alike
-        started = time.perf_counter()
-        forward()
-        forward_s.append(time.perf_counter() - started)
-        for workers, seconds in extraction_s.items():
-            seconds.append(extraction_seconds(backbone, paths, device, size, workers, folder, dtype))
+    forward_s, host_s, ratios = [], [], {workers: [] for workers in WORKER_COUNTS}
+    for i in range(iters):
+        for workers in WORKER_COUNTS[:: 1 if i % 2 == 0 else -1]:  # alternating, so drift favours neither
+            started = time.perf_counter()
+            forward()
+            forward_s.append(time.perf_counter() - started)
+            extraction_s = extraction_seconds(backbone, paths, device, size, workers, folder, dtype)
+            ratios[workers].append(forward_s[-1] / extraction_s)
         host_s.append(extraction_seconds(zero_cost, paths, device, size, 0, folder, dtype))
-    # The fastest of the repetitions: on a shared machine the others measure its load, not the code.
-    forward_per_s = len(paths) / min(forward_s)
-    by_workers = {workers: len(paths) / min(seconds) / forward_per_s for workers, seconds in extraction_s.items()}
+    forward_per_s = len(paths) / statistics.median(forward_s)
+    by_workers = {workers: statistics.median(r) for workers, r in ratios.items()}
     return {
         **size,
         "workers": WORKERS,
@@ -145,9 +153,11 @@ def bench_backbone(
         "forward_images_per_s": forward_per_s,
         "extraction_images_per_s": by_workers[WORKERS] * forward_per_s,
         "extraction_vs_forward": by_workers[WORKERS],
+        "extraction_vs_forward_range": [min(ratios[WORKERS]), max(ratios[WORKERS])],
         "extraction_vs_forward_by_workers": {str(workers): ratio for workers, ratio in by_workers.items()},
+        "extraction_vs_forward_range_by_workers": {str(w): [min(r), max(r)] for w, r in ratios.items()},
         "forward_ms_per_image": 1e3 / forward_per_s,
-        "cpu_ms_per_image": 1e3 * min(host_s) / len(paths),
+        "cpu_ms_per_image": 1e3 * statistics.median(host_s) / len(paths),
         "flops_per_image": flops_per_image,
         "mfu": flops_per_image * forward_per_s / peak_flops if peak_flops else None,
     }
@@ -177,17 +187,22 @@ def run(
 def report_rows(result: dict) -> list[tuple[str, str]]:
     rows = []
     for name, b in result["backbones"].items():
+        low, high = b["extraction_vs_forward_range"]
         mfu = f"{100 * b['mfu']:.1f}%" if b["mfu"] is not None else "n/a"
         rows += [
             (
                 f"extraction_vs_forward {name}",
-                f"{b['extraction_vs_forward']:.2f} ({b['extraction_images_per_s']:.1f} vs "
+                f"{b['extraction_vs_forward']:.2f} [{low:.2f}, {high:.2f}] ({b['extraction_images_per_s']:.1f} vs "
                 f"{b['forward_images_per_s']:.1f} images/s; {b['images']} images, batch {b['batch']}, "
                 f"{b['workers']} workers, {b['dtype']})",
             ),
             (
                 f"extraction_vs_forward by workers {name}",
-                ", ".join(f"{w} workers {r:.2f}" for w, r in b["extraction_vs_forward_by_workers"].items()),
+                ", ".join(
+                    f"{w} workers {r:.2f} [{b['extraction_vs_forward_range_by_workers'][w][0]:.2f}, "
+                    f"{b['extraction_vs_forward_range_by_workers'][w][1]:.2f}]"
+                    for w, r in b["extraction_vs_forward_by_workers"].items()
+                ),
             ),
             (
                 f"cpu_ms_per_image {name}",
@@ -201,13 +216,21 @@ def report_rows(result: dict) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--iters", type=int, default=3, help="repetitions; the fastest is reported")
+    parser.add_argument("--iters", type=int, default=5, help="repetitions; the median ratio is reported")
     parser.add_argument("--peak-flops", type=float, help="the device's peak FLOP/s for MFU (default: none)")
     parser.add_argument("--quick", action="store_true", help="Lite0 on a few images: checks the code path only")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as the limber resource's")
+    parser.add_argument("--backbone", action="append", choices=sorted(SIZES), help="only these (repeatable)")
+    parser.add_argument("--images", type=int, help="images per timing, for every backbone (default: SIZES)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    result = run(args.device, args.iters, args.peak_flops, QUICK_SIZES if args.quick else SIZES, args.precision)
+    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = {
+        name: {**size, "images": args.images or size["images"]}
+        for name, size in sizes.items()
+        if not args.backbone or name in args.backbone
+    }
+    result = run(args.device, args.iters, args.peak_flops, sizes, args.precision)
     width = max(len(label) for label, _ in report_rows(result))
     for label, value in report_rows(result):
         print(f"{label:{width}s}  {value}")
