@@ -13,8 +13,9 @@ For each backbone in ``SIZES``, in one run and interleaved (so both see the same
   repetition times a forward and, right after it, an extraction, and takes their ratio; the result
   is the median over repetitions, with their range (``extraction_vs_forward_range``): a shared
   machine's speed drifts by more than the effect measured, and a ratio of two timings seconds
-  apart cancels most of the drift. With the profile's number of workers;
-  ``extraction_vs_forward_by_workers`` has it for each of ``WORKER_COUNTS``, timed in the same
+  apart cancels most of the drift. With the number of workers of the profile made for the device
+  (``profile_workers``: the paper's 8 on CUDA, the demo's 1 elsewhere);
+  ``extraction_vs_forward_by_workers`` has it for that number and for 0 and 1, timed in the same
   run in alternating order, which is what the profile's setting is chosen by.
 - ``cpu_ms_per_image``: the host work per image (decode, resize, write), timed as the same
   extraction with a model that costs nothing and no workers (median), beside
@@ -43,7 +44,7 @@ from pipeline.datasets import load_image
 from pipeline.devices import PRECISIONS, autocast, compute_dtype
 from pipeline.encoders import create_backbone
 from pipeline.image_features import extract_image_features
-from pipeline.settings import DEFAULT
+from pipeline.settings import DEFAULT, PROFILES
 from storage import FeatureArray
 
 # images: files extracted per timing, enough for the steady state of a long part: a DataLoader
@@ -64,8 +65,12 @@ SIZES = {
     "clip_rn50x16": dict(images=64, batch=4, chunk_rows=16, source="jpeg_640x480"),
 }
 QUICK_SIZES = {"efficientnet_lite0": dict(images=32, batch=16, chunk_rows=16, source="easy_vqa")}  # the code path
-WORKERS = DEFAULT["extraction"]["workers"]  # DataLoader processes: the demo's setting
-WORKER_COUNTS = sorted({0, 1, WORKERS})  # each timed, to show which setting is faster here
+
+
+def profile_workers(device: str) -> int:
+    """DataLoader workers as the profile made for this device sets them: the paper's on CUDA, the
+    demo's elsewhere. The benchmark times these, and 0 and 1 beside them."""
+    return PROFILES["paper" if torch.device(device).type == "cuda" else "default"]["extraction"]["workers"]
 
 
 class ZeroFeatures(nn.Module):
@@ -117,6 +122,8 @@ def extraction_seconds(backbone, paths: list[str], device: str, size: dict, work
 def bench_backbone(
     name: str, size: dict, device: str, iters: int, peak_flops: float | None, folder: Path, dtype: torch.dtype
 ) -> dict:
+    workers_set = profile_workers(device)
+    worker_counts = sorted({0, 1, workers_set})
     backbone = create_backbone(name, device, pretrained=False)
     paths = image_files(size["source"], size["images"], folder)
     pixels = [backbone.preprocessing.pixels(load_image(path)[0]) for path in paths]
@@ -135,9 +142,9 @@ def bench_backbone(
     flops_per_image = counter.get_total_flops() / len(batches[0])
     forward()  # warm-up: first-call allocations and kernel selection
     zero_cost = replace(backbone, model=ZeroFeatures(backbone.spec.layout.positions, backbone.spec.feature_dim))
-    forward_s, host_s, ratios = [], [], {workers: [] for workers in WORKER_COUNTS}
+    forward_s, host_s, ratios = [], [], {workers: [] for workers in worker_counts}
     for i in range(iters):
-        for workers in WORKER_COUNTS[:: 1 if i % 2 == 0 else -1]:  # alternating, so drift favours neither
+        for workers in worker_counts[:: 1 if i % 2 == 0 else -1]:  # alternating, so drift favours neither
             started = time.perf_counter()
             forward()
             forward_s.append(time.perf_counter() - started)
@@ -148,12 +155,12 @@ def bench_backbone(
     by_workers = {workers: statistics.median(r) for workers, r in ratios.items()}
     return {
         **size,
-        "workers": WORKERS,
+        "workers": workers_set,
         "dtype": str(dtype),
         "forward_images_per_s": forward_per_s,
-        "extraction_images_per_s": by_workers[WORKERS] * forward_per_s,
-        "extraction_vs_forward": by_workers[WORKERS],
-        "extraction_vs_forward_range": [min(ratios[WORKERS]), max(ratios[WORKERS])],
+        "extraction_images_per_s": by_workers[workers_set] * forward_per_s,
+        "extraction_vs_forward": by_workers[workers_set],
+        "extraction_vs_forward_range": [min(ratios[workers_set]), max(ratios[workers_set])],
         "extraction_vs_forward_by_workers": {str(workers): ratio for workers, ratio in by_workers.items()},
         "extraction_vs_forward_range_by_workers": {str(w): [min(r), max(r)] for w, r in ratios.items()},
         "forward_ms_per_image": 1e3 / forward_per_s,

@@ -181,6 +181,14 @@ def test_extraction_benchmark_runs_on_cpu_and_writes_json(tmp_path):
     assert 0 < low <= lite0["extraction_vs_forward"] <= high  # the median of the repetitions' ratios
 
 
+def test_the_extraction_benchmark_times_the_workers_of_the_profile_made_for_the_device():
+    from pipeline.settings import PROFILES
+
+    extraction = bench.sibling("extraction")
+    assert extraction.profile_workers("cpu") == PROFILES["default"]["extraction"]["workers"] == 1
+    assert extraction.profile_workers("cuda:0") == PROFILES["paper"]["extraction"]["workers"] == 8
+
+
 def test_the_vqa_benchmark_runs_and_answers_as_the_old_path(prepared_lm):
     result = vqa_bench.run("cpu", iters=1, lm_dir=prepared_lm, images=1)
     assert result["identical_answers"] and result["questions"] == 11  # easy-vqa test image 0
