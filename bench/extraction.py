@@ -9,13 +9,14 @@ For each backbone in ``SIZES``, in one run and interleaved (so both see the same
   real FeatureArray in a temporary folder (decode and resize, in DataLoader workers where the
   profile has them, normalise and forward on the device, background zstd writes), over images/s of
   the model forward alone on the same images already as uint8 batches on the device (normalise,
-  forward, float16 copy back). 1.0: the host work is entirely hidden behind the forward. Each
-  repetition times a forward and, right after it, an extraction, and takes their ratio; the result
-  is the median over repetitions (each repetition's ratio in ``extraction_vs_forward_repetitions``,
-  printed as their range): a shared
+  forward, float16 copy back). 1.0: the host work is entirely hidden behind the forward. Both
+  are warmed up first (the forward's first calls; an extraction of two chunks per worker count,
+  for the workers' start, the codec and the writer thread). Each repetition times a forward and,
+  right after it, an extraction, and takes their ratio; the result is the median over repetitions
+  (each repetition's ratio in ``extraction_vs_forward_repetitions``, printed as their range): a shared
   machine's speed drifts by more than the effect measured, and a ratio of two timings seconds
   apart cancels most of the drift. With the number of workers of the profile made for the device
-  (``profile_workers``: the paper's 8 on CUDA, the demo's 1 elsewhere);
+  (``profile_workers``: the paper's 8 on CUDA, the demo's 0 elsewhere);
   ``extraction_vs_forward_by_workers`` has it for that number and for 0 and 1, timed in the same
   run in alternating order, which is what the profile's setting is chosen by.
 - ``cpu_ms_per_image``: the host work per image (decode, resize, write), timed as the same
@@ -142,6 +143,8 @@ def bench_backbone(
         backbone.model(backbone.normalise(batches[0]))
     flops_per_image = counter.get_total_flops() / len(batches[0])
     forward()  # warm-up: first-call allocations and kernel selection
+    for workers in worker_counts:  # and the extraction's own first calls: worker start, codec, writer thread
+        extraction_seconds(backbone, paths[: 2 * size["chunk_rows"]], device, size, workers, folder, dtype)
     zero_cost = replace(backbone, model=ZeroFeatures(backbone.spec.layout.positions, backbone.spec.feature_dim))
     forward_s, host_s, ratios = [], [], {workers: [] for workers in worker_counts}
     for i in range(iters):

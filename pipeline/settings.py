@@ -24,10 +24,10 @@ DEFAULT: dict[str, dict] = {
         "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
         "shown": "easy_vqa.test",  # a captioning part: the images the readout and the gallery show
     },
-    # workers: DataLoader processes decoding images. One: on 2 cores one and none are level at a
-    # demo part's size (bench/extraction.py times both side by side), and where a core is idle a
-    # worker hides the decoding.
-    "extraction": {"batch_size": 16, "chunk_rows": 256, "workers": 1},
+    # workers: DataLoader processes decoding images. None: on a CPU the forward's threads fill every
+    # core, so a worker cannot hide the decoding and only adds its start and its transfers; on 2
+    # cores none was level with one or ahead in every paired run (bench/extraction.py, BENCHMARKS.md).
+    "extraction": {"batch_size": 16, "chunk_rows": 256, "workers": 0},
     "training": {
         "steps": 120, "batch_size": 16, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
         "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,

@@ -186,7 +186,7 @@ def test_the_extraction_benchmark_times_the_workers_of_the_profile_made_for_the_
     from pipeline.settings import PROFILES
 
     extraction = bench.sibling("extraction")
-    assert extraction.profile_workers("cpu") == PROFILES["default"]["extraction"]["workers"] == 1
+    assert extraction.profile_workers("cpu") == PROFILES["default"]["extraction"]["workers"] == 0
     assert extraction.profile_workers("cuda:0") == PROFILES["paper"]["extraction"]["workers"] == 8
 
 
