@@ -26,7 +26,7 @@ DEFAULT: dict[str, dict] = {
     },
     # workers: DataLoader processes decoding images. None: on a CPU the forward's threads fill every
     # core, so a worker cannot hide the decoding and only adds its start and its transfers; on 2
-    # cores none was level with one or ahead in every paired run (bench/extraction.py, BENCHMARKS.md).
+    # cores 0 workers matched 1 or beat it in every paired run (bench/extraction.py, BENCHMARKS.md).
     "extraction": {"batch_size": 16, "chunk_rows": 256, "workers": 0},
     "training": {
         "steps": 120, "batch_size": 16, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
