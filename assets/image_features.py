@@ -56,7 +56,8 @@ def feature_checks(features: FeatureArray, manifest_ids: list[str]) -> dg.AssetC
 def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, limber: Limber):
     """One frozen backbone's features for every image of one part (float16, one Zarr array).
 
-    Keyed by the manifest, the encoder (its layer, layout, image size and weights' fingerprint) and
+    Keyed by the manifest, the resolved encoder spec (library and version, model and tag, layer,
+    layout, pooling, preprocessing, and the weights' fingerprint or random seed) and
     the dtype it computes in: features stored under another key are computed again; under the same
     key only unfinished chunks.
     """
@@ -94,7 +95,8 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
         shape=str(tuple(store.features.shape)),
         dtype=str(store.features.dtype),
         layer=spec.layer,
-        weights=spec.weights,
+        weights=spec.weights_source(),
+        resolves_to=spec.encoder.canonical,
         chunks_computed=stats.chunks_computed if stats else 0,
         chunks_reused=store.num_chunks() - pending,
         images_per_second=round(stats.images_per_second, 2) if stats else 0.0,

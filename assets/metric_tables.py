@@ -56,7 +56,7 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
 
 def baselines(systems: set[str]) -> list[str]:
     """The systems every other is compared with: blind, and each random-init encoder's linear map."""
-    random_init = sorted(s for s in systems if s in BACKBONES and backbone_spec(s).pretrained is None)
+    random_init = sorted(s for s in systems if s in BACKBONES and backbone_spec(s).random_init)
     return [BLIND, *random_init]
 
 

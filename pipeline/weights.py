@@ -52,7 +52,8 @@ class Weights:
         """The local path named by ``LIMBER_WEIGHTS_<NAME>``, if set."""
         return settings.weights_path(self.name)
 
-    def _cached(self) -> str | None:
+    def cached_file(self) -> str | None:
+        """The first of ``files`` found in the Hugging Face cache, if any."""
         from huggingface_hub import try_to_load_from_cache
 
         found = [try_to_load_from_cache(self.repo, f) for f in self.files]
@@ -63,7 +64,7 @@ class Weights:
         local = self.local()
         if local:
             return None if Path(local).exists() else f"{self.env}={local} does not exist. {self.how_to_get()}"
-        if self._cached() or not offline():
+        if self.cached_file() or not offline():
             return None
         return f"not in the Hugging Face cache. {self.how_to_get()}"
 
@@ -71,7 +72,7 @@ class Weights:
         """The local copy's content hash, else the cached revision (a snapshot folder is named by its commit)."""
         if local := self.local():
             return f"file:{content_hash(local)}"
-        cached = self._cached()
+        cached = self.cached_file()
         return f"hf:{self.repo}@{Path(cached).parent.name}" if cached else f"hf:{self.repo}"
 
     def how_to_get(self) -> str:

@@ -10,6 +10,7 @@ Model checkpoints, which torch and safetensors write to local files, go through 
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -64,14 +65,14 @@ class StorageLayout:
 
     def image_features(self, backbone: str, part_key: str) -> UPath:
         dataset, part = dataset_part(part_key)
-        return self.root / "features" / dataset / part / f"{backbone}.zarr"
+        return self.root / "features" / dataset / part / f"{_safe(backbone)}.zarr"
 
     def language_model(self, name: str) -> UPath:
         return self.root / "language_models" / _safe(name)
 
     def linear_map(self, backbone: str, language_model: str) -> UPath:
         """A folder: the weights, their config (with the key), the loss curve, and the checkpoints."""
-        return self.root / "linear_maps" / _safe(language_model) / backbone
+        return self.root / "linear_maps" / _safe(language_model) / _safe(backbone)
 
     @staticmethod
     def loss_curve(map_folder):
@@ -86,26 +87,26 @@ class StorageLayout:
 
     def captions(self, system: str, language_model: str, part_key: str) -> UPath:
         dataset, part = dataset_part(part_key)
-        return self.root / "captions" / _safe(language_model) / system / dataset / f"{part}.parquet"
+        return self.root / "captions" / _safe(language_model) / _safe(system) / dataset / f"{part}.parquet"
 
     def coco_results(self, system: str, language_model: str, part_key: str) -> UPath:
         """The same captions in the COCO results format, for any external scorer."""
         dataset, part = dataset_part(part_key)
-        return self.root / "captions" / _safe(language_model) / system / dataset / f"{part}.coco.json"
+        return self.root / "captions" / _safe(language_model) / _safe(system) / dataset / f"{part}.coco.json"
 
     def caption_metrics(self, system: str, language_model: str, part_key: str) -> UPath:
         dataset, part = dataset_part(part_key)
-        return self.root / "caption_metrics" / _safe(language_model) / system / dataset / f"{part}.parquet"
+        return self.root / "caption_metrics" / _safe(language_model) / _safe(system) / dataset / f"{part}.parquet"
 
     def caption_scores(self, system: str, language_model: str, part_key: str) -> UPath:
         """Per-image scores beside the metrics, for paired differences between systems."""
         return self.caption_metrics(system, language_model, part_key).with_suffix(".per_image.parquet")
 
     def vqa_answers(self, system: str, language_model: str, shots: int) -> UPath:
-        return self.root / "vqa_answers" / _safe(language_model) / system / f"{shots}-shot.parquet"
+        return self.root / "vqa_answers" / _safe(language_model) / _safe(system) / f"{shots}-shot.parquet"
 
     def vqa_metrics(self, system: str, language_model: str, shots: int) -> UPath:
-        return self.root / "vqa_metrics" / _safe(language_model) / system / f"{shots}-shot.parquet"
+        return self.root / "vqa_metrics" / _safe(language_model) / _safe(system) / f"{shots}-shot.parquet"
 
     def vqa_scores(self, system: str, language_model: str, shots: int) -> UPath:
         """Per-question accuracy beside the metrics, for paired differences between systems."""
@@ -113,7 +114,7 @@ class StorageLayout:
 
     def prompt_readout(self, system: str, language_model: str) -> UPath:
         """The shares of images whose prompt reads out their own words, with intervals."""
-        return self.root / "image_prompt_readout" / _safe(language_model) / system / "lexical.parquet"
+        return self.root / "image_prompt_readout" / _safe(language_model) / _safe(system) / "lexical.parquet"
 
     def prompt_nearest_tokens(self, system: str, language_model: str) -> UPath:
         """Each sampled image token's nearest LM vocabulary tokens, beside the shares."""
@@ -195,7 +196,13 @@ class LocalMirror:
 
 
 def _safe(name: str) -> str:
-    return name.replace("/", "--")
+    """A model or system name as one path component. Names of letters, digits and ``._+-`` stay as
+    they are (``/`` becomes ``--``); others (``timm:vit_base_patch16_224?pool=4``) are spelled with
+    ``_`` and end in a hash of the name, so two names never share a folder and URLs stay plain."""
+    spelled = name.replace("/", "--")
+    if re.fullmatch(r"[\w.+-]+", spelled, flags=re.ASCII):
+        return spelled
+    return re.sub(r"[^\w.+-]+", "_", spelled, flags=re.ASCII).strip("_") + "-" + config_hash(name)[:8]
 
 
 KEY_FIELD = b"limber.key"  # Parquet file metadata: the key of what the table was computed from

@@ -44,9 +44,10 @@ def write_random_weights(directory: Path, tokenizer) -> dict[str, str]:
     import timm
     import torch
     from safetensors.torch import save_file
-    from transformers import BeitConfig, BeitModel, GPTJConfig, GPTJForCausalLM
+    import transformers
+    from transformers import AutoConfig, BeitModel, GPTJConfig, GPTJForCausalLM
 
-    from pipeline.encoders import BEIT_LARGE_CONFIG, beit_pt22k_processor
+    from pipeline.encoders import HF_FALLBACK_ARCHITECTURES
 
     def half(model):
         return {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
@@ -55,9 +56,10 @@ def write_random_weights(directory: Path, tokenizer) -> dict[str, str]:
     torch.manual_seed(0)
     save_file(half(open_clip.create_model("RN50x16")), directory / "clip_rn50x16.safetensors")
     save_file(half(timm.create_model("nf_resnet50")), directory / "nf_resnet50.safetensors")
-    beit = BeitModel(BeitConfig(**BEIT_LARGE_CONFIG), add_pooling_layer=False).half()
-    beit.save_pretrained(directory / "beit_large")
-    beit_pt22k_processor(224).save_pretrained(directory / "beit_large")
+    beit_architecture = HF_FALLBACK_ARCHITECTURES["microsoft/beit-large-patch16-224-pt22k"]
+    BeitModel(AutoConfig.for_model(**beit_architecture["config"])).half().save_pretrained(directory / "beit_large")
+    processor = dict(beit_architecture["processor"])
+    getattr(transformers, processor.pop("image_processor_type"))(**processor).save_pretrained(directory / "beit_large")
     gptj = GPTJForCausalLM(
         GPTJConfig(
             vocab_size=len(tokenizer),

@@ -134,7 +134,7 @@ def test_new_vqa_settings_recompute_only_answers_and_their_metrics(graph):
 def test_new_encoder_weights_recompute_that_backbone_and_nothing_else(graph):
     """The lite0 weights file changes (one tensor perturbed): its features, map and evaluations are
     recomputed, and so is the tuned baseline on it; the random encoder and the blind system are reused."""
-    weights = torch.load(pipeline.encoders.LITE0_WEIGHTS.path(), map_location="cpu", weights_only=True)
+    weights = torch.load(pipeline.encoders.backbone_spec(LITE0).weights.path(), map_location="cpu", weights_only=True)
     first = next(iter(weights))
     weights[first] = weights[first] * 1.01
     changed = graph.root.parent / "lite0.pth"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.encoders import BACKBONES, backbone_spec
+from pipeline.encoders import ALIASES, backbone_spec
 from pipeline.language_models import language_model_spec
 from pipeline.weights import PackageWeights, Weights, content_hash
 
@@ -11,7 +11,11 @@ WEIGHTS = Weights("gpt-j-6b", "EleutherAI/gpt-j-6B", ("config.json",), "the GPT-
 
 def test_the_variable_is_the_name_upper_cased_with_underscores():
     assert WEIGHTS.env == "LIMBER_WEIGHTS_GPT_J_6B"
-    assert backbone_spec("clip_rn50x16").pretrained.env == "LIMBER_WEIGHTS_CLIP_RN50X16"
+    assert backbone_spec("clip_rn50x16").weights.env == "LIMBER_WEIGHTS_CLIP_RN50X16"
+    # A library name's variable is its model and tag, options left out (they do not change the weights).
+    assert backbone_spec("timm:vit_small_patch16_224.augreg_in21k?pool=4").weights.env == (
+        "LIMBER_WEIGHTS_TIMM_VIT_SMALL_PATCH16_224_AUGREG_IN21K"
+    )
     assert language_model_spec("gpt-j-6b").weights.env == "LIMBER_WEIGHTS_GPT_J_6B"
 
 
@@ -29,11 +33,13 @@ def test_offline_without_the_cache_says_what_to_fetch(empty_hf_cache, monkeypatc
     assert "huggingface-cli download EleutherAI/gpt-j-6B" in WEIGHTS.missing()
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", sorted(set(ALIASES) - {"beit_large", "beit_large_ft"}))
 def test_random_and_packaged_backbones_need_nothing_to_fetch(name, empty_hf_cache):
+    """(The BEiT aliases' configs are not on this machine: their names fail to resolve, saying where
+    to put them; tests/test_encoders.py.)"""
     spec = backbone_spec(name)
-    if isinstance(spec.pretrained, Weights):
-        assert spec.pretrained.env in spec.missing_weights()
+    if isinstance(spec.weights, Weights):
+        assert spec.weights.env in spec.missing_weights()
     else:
         assert spec.missing_weights() is None  # random init, or weights from an installed package
 
