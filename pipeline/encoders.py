@@ -182,7 +182,7 @@ def _option(name: str, key: str, value: str | None):
         return number(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
     if key == "interpolation":
         if not value or not value.isalpha():
-            raise BackboneNameError(name, f"interpolation={value} is not a mode name", "Write e.g. interpolation=bicubic")
+            raise BackboneNameError(name, f"interpolation={value} is not a mode", "Write e.g. interpolation=bicubic")
         return value
     raise BackboneNameError(name, f"unknown option {key!r}", f"Options: {', '.join(OPTIONS)}")
 
@@ -219,7 +219,8 @@ def parse_name(name: str) -> EncoderName:
         try:
             validate_repo_id(model)
         except HFValidationError as error:
-            raise BackboneNameError(name, f"{model!r} is not a Hugging Face repo id ({error})", "Write hf:<org>/<name>")
+            problem = f"{model!r} is not a Hugging Face repo id ({error})"
+            raise BackboneNameError(name, problem, "Write hf:<org>/<name>") from None
     if not re.fullmatch(r"[\w.+-]+(/[\w.+-]+)?", model) or (tag and not re.fullmatch(r"[\w.+-]+", tag)):
         raise BackboneNameError(name, f"{rest!r} is not a model name", f"Write {FORMS[library]}")
     return EncoderName(library, model, tag or None, **options)
@@ -454,7 +455,7 @@ def _timm(encoder: EncoderName, weights, meta: bool):
 
 def _load_positionally(model: nn.Module, source: dict, weights: PackageWeights) -> None:
     target = model.state_dict()
-    if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values())):
+    if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)):
         raise ValueError(f"{weights.requirement} weights do not match timm {type(model).__name__}'s tensors")
     model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
 
@@ -505,7 +506,8 @@ def _open_clip(encoder: EncoderName, weights, meta: bool):
     config = open_clip.get_model_preprocess_cfg(model)
     pixels, mean, std = split_normalisation(image_transform_v2(PreprocessCfg(**config), is_train=False))
     size = config["size"]
-    preprocessing = Preprocessing(pixels, mean, std, {**config, "size": (size, size) if isinstance(size, int) else size})
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    preprocessing = Preprocessing(pixels, mean, std, {**config, "size": size})
     visual = model.visual
 
     if encoder.layout == "pooled":
@@ -701,7 +703,7 @@ def _resolve(name: str, encoder: EncoderName, local: str | None) -> BackboneSpec
                 f"For layer {encoder.layer} pooled to one token, write layout=grid&layer={encoder.layer}&pool=1",
             )  # fmt: skip
         if encoder.pool:
-            raise BackboneNameError(name, "pool= applies to a grid, not a pooled output", "Drop pool= or use layout=grid")
+            raise BackboneNameError(name, "pool= applies to a grid, not a pooled output", "Drop it or use layout=grid")
         layout, dim = TokenLayout("pooled", 1, encoder.tokens), out.shape[1]
     else:
         if encoder.tokens != 1:

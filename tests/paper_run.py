@@ -43,8 +43,8 @@ def write_random_weights(directory: Path, tokenizer) -> dict[str, str]:
     import open_clip
     import timm
     import torch
-    from safetensors.torch import save_file
     import transformers
+    from safetensors.torch import save_file
     from transformers import AutoConfig, BeitModel, GPTJConfig, GPTJForCausalLM
 
     from pipeline.encoders import HF_FALLBACK_ARCHITECTURES
