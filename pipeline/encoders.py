@@ -190,9 +190,7 @@ def _option(name: str, key: str, value: str | None):
 def parse_name(name: str) -> EncoderName:
     """A backbone name, parsed and checked for form (not yet for existence: see ``backbone_spec``)."""
     if not isinstance(name, str) or not name or name != name.strip() or "..." in name or "|" in name:
-        raise BackboneNameError(
-            str(name), "not a backbone name (empty, padded, or with '...' or '|')", _forms_hint()
-        )
+        raise BackboneNameError(str(name), "not a backbone name (empty, padded, or with '...' or '|')", _forms_hint())
     base, _, query = name.partition("?")
     options = {}
     for item in filter(None, query.split("&")):
@@ -455,7 +453,8 @@ def _timm(encoder: EncoderName, weights, meta: bool):
 
 def _load_positionally(model: nn.Module, source: dict, weights: PackageWeights) -> None:
     target = model.state_dict()
-    if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)):
+    pairs = zip(source.values(), target.values(), strict=False)  # lengths compared first
+    if len(source) != len(target) or any(a.shape != b.shape for a, b in pairs):
         raise ValueError(f"{weights.requirement} weights do not match timm {type(model).__name__}'s tensors")
     model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
 

@@ -151,9 +151,7 @@ def _library_transform(backbone):
 def _through_the_pipeline(backbone, paths, tmp_path, tiny_llama):
     """Features into a Zarr store, a map, one training step into the tiny LM, greedy captions."""
     spec = backbone.spec
-    store = FeatureArray.open(
-        str(tmp_path / "f.zarr"), ["a", "b"], spec.layout.positions, spec.feature_dim, 2, "key"
-    )
+    store = FeatureArray.open(str(tmp_path / "f.zarr"), ["a", "b"], spec.layout.positions, spec.feature_dim, 2, "key")
     extract_image_features(backbone, paths, store, device="cpu", batch_size=2, dtype=torch.float32)
     features = np.asarray(store.features[:])
     assert features.shape == (2, spec.layout.positions, spec.feature_dim) and np.isfinite(features).all()
