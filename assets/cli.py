@@ -1,7 +1,8 @@
 """The ``limber`` command line: the Dagster layer's entry point for a terminal.
 
 ``limber demo`` materializes the asset graph on the active profile (the same loop the tests run,
-``assets/materialize.py``); ``limber score-vqa`` and ``limber score-captions`` score any model's
+``assets/materialize.py``); ``limber backbones list|describe`` says what encoder names resolve to;
+``limber score-vqa`` and ``limber score-captions`` score any model's
 outputs in the standard VQAv2 / COCO file formats with the pipeline's metrics alone.
 """
 
@@ -50,6 +51,41 @@ def demo(args: argparse.Namespace) -> int:
         if "comparison" in step.metadata:
             print(f"\nMetric comparison ({step.metadata['path']}):\n{step.metadata['comparison']}")
     return 0 if all(step.success for step in steps) else 1
+
+
+def backbones(args: argparse.Namespace) -> int:
+    """``limber backbones list`` and ``limber backbones describe NAME``: what a name resolves to."""
+    from pipeline import encoders
+
+    if args.action == "list":
+        print("Aliases:")
+        for alias, name in encoders.ALIASES.items():
+            print(f"  {alias:28s} {name}")
+        print("\nAny encoder by name:")
+        for form in encoders.FORMS.values():
+            print(f"  {form}")
+        print("\nOptions, after '?' and joined by '&' (e.g. timm:vit_base_patch14_reg4_dinov2.lvd142m?pool=8):")
+        for option, what in encoders.OPTIONS.items():
+            print(f"  {option:14s} {what}")
+        return 0
+    spec = encoders.backbone_spec(args.name, pretrained=not args.random)
+    description = spec.describe()
+    if args.run and not description["weights_present"]:
+        description["output_shape"] = "not run: the weights are not here (--random runs the architecture)"
+    elif args.run:
+        import torch
+
+        backbone = encoders.create_backbone(args.name, pretrained=not args.random)
+        height, width = spec.preprocessing.settings["size"]
+        noise = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8, generator=torch.Generator())
+        with torch.inference_mode():
+            description["output_shape"] = list(backbone.model(backbone.normalise(noise)).shape)
+    if args.json:
+        print(json.dumps(description, default=str))
+    else:
+        for key, value in description.items():
+            print(f"{key:16s} {value}")
+    return 0 if description["weights_present"] else 3
 
 
 def score_vqa(args: argparse.Namespace) -> int:
@@ -122,9 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     captions.add_argument("--annotations", required=True)
     captions.add_argument("--results", required=True)
     captions.add_argument("--json", action="store_true")
+    described = commands.add_parser("backbones", help="list the encoder names accepted, or describe one")
+    actions = described.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="aliases, the library forms and their options")
+    describe = actions.add_parser("describe", help="what a name resolves to: tokens, dim, preprocessing, weights")
+    describe.add_argument("name", help="an alias, timm:<model>[.<tag>], open_clip:<arch>[:<tag>] or hf:<repo id>")
+    describe.add_argument("--random", action="store_true", help="the same architecture with random weights")
+    describe.add_argument("--json", action="store_true")
+    describe.add_argument("--run", action="store_true", help="push one synthetic image through the model")
     args = parser.parse_args(argv)
+    commands_by_name = {"demo": demo, "score-vqa": score_vqa, "score-captions": score_captions, "backbones": backbones}
     try:
-        return {"demo": demo, "score-vqa": score_vqa, "score-captions": score_captions}[args.command](args)
+        return commands_by_name[args.command](args)
     except (ValueError, OSError, RuntimeError) as error:  # bad input or a missing file: one line, exit 2
         print(f"limber {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

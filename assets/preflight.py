@@ -1,12 +1,12 @@
-"""What the active profile needs before a whole-graph run: weights and dataset files, checked
-without building a model, so ``limber demo`` says everything missing at once instead of failing
+"""What the active profile needs before a whole-graph run: backbone names that resolve, weights and
+dataset files, checked without loading a model, so ``limber demo`` says everything missing at once instead of failing
 midway through the graph."""
 
 from assets.config import PROFILE
 from assets.partitions import PROFILE_PARTS, discover_parts
 from assets.resources import Limber
 from pipeline.datasets import how_to_get
-from pipeline.encoders import backbone_spec
+from pipeline.encoders import BackboneNameError, backbone_spec
 from pipeline.language_models import language_model_spec
 from storage.layout import dataset_part, in_prefix
 
@@ -15,7 +15,12 @@ def preflight(limber: Limber) -> list[str]:
     """One line per missing piece, naming it and where it goes; empty when the profile can run."""
     problems = []
     for name in PROFILE["models"]["backbones"]:
-        if missing := backbone_spec(name).missing_weights():
+        try:
+            missing = backbone_spec(name).missing_weights()
+        except BackboneNameError as error:  # unknown, malformed, remote code, no such layer, no config here
+            problems.append(f"backbone {name}: {error.detail}")
+            continue
+        if missing:
             problems.append(f"backbone {name}: {missing}")
     if missing := language_model_spec(limber.language_model).missing_weights():
         problems.append(f"language model {limber.language_model}: {missing}")

@@ -102,7 +102,8 @@ class BackboneNameError(ValueError):
     """A backbone name that cannot be used: names the name, the problem and the fix."""
 
     def __init__(self, name: str, problem: str, fix: str):
-        super().__init__(f"backbone {name!r}: {problem}. {fix}")
+        self.name, self.detail = name, f"{problem}. {fix}"
+        super().__init__(f"backbone {name!r}: {self.detail}")
 
 
 @dataclass(frozen=True)
