@@ -1,5 +1,11 @@
 """What runs without a person: the new-data sensor, nightly re-evaluation, and declarative automation.
 
+- ``backbone_sweep``: registers the backbones the profile, the sweep file (``LIMBER_SWEEP``) and
+  the UI name, with the systems on them, once each resolves (a name that does not is reported,
+  not registered); running by default, since it only registers partitions. The evaluation assets
+  materialize missing partitions on their own (``AutomationCondition.on_missing``), so with the
+  ``automation`` sensor on, a new name's features, map, evaluations and table rows follow, and
+  nothing already stored runs again.
 - ``new_data``: registers the dataset parts that appeared in the raw-data folder (a new CC3M shard,
   a new evaluation file) as dynamic partitions and requests their manifests; ``image_features``
   is eager, so each new manifest then gets its features, and nothing else is recomputed.
@@ -13,7 +19,16 @@ import dagster as dg
 
 from assets.captions import caption_metrics, captions
 from assets.inputs import Inputs, MissingInput
-from assets.partitions import VQA_EVAL, VQA_SUPPORT, caption_partitions, register_dataset_parts, vqa_partitions
+from assets.partitions import (
+    VQA_EVAL,
+    VQA_SUPPORT,
+    caption_partitions,
+    register_backbones,
+    register_dataset_parts,
+    resolvable,
+    vqa_partitions,
+    wanted_backbones,
+)
 from assets.resources import Limber
 from assets.vqa import vqa_answers, vqa_metrics
 from pipeline import settings
@@ -41,6 +56,21 @@ def new_data(context: dg.SensorEvaluationContext, limber: Limber) -> dg.SensorRe
     return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=k, run_key=f"manifest:{k}") for k in new])
 
 
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def backbone_sweep(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Registers each backbone of the profile, the sweep file and the UI, with its systems."""
+    good, bad = resolvable(wanted_backbones(context.instance))
+    new = register_backbones(context.instance, good)
+    for name, problem in bad.items():
+        context.log.error(f"backbone {name!r} not registered: {problem}")
+    if new:
+        context.log.info(f"new backbones: {new}")
+    return dg.SkipReason(
+        f"{len(new)} new backbone(s) registered{': ' + ', '.join(new) if new else ''}; "
+        f"{len(bad)} name(s) that do not resolve{': ' + ', '.join(bad) if bad else ''}"
+    )
+
+
 def _inputs_key(limber: Limber, system: str, parts: list[str]) -> str | None:
     """The key of what an evaluation of ``system`` on ``parts`` reads, or None if one is not stored yet."""
     inputs = Inputs(limber)
@@ -55,9 +85,9 @@ def _inputs_key(limber: Limber, system: str, parts: list[str]) -> str | None:
     return inputs.key()
 
 
-def _evaluation_requests(limber: Limber, partitions_def, parts_of) -> list[dg.RunRequest]:
+def _evaluation_requests(instance, limber: Limber, partitions_def, parts_of) -> list[dg.RunRequest]:
     requests = []
-    for key in partitions_def.get_partition_keys():
+    for key in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
         inputs_key = _inputs_key(limber, key.keys_by_dimension["system"], parts_of(key))
         if inputs_key is not None:
             requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}@{inputs_key}"))
@@ -71,7 +101,9 @@ def _evaluation_requests(limber: Limber, partitions_def, parts_of) -> list[dg.Ru
 )
 def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
     """Captions and caption metrics for every system x captioning part whose inputs exist."""
-    requests = _evaluation_requests(limber, caption_partitions, lambda key: [key.keys_by_dimension["part"]])
+    requests = _evaluation_requests(
+        context.instance, limber, caption_partitions, lambda key: [key.keys_by_dimension["part"]]
+    )
     return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
 
 
@@ -80,7 +112,7 @@ def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: L
 )
 def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
     """Few-shot VQA for every system x shot count whose inputs exist."""
-    requests = _evaluation_requests(limber, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
+    requests = _evaluation_requests(context.instance, limber, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
     return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
 
 
@@ -88,9 +120,10 @@ automation = dg.AutomationConditionSensorDefinition(
     "automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="extracts features of new parts and rebuilds metric_tables after evaluations",
+    description="extracts features of new parts and backbones, trains and evaluates new backbones, "
+    "and rebuilds metric_tables after evaluations",
 )
 
 JOBS = [caption_evaluation_job, vqa_evaluation_job]
 SCHEDULES = [caption_evaluation_schedule, vqa_evaluation_schedule]
-SENSORS = [new_data, automation]
+SENSORS = [backbone_sweep, new_data, automation]

@@ -13,7 +13,7 @@ from assets.image_features import image_features
 from assets.inputs import Inputs, preview, stored_result, stored_table
 from assets.language_model import language_model
 from assets.linear_map import linear_map
-from assets.partitions import CAPTIONING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
+from assets.partitions import CAPTIONING, ON_MISSING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
 from assets.resources import Limber
 from pipeline.captioning import caption_images
 from pipeline.metrics.captions import SCORING, split_caption_metrics
@@ -49,6 +49,7 @@ def captions_check(table: pd.DataFrame, readable: int) -> dg.AssetCheckResult:
         dg.AssetDep(adapters, partition_mapping=dg.AllPartitionMapping()),
         language_model,
     ],
+    automation_condition=ON_MISSING,
     group_name="evaluation",
     kinds={"parquet"},
     pool=GPU_POOL,
@@ -119,6 +120,7 @@ def metrics_check(table: pd.DataFrame) -> dg.AssetCheckResult:
 @dg.asset(
     partitions_def=caption_partitions,
     deps=[captions, dg.AssetDep(manifests, partition_mapping=evaluation_manifests(CAPTIONING))],
+    automation_condition=ON_MISSING,
     group_name="evaluation",
     kinds={"parquet"},
     check_specs=[

@@ -7,7 +7,7 @@ from assets.captions import captions
 from assets.config import GalleryConfig
 from assets.datasets import manifests
 from assets.inputs import Inputs, stored_result, stored_table
-from assets.partitions import SHOWN, SYSTEMS, VQA_EVAL, evaluation_manifests
+from assets.partitions import SHOWN, VQA_EVAL, evaluation_manifests, registered, system_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_answers
 from pipeline.gallery import caption_samples, gallery_pngs, vqa_samples
@@ -37,14 +37,15 @@ def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, li
     # Only the keys are read here: the tables are loaded when the gallery is redrawn.
     inputs.manifest(SHOWN, read=False)
     inputs.manifest(VQA_EVAL, read=False)
+    systems = registered(context.instance, system_partitions)
     captioned = {
         system: layout.captions(system, lm, SHOWN)
-        for system in SYSTEMS
+        for system in systems
         if stored_key(layout.captions(system, lm, SHOWN)) is not None
     }
     answered = {
         (system, shots): layout.vqa_answers(system, lm, shots)
-        for system in SYSTEMS
+        for system in systems
         for shots in SHOTS
         if stored_key(layout.vqa_answers(system, lm, shots)) is not None
     }

@@ -11,7 +11,7 @@ from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
 from assets.inputs import Inputs, MissingInput, stored_result
 from assets.language_model import language_model
-from assets.partitions import TRAIN, VALIDATION, backbone_partitions, registered_parts
+from assets.partitions import ON_MISSING, TRAIN, VALIDATION, backbone_partitions, registered_parts
 from assets.resources import Limber
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import backbone_spec
@@ -201,6 +201,7 @@ def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, 
         dg.AssetDep(manifests, partition_mapping=dg.AllPartitionMapping()),
         language_model,
     ],
+    automation_condition=ON_MISSING,  # a new backbone's map, once all its features are stored
     group_name="training",
     kinds={"pytorch", "safetensors"},
     pool=GPU_POOL,

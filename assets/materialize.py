@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from assets.definitions import ALL_ASSETS
-from assets.partitions import register_dataset_parts
+from assets.partitions import register_backbones, register_dataset_parts, resolvable, wanted_backbones
 
 
 @dataclass
@@ -38,10 +38,15 @@ def materialize_all(
     on_start: Callable[[str], None] = lambda label: None,
     tags: dict | None = None,
 ) -> list[Step]:
-    """Registers the dataset parts under the raw-data root, then materializes every asset partition
-    that ``keep(asset, key)`` accepts, one run each, in graph order, with ``run_config(asset)``.
-    Stops at the first failed run (its step is the last one returned)."""
+    """Registers the dataset parts under the raw-data root and the backbones (the profile's, the sweep
+    file's, any registered before), then materializes every asset partition that ``keep(asset,
+    key)`` accepts, one run each, in graph order, with ``run_config(asset)``. Stops at the first
+    failed run (its step is the last one returned)."""
     register_dataset_parts(instance, resources["limber"].data_root)
+    good, bad = resolvable(wanted_backbones(instance))
+    if bad:  # preflight reports the profile's; a sweep file's are named here, before anything runs
+        raise ValueError("; ".join(f"backbone {name}: {problem}" for name, problem in bad.items()))
+    register_backbones(instance, good)
     steps = []
     for asset in ALL_ASSETS:
         name = asset.key.to_user_string()

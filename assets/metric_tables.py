@@ -6,7 +6,7 @@ import numpy as np
 from assets.captions import caption_metrics
 from assets.config import IntervalConfig
 from assets.inputs import Inputs, stored_result, stored_table
-from assets.partitions import BACKBONES, BLIND, VQA_EVAL, caption_partitions, system_backbone, vqa_partitions
+from assets.partitions import BLIND, VQA_EVAL, caption_partitions, system_backbone, vqa_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
 from pipeline.encoders import backbone_spec
@@ -23,13 +23,13 @@ from storage.layout import dataset_part, read_table, stored_key, write_bytes, wr
 TABLE_COMPLETE = "table_complete"
 
 
-def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
+def _stored_metrics(instance, limber: Limber, inputs: Inputs) -> list:
     """(labels, metric rows, key, per-item path) of every caption_metrics and vqa_metrics
     partition stored so far."""
     lm, layout, found = limber.language_model, limber.layout, []
     partitions = [("captioning", caption_metrics, caption_partitions), ("vqa", vqa_metrics, vqa_partitions)]
     for task, asset, partitions_def in partitions:
-        for partition in partitions_def.get_partition_keys():
+        for partition in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
             keys = partition.keys_by_dimension
             system, part, shots = keys["system"], keys.get("part", VQA_EVAL), int(keys.get("shots", 0))
             path, items = (
@@ -56,7 +56,8 @@ def _stored_metrics(limber: Limber, inputs: Inputs) -> list:
 
 def baselines(systems: set[str]) -> list[str]:
     """The systems every other is compared with: blind, and each random-init encoder's linear map."""
-    random_init = sorted(s for s in systems if s in BACKBONES and backbone_spec(s).random_init)
+    maps = [s for s in systems if s != BLIND and system_backbone(s) == s]  # a backbone's own linear map
+    random_init = sorted(s for s in maps if backbone_spec(s).random_init)
     return [BLIND, *random_init]
 
 
@@ -79,7 +80,7 @@ def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, lim
     """Every stored caption and VQA metric, one row per (system, part, task, metric, shots), with
     its 95% interval; and each system's paired differences against blind and the random encoder."""
     inputs = Inputs(limber)
-    results = _stored_metrics(limber, inputs)
+    results = _stored_metrics(context.instance, limber, inputs)
     if not results:
         raise ValueError("no caption_metrics or vqa_metrics partition is materialized yet")
     key = inputs.key(intervals=config.interval_settings())

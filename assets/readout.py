@@ -9,7 +9,7 @@ from assets.image_features import image_features
 from assets.inputs import Inputs, preview, stored_result, stored_table
 from assets.language_model import language_model
 from assets.linear_map import linear_map
-from assets.partitions import SHOWN, evaluation_manifests, image_system_partitions
+from assets.partitions import ON_MISSING, SHOWN, evaluation_manifests, image_system_partitions
 from assets.resources import Limber
 from pipeline.datasets import dataset_vqa_groups
 from pipeline.readout import prompt_readout, top_tokens
@@ -25,6 +25,7 @@ from storage.layout import dataset_part, read_table, write_table
         dg.AssetDep(adapters, partition_mapping=dg.AllPartitionMapping()),
         language_model,
     ],
+    automation_condition=ON_MISSING,
     group_name="evaluation",
     kinds={"parquet"},
 )

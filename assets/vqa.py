@@ -12,7 +12,7 @@ from assets.image_features import image_features
 from assets.inputs import Inputs, preview, stored_result, stored_table
 from assets.language_model import language_model
 from assets.linear_map import linear_map
-from assets.partitions import SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
+from assets.partitions import ON_MISSING, SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
 from assets.resources import Limber
 from pipeline.datasets import dataset_vqa_groups
 from pipeline.metrics.vqa import answers_accuracy
@@ -36,6 +36,7 @@ def _system_and_shots(context) -> tuple[str, int]:
         dg.AssetDep(adapters, partition_mapping=dg.AllPartitionMapping()),
         language_model,
     ],
+    automation_condition=ON_MISSING,
     group_name="evaluation",
     kinds={"parquet"},
     pool=GPU_POOL,
@@ -86,6 +87,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
 @dg.asset(
     partitions_def=vqa_partitions,
     deps=[vqa_answers, dg.AssetDep(manifests, partition_mapping=evaluation_manifests([VQA_EVAL]))],
+    automation_condition=ON_MISSING,
     group_name="evaluation",
     kinds={"parquet"},
     check_specs=[

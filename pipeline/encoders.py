@@ -133,6 +133,7 @@ class EncoderName:
     crop_pct: float | None = None
     interpolation: str | None = None
     alias: str | None = None
+    given: str = field(default="", compare=False)  # the name as written, for errors
 
     @property
     def model_name(self) -> str:
@@ -201,7 +202,7 @@ def parse_name(name: str) -> EncoderName:
         options[key] = _option(name, key, value if has_value else None)
     if base in ALIASES:
         expanded = parse_name(ALIASES[base])
-        return replace(expanded, alias=base, **options)
+        return replace(expanded, alias=base, given=name, **options)
     library, sep, rest = base.partition(":")
     if not sep or library not in LIBRARIES:
         raise BackboneNameError(name, "not an alias and not in a library form", _forms_hint())
@@ -222,7 +223,7 @@ def parse_name(name: str) -> EncoderName:
             raise BackboneNameError(name, problem, "Write hf:<org>/<name>") from None
     if not re.fullmatch(r"[\w.+-]+(/[\w.+-]+)?", model) or (tag and not re.fullmatch(r"[\w.+-]+", tag)):
         raise BackboneNameError(name, f"{rest!r} is not a model name", f"Write {FORMS[library]}")
-    return EncoderName(library, model, tag or None, **options)
+    return EncoderName(library, model, tag or None, given=name, **options)
 
 
 def _forms_hint() -> str:
@@ -388,7 +389,7 @@ def _timm_weights(encoder: EncoderName) -> Weights | PackageWeights:
         return PackageWeights(encoder.weights_name, *PACKAGED_WEIGHTS[encoder.model])
     if hub is None:
         raise BackboneNameError(
-            encoder.alias or encoder.canonical, "timm has no Hugging Face weights for this model",
+            encoder.given, "timm has no Hugging Face weights for this model",
             "Add ?random for the architecture with random weights, or pick a tag from timm.list_pretrained()",
         )  # fmt: skip
     return hub
@@ -400,13 +401,13 @@ def _timm(encoder: EncoderName, weights, meta: bool):
 
     if not timm.is_model(encoder.model):
         raise BackboneNameError(
-            encoder.alias or encoder.canonical, f"timm has no model {encoder.model!r}",
+            encoder.given, f"timm has no model {encoder.model!r}",
             f"See timm.list_models('*{encoder.model[:8]}*') for the names timm {timm.__version__} knows",
         )  # fmt: skip
     if encoder.tag and encoder.model_name not in timm.list_pretrained(encoder.model + ".*"):
         tags = [n.split(".", 1)[1] for n in timm.list_pretrained(encoder.model + ".*")]
         raise BackboneNameError(
-            encoder.alias or encoder.canonical, f"timm has no pretrained tag {encoder.tag!r} for {encoder.model}",
+            encoder.given, f"timm has no pretrained tag {encoder.tag!r} for {encoder.model}",
             f"Use one of {tags}" if tags else "Drop the tag (this model has no pretrained weights in timm)",
         )  # fmt: skip
     if meta or weights is None:
@@ -482,7 +483,7 @@ def _open_clip(encoder: EncoderName, weights, meta: bool):
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    name = encoder.alias or encoder.canonical
+    name = encoder.given
     if encoder.model not in open_clip.list_models():
         raise BackboneNameError(name, f"OpenCLIP has no architecture {encoder.model!r}", "See open_clip.list_models()")
     if encoder.tag and encoder.tag not in open_clip.list_pretrained_tags_by_model(encoder.model):
@@ -546,7 +547,7 @@ def _hf_files(encoder: EncoderName) -> tuple[dict | None, str | None]:
 def _hf(encoder: EncoderName, weights, meta: bool):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-    name = encoder.alias or encoder.canonical
+    name = encoder.given
     config_json, source = _hf_files(encoder)
     if config_json is not None and "auto_map" in config_json:
         raise BackboneNameError(
@@ -573,7 +574,8 @@ def _hf(encoder: EncoderName, weights, meta: bool):
     if hasattr(config, "mask_ratio"):  # ViT-MAE masks 75% of the patches at random unless told not to
         config.mask_ratio = 0.0
     if meta or weights is None:
-        model = _build(meta, encoder.random or 0, lambda: AutoModel.from_config(config))
+        # float32 whatever the checkpoint's config says; extraction autocasts (pipeline.devices).
+        model = _build(meta, encoder.random or 0, lambda: AutoModel.from_config(config, dtype=torch.float32))
     else:
         try:
             model = AutoModel.from_pretrained(source, dtype=torch.float32)  # extraction autocasts

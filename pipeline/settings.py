@@ -105,6 +105,7 @@ CACHE_ENV, CACHE_DEFAULT = "LIMBER_CACHE", "~/.cache/limber"  # local copies of 
 EVAL_CRON_ENV, EVAL_CRON_DEFAULT = "LIMBER_EVAL_CRON", "0 3 * * *"  # nightly re-evaluation
 EXECUTOR_ENV, EXECUTOR_DEFAULT = "LIMBER_EXECUTOR", "multiprocess"  # or "k8s"
 MAX_CONCURRENT_ENV = "LIMBER_MAX_CONCURRENT"  # steps at once per run (unset: the executor's own default)
+SWEEP_ENV, SWEEP_DEFAULT = "LIMBER_SWEEP", "sweep.yaml"  # extra backbones to compare: `backbones: [name, ...]`
 WEIGHTS_ENV_PREFIX = "LIMBER_WEIGHTS_"  # + the model's name: a local copy of its weights
 REQUIRE_BROWSER_ENV = "LIMBER_REQUIRE_BROWSER"  # "1" in CI: the UI test fails, not skips, without Chromium
 
@@ -147,6 +148,10 @@ def executor_name() -> str:
 def max_concurrent() -> int | None:
     value = _get(MAX_CONCURRENT_ENV)
     return int(value) if value else None
+
+
+def sweep_file() -> str:
+    return _get(SWEEP_ENV, SWEEP_DEFAULT)
 
 
 def browser_required() -> bool:

@@ -4,6 +4,8 @@ import pytest
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Nor read a sweep file a developer left in the working directory (a test that needs one sets it).
+os.environ["LIMBER_SWEEP"] = os.devnull
 
 
 @pytest.fixture(scope="session")

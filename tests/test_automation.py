@@ -7,8 +7,9 @@ import pytest
 
 import assets.linear_map
 import assets.partitions
-from assets.automation import new_data
+from assets.automation import backbone_sweep, new_data
 from assets.definitions import ALL_ASSETS, defs
+from assets.partitions import BACKBONES, register_backbones
 from assets.resources import Limber
 from tests.dataset_fixtures import write_cc3m_shards
 from tests.tiny_run import tiny
@@ -26,6 +27,7 @@ def cc3m(tmp_path, monkeypatch):
 
 
 def _tick(instance, limber):
+    register_backbones(instance, BACKBONES)
     result = new_data(dg.build_sensor_context(instance=instance, resources={"limber": limber}))
     return sorted(r.partition_key for r in result.run_requests), [r.run_key for r in result.run_requests]
 
@@ -124,52 +126,92 @@ def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
     """Run keys are the keys of the stored inputs: a repeated tick asks nothing new, a retrained map
     gives new keys for its own system only."""
     import json
+    from contextlib import ExitStack
 
     import numpy as np
     import pandas as pd
 
-    from assets.partitions import BACKBONES
     from pipeline.encoders import TokenLayout
     from pipeline.linear_map import LinearMap
     from storage import FeatureArray
     from storage.layout import write_table
 
-    limber = Limber(storage_root=str(tmp_path))
-    layout, parts = limber.layout, ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train")
-    caption_evaluation_schedule = defs.get_schedule_def("caption_evaluation_schedule")
-    vqa_evaluation_schedule = defs.get_schedule_def("vqa_evaluation_schedule")
-    assert caption_evaluation_schedule.cron_schedule == "0 3 * * *"
-    context = dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral(), resources={"limber": limber})
-    assert isinstance(caption_evaluation_schedule(context), dg.SkipReason)
+    with ExitStack() as stack:
+        limber = Limber(storage_root=str(tmp_path))
+        layout, parts = limber.layout, ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train")
+        caption_evaluation_schedule = defs.get_schedule_def("caption_evaluation_schedule")
+        vqa_evaluation_schedule = defs.get_schedule_def("vqa_evaluation_schedule")
+        assert caption_evaluation_schedule.cron_schedule == "0 3 * * *"
+        # The schedules read the registered systems from the instance: one with a ref, as a daemon's is.
+        instance = stack.enter_context(dg.instance_for_test())
+        context = dg.build_schedule_context(instance=instance, resources={"limber": limber})
+        register_backbones(instance, BACKBONES)
+        assert isinstance(caption_evaluation_schedule(context), dg.SkipReason)
 
-    lm_dir = layout.language_model(limber.language_model)
-    lm_dir.mkdir(parents=True, exist_ok=True)
-    (lm_dir / "language_model.json").write_text(json.dumps({"name": limber.language_model, "fingerprint": "lm"}))
-    for part in parts:
-        write_table(pd.DataFrame({"image_id": ["a", "b"]}), layout.manifest(part), key=f"manifest {part}")
-    # Only the blind baseline has every input: no backbone has features or a map yet.
-    requests = caption_evaluation_schedule(context)
-    assert sorted(r.partition_key.keys_by_dimension["system"] for r in requests) == ["blind", "blind"]
-    first_keys = {r.run_key for r in requests}
-    assert first_keys == {r.run_key for r in caption_evaluation_schedule(context)}  # a repeated tick: same keys
+        lm_dir = layout.language_model(limber.language_model)
+        lm_dir.mkdir(parents=True, exist_ok=True)
+        (lm_dir / "language_model.json").write_text(json.dumps({"name": limber.language_model, "fingerprint": "lm"}))
+        for part in parts:
+            write_table(pd.DataFrame({"image_id": ["a", "b"]}), layout.manifest(part), key=f"manifest {part}")
+        # Only the blind baseline has every input: no backbone has features or a map yet.
+        requests = caption_evaluation_schedule(context)
+        assert sorted(r.partition_key.keys_by_dimension["system"] for r in requests) == ["blind", "blind"]
+        first_keys = {r.run_key for r in requests}
+        assert first_keys == {r.run_key for r in caption_evaluation_schedule(context)}  # a repeated tick: same keys
 
-    def train(key):
-        directory = layout.linear_map("efficientnet_lite0", limber.language_model)
-        LinearMap(4, 8, TokenLayout("pooled", 1, 1)).save(directory, extra={"key": key})
+        def train(key):
+            directory = layout.linear_map("efficientnet_lite0", limber.language_model)
+            LinearMap(4, 8, TokenLayout("pooled", 1, 1)).save(directory, extra={"key": key})
 
-    train("first")
-    for part in parts:
-        store = FeatureArray.open(str(layout.image_features("efficientnet_lite0", part)), ["a", "b"], 1, 4, 2, "f")
-        store.write_chunk(0, np.zeros((2, 1, 4)), {})
-    requests = caption_evaluation_schedule(context)
-    assert (
-        sorted(r.partition_key.keys_by_dimension["system"] for r in requests)
-        == ["blind"] * 2 + ["efficientnet_lite0"] * 2
-    )
-    assert first_keys <= {r.run_key for r in requests}  # blind's inputs did not change: same run keys
-    vqa = vqa_evaluation_schedule(context)
-    assert len(vqa) == 2 * 4 and len(BACKBONES) == 2 and {r.job_name for r in vqa} in ({None}, {"vqa_evaluation"})
+        train("first")
+        for part in parts:
+            store = FeatureArray.open(str(layout.image_features("efficientnet_lite0", part)), ["a", "b"], 1, 4, 2, "f")
+            store.write_chunk(0, np.zeros((2, 1, 4)), {})
+        requests = caption_evaluation_schedule(context)
+        assert (
+            sorted(r.partition_key.keys_by_dimension["system"] for r in requests)
+            == ["blind"] * 2 + ["efficientnet_lite0"] * 2
+        )
+        assert first_keys <= {r.run_key for r in requests}  # blind's inputs did not change: same run keys
+        vqa = vqa_evaluation_schedule(context)
+        assert len(vqa) == 2 * 4 and len(BACKBONES) == 2 and {r.job_name for r in vqa} in ({None}, {"vqa_evaluation"})
 
-    train("retrained")  # a retrained map: new run keys for that system only
-    retrained = {r.run_key for r in caption_evaluation_schedule(context)}
-    assert first_keys <= retrained and len(retrained - {r.run_key for r in requests}) == 2
+        train("retrained")  # a retrained map: new run keys for that system only
+        retrained = {r.run_key for r in caption_evaluation_schedule(context)}
+        assert first_keys <= retrained and len(retrained - {r.run_key for r in requests}) == 2
+
+
+def test_the_sweep_sensor_registers_names_from_the_profile_the_sweep_file_and_the_ui(tmp_path, monkeypatch):
+    """A name that resolves becomes a backbone partition with its systems; one that does not is
+    reported and not registered; a name removed from the file stays registered (its results stay)."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("backbones:\n  - timm:convnext_atto.d2_in1k?random&pool=2\n  - timm:no_such_model\n")
+    monkeypatch.setenv("LIMBER_SWEEP", str(sweep))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick():
+        return backbone_sweep(dg.build_sensor_context(instance=instance))
+
+    new = "timm:convnext_atto.d2_in1k?random&pool=2"
+    reason = tick().skip_message
+    assert "3 new backbone(s)" in reason and "timm:no_such_model" in reason
+    assert instance.get_dynamic_partitions("backbones") == [*BACKBONES, new]
+    assert set(instance.get_dynamic_partitions("systems")) == {*BACKBONES, new, "efficientnet_lite0+adapters", "blind"}
+    assert set(instance.get_dynamic_partitions("image_systems")) == {*BACKBONES, new, "efficientnet_lite0+adapters"}
+    assert "0 new backbone(s)" in tick().skip_message  # nothing new: nothing added
+
+    instance.add_dynamic_partitions("backbones", ["timm:resnet18?random&layout=pooled"])  # added in the UI
+    assert "1 new backbone(s)" not in tick().skip_message  # already a backbone: its systems are added
+    assert "timm:resnet18?random&layout=pooled" in instance.get_dynamic_partitions("systems")
+
+    sweep.write_text("backbones: []\n")
+    tick()
+    assert new in instance.get_dynamic_partitions("backbones")
+
+
+def test_a_malformed_sweep_file_names_the_file(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("backbones: timm:resnet18\n")
+    monkeypatch.setenv("LIMBER_SWEEP", str(sweep))
+    with pytest.raises(ValueError, match=f"{sweep}: expected 'backbones:' with a list"):
+        backbone_sweep(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()))

@@ -170,3 +170,52 @@ def test_a_new_language_model_recomputes_everything_but_manifests_and_features(g
     expected = {"language_model"} | labels("linear_map", [LITE0, RANDOM]) | labels("adapters", [LITE0])
     expected |= set().union(*(downstream_of_system(s) for s in SYSTEMS))
     assert recomputed(graph.run()) == expected
+
+
+NEW_BACKBONE = "timm:convnext_atto.d2_in1k?random&pool=1"  # one 320-d token: cheap on 2 cores
+
+
+def test_a_new_backbone_in_the_sweep_file_runs_only_its_own_work(graph, tmp_path):
+    """Added by name, with no code change: its features on every part, its map, its evaluations,
+    its readout and the reports that read every system; nothing already stored runs again."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"backbones: ['{NEW_BACKBONE}']\n")
+    graph.patch.setenv("LIMBER_SWEEP", str(sweep))
+    expected = labels("image_features", [NEW_BACKBONE], ["easy_vqa.test", "easy_vqa.train", "easy_vqa.val"])
+    expected |= {f"linear_map[{NEW_BACKBONE}]"} | downstream_of_system(NEW_BACKBONE)
+    assert recomputed(graph.run()) == expected
+
+    from storage.layout import read_table
+
+    tidy = read_table(Limber(storage_root=str(graph.root)).layout.metrics_table())
+    assert NEW_BACKBONE in set(tidy["system"]) and set(tidy[tidy["system"] == NEW_BACKBONE]["task"]) == {
+        "captioning",
+        "vqa",
+    }
+
+    # Removed from the sweep file: it stays registered, and its stored results stay.
+    sweep.write_text("backbones: []\n")
+    assert recomputed(graph.run()) == set()
+
+
+def test_automation_requests_a_new_backbones_features_and_nothing_stored(graph):
+    """With the automation sensor on, a backbone registered in the UI gets its features requested
+    (its map, evaluations and readout wait for them: on_missing), and no stored partition is."""
+    from assets.definitions import defs
+
+    name = "timm:resnet18?random&layout=pooled"
+    graph.instance.add_dynamic_partitions("backbones", [name])
+    evaluation = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance)
+    requested = {
+        (key.to_user_string(), str(partition))
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+        for partition in evaluation.get_requested_partitions(key)
+    }
+    features = {(asset, p) for asset, p in requested if asset == "image_features"}
+    assert features == {
+        ("image_features", f"{name}|{part}") for part in ("easy_vqa.test", "easy_vqa.train", "easy_vqa.val")
+    }
+    for asset, partition in requested:
+        stored = graph.instance.get_materialized_partitions(dg.AssetKey(asset))
+        assert partition not in {str(p) for p in stored}, (asset, partition)
+    assert not any(asset == "linear_map" for asset, _ in requested)
