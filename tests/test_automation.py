@@ -126,7 +126,6 @@ def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
     """Run keys are the keys of the stored inputs: a repeated tick asks nothing new, a retrained map
     gives new keys for its own system only."""
     import json
-    from contextlib import ExitStack
 
     import numpy as np
     import pandas as pd
@@ -136,14 +135,13 @@ def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
     from storage import FeatureArray
     from storage.layout import write_table
 
-    with ExitStack() as stack:
+    # The schedules read the registered systems from the instance: one with a ref, as a daemon's is.
+    with dg.instance_for_test() as instance:
         limber = Limber(storage_root=str(tmp_path))
         layout, parts = limber.layout, ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train")
         caption_evaluation_schedule = defs.get_schedule_def("caption_evaluation_schedule")
         vqa_evaluation_schedule = defs.get_schedule_def("vqa_evaluation_schedule")
         assert caption_evaluation_schedule.cron_schedule == "0 3 * * *"
-        # The schedules read the registered systems from the instance: one with a ref, as a daemon's is.
-        instance = stack.enter_context(dg.instance_for_test())
         context = dg.build_schedule_context(instance=instance, resources={"limber": limber})
         register_backbones(instance, BACKBONES)
         assert isinstance(caption_evaluation_schedule(context), dg.SkipReason)
