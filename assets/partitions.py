@@ -113,7 +113,8 @@ def sweep_backbones(path: str) -> list[str]:
         return []
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a YAML sweep file ({' '.join(str(error).split())})") from None
-    names = (document or {}).get("backbones", []) if isinstance(document, dict) else None
+    document = {} if document is None else document  # an empty file
+    names = document.get("backbones", []) if isinstance(document, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path}: expected 'backbones:' with a list of encoder names, e.g. [timm:convnext_tiny.in12k]")
     return names

@@ -198,24 +198,38 @@ def test_a_new_backbone_in_the_sweep_file_runs_only_its_own_work(graph, tmp_path
     assert recomputed(graph.run()) == set()
 
 
-def test_automation_requests_a_new_backbones_features_and_nothing_stored(graph):
-    """With the automation sensor on, a backbone registered in the UI gets its features requested
-    (its map, evaluations and readout wait for them: on_missing), and no stored partition is."""
+def test_automation_requests_a_new_backbones_work_in_order_and_nothing_stored(graph):
+    """With the automation sensor on, a backbone registered in the UI gets its features requested;
+    its map waits for them (on_missing), then is requested; no stored partition is requested."""
     from assets.definitions import defs
+    from tests.tiny_run import tiny
+
+    def tick(cursor):
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance, cursor=cursor)
+        requested = {
+            (key.to_user_string(), str(partition))
+            for key in defs.resolve_asset_graph().get_all_asset_keys()
+            for partition in evaluation.get_requested_partitions(key)
+        }
+        for asset, partition in requested:
+            stored = graph.instance.get_materialized_partitions(dg.AssetKey(asset))
+            assert partition not in {str(p) for p in stored}, (asset, partition)
+        return evaluation.cursor, requested
 
     name = "timm:resnet18?random&layout=pooled"
+    cursor, _ = tick(None)  # the sensor's first tick sets its cursor
     graph.instance.add_dynamic_partitions("backbones", [name])
-    evaluation = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance)
-    requested = {
-        (key.to_user_string(), str(partition))
-        for key in defs.resolve_asset_graph().get_all_asset_keys()
-        for partition in evaluation.get_requested_partitions(key)
-    }
-    features = {(asset, p) for asset, p in requested if asset == "image_features"}
-    assert features == {
-        ("image_features", f"{name}|{part}") for part in ("easy_vqa.test", "easy_vqa.train", "easy_vqa.val")
-    }
-    for asset, partition in requested:
-        stored = graph.instance.get_materialized_partitions(dg.AssetKey(asset))
-        assert partition not in {str(p) for p in stored}, (asset, partition)
+    cursor, requested = tick(cursor)
+    parts = ("easy_vqa.test", "easy_vqa.train", "easy_vqa.val")
+    assert {r for r in requested if r[0] == "image_features"} == {("image_features", f"{name}|{p}") for p in parts}
     assert not any(asset == "linear_map" for asset, _ in requested)
+
+    resources = {"limber": Limber(storage_root=str(graph.root))}
+    for part in parts:
+        key = dg.MultiPartitionKey({"backbone": name, "part": part})
+        assert dg.materialize(
+            defs.assets, selection=["image_features"], partition_key=key, instance=graph.instance,
+            resources=resources, run_config=tiny("image_features"),
+        ).success  # fmt: skip
+    _, requested = tick(cursor)
+    assert {r for r in requested if r[0] == "linear_map"} == {("linear_map", name)}
