@@ -15,7 +15,8 @@ import re
 DEFAULT: dict[str, dict] = {
     # adapters: the backbones that also get the tuned baseline (map + LayerNorm + adapters, MAGMA's recipe).
     "models": {
-        "backbones": ["efficientnet_lite0", "efficientnet_lite0_random"], "adapters": ["efficientnet_lite0"],
+        "backbones": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0_random"],
+        "adapters": ["efficientnet_lite0"],
         "language_model": "smollm2-135m",
     },
     # Dataset parts are "dataset.split[.shard]" keys; "train" names a prefix: every shard under it.
