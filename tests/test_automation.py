@@ -172,7 +172,7 @@ def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
         )
         assert first_keys <= {r.run_key for r in requests}  # blind's inputs did not change: same run keys
         vqa = vqa_evaluation_schedule(context)
-        assert len(vqa) == 2 * 4 and len(BACKBONES) == 2 and {r.job_name for r in vqa} in ({None}, {"vqa_evaluation"})
+        assert len(vqa) == 2 * 4 and {r.job_name for r in vqa} in ({None}, {"vqa_evaluation"})
 
         train("retrained")  # a retrained map: new run keys for that system only
         retrained = {r.run_key for r in caption_evaluation_schedule(context)}
@@ -192,7 +192,7 @@ def test_the_sweep_sensor_registers_names_from_the_profile_the_sweep_file_and_th
 
     new = "timm:convnext_atto.d2_in1k?random&pool=2"
     reason = tick().skip_message
-    assert "3 new backbone(s)" in reason and "timm:no_such_model" in reason
+    assert f"{len(BACKBONES) + 1} new backbone(s)" in reason and "timm:no_such_model" in reason
     assert instance.get_dynamic_partitions("backbones") == [*BACKBONES, new]
     assert set(instance.get_dynamic_partitions("systems")) == {*BACKBONES, new, "efficientnet_lite0+adapters", "blind"}
     assert set(instance.get_dynamic_partitions("image_systems")) == {*BACKBONES, new, "efficientnet_lite0+adapters"}

@@ -13,8 +13,10 @@ from assets.resources import Limber
 from pipeline.weights import PackageWeights
 from tests.tiny_run import TINY
 
-LITE0, RANDOM, TUNED = "efficientnet_lite0", "efficientnet_lite0_random", "efficientnet_lite0+adapters"
-SYSTEMS = (LITE0, RANDOM, TUNED, "blind")
+LITE0, LITE1, RANDOM = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0_random"
+TUNED = "efficientnet_lite0+adapters"
+BACKBONES = (LITE0, LITE1, RANDOM)
+SYSTEMS = (*BACKBONES, TUNED, "blind")
 
 
 def keep(asset: str, key) -> bool:
@@ -155,9 +157,9 @@ def test_a_new_validation_carve_out_recomputes_what_reads_train_or_val(graph):
     the train answers' most frequent): recomputed."""
     graph.config["manifests"]["config"]["seed"] = 1
     expected = {"manifests[easy_vqa.train]", "manifests[easy_vqa.val]"}
-    expected |= labels("image_features", [LITE0, RANDOM], ["easy_vqa.train", "easy_vqa.val"])
-    expected |= labels("linear_map", [LITE0, RANDOM]) | labels("adapters", [LITE0])
-    expected |= downstream_of_system(LITE0) | downstream_of_system(RANDOM) | downstream_of_system(TUNED)
+    expected |= labels("image_features", BACKBONES, ["easy_vqa.train", "easy_vqa.val"])
+    expected |= labels("linear_map", BACKBONES) | labels("adapters", [LITE0])
+    expected |= set().union(*(downstream_of_system(s) for s in (*BACKBONES, TUNED)))
     expected |= labels("vqa_answers", ["blind"]) | labels("vqa_metrics", ["blind"])
     assert recomputed(graph.run()) == expected
 
@@ -167,7 +169,7 @@ def test_a_new_language_model_recomputes_everything_but_manifests_and_features(g
     graph.patch.setattr(
         PackageWeights, "fingerprint", lambda self: real(self) + (":retrained" if self.name == "smollm2-135m" else "")
     )
-    expected = {"language_model"} | labels("linear_map", [LITE0, RANDOM]) | labels("adapters", [LITE0])
+    expected = {"language_model"} | labels("linear_map", BACKBONES) | labels("adapters", [LITE0])
     expected |= set().union(*(downstream_of_system(s) for s in SYSTEMS))
     assert recomputed(graph.run()) == expected
 

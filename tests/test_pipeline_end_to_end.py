@@ -24,8 +24,9 @@ from pipeline.metrics.vqa import CLOSED_VOCABULARY
 from storage import FeatureArray
 from tests.tiny_run import TINY, materialize_tiny, tiny
 
-LITE0, RANDOM, TUNED = "efficientnet_lite0", "efficientnet_lite0_random", "efficientnet_lite0+adapters"
-SYSTEMS = {LITE0, RANDOM, TUNED, "blind"}
+LITE0, LITE1, RANDOM = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0_random"
+TUNED = "efficientnet_lite0+adapters"
+SYSTEMS = {LITE0, LITE1, RANDOM, TUNED, "blind"}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_metric_tables_for_analysts(materialized):
         numbers["value"] <= numbers["ci_high"] + 1e-9
     ).all()
     assert set(tidy["system"]) == SYSTEMS
-    assert set(tidy["backbone"]) == {LITE0, RANDOM, ""}
+    assert set(tidy["backbone"]) == {LITE0, LITE1, RANDOM, ""}
     assert set(tidy["lm"]) == {"smollm2-135m"}
     for metric in ("VQA accuracy", CLOSED_VOCABULARY):  # the closed vocabulary: on by default on easy-vqa
         vqa = tidy[(tidy["task"] == "vqa") & (tidy["metric"] == metric)]
