@@ -46,12 +46,12 @@ DEFAULT: dict[str, dict] = {
     # (see the linear_map asset's validation captions, which show both prompts), so the embedded
     # demo captions from the image tokens alone, as it was trained.
     "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
-    # questions: 95% intervals of VQA accuracy about 3 points wide each way (1.96 * sqrt(p(1-p)/n)
-    # is 3.1 at p = 0.5 and n = 1,000), for five systems within the demo's time.
+    # questions: 95% intervals of VQA accuracy at most 3.5 points wide each way (1.96 *
+    # sqrt(p(1-p)/n) at p = 0.5 and n = 800), for five systems within the demo's time.
     # closed_vocabulary: easy-vqa's 13 answers, all of them.
     # batch_size: questions per LM call (their images' prefixes are prefilled together).
     "vqa": {
-        "questions": 1000, "seed": 0, "batch_size": 200, "max_new_tokens": 4, "support_images": 0,
+        "questions": 800, "seed": 0, "batch_size": 200, "max_new_tokens": 4, "support_images": 0,
         "closed_vocabulary": 13,
     },
     # image_prompt_readout: nearest vocabulary tokens of each image token, for a seeded sample of images.
