@@ -197,12 +197,12 @@ class LocalMirror:
 
 def _safe(name: str) -> str:
     """A model or system name as one path component. Names of letters, digits and ``._+-`` stay as
-    they are (``/`` becomes ``--``); others (``timm:vit_base_patch16_224?pool=4``) are spelled with
-    ``_`` and end in a hash of the name, so two names never share a folder and URLs stay plain."""
-    spelled = name.replace("/", "--")
-    if re.fullmatch(r"[\w.+-]+", spelled, flags=re.ASCII):
-        return spelled
-    return re.sub(r"[^\w.+-]+", "_", spelled, flags=re.ASCII).strip("_") + "-" + config_hash(name)[:8]
+    they are; others (``org/model``, ``timm:vit_base_patch16_224?pool=4``) are spelled with ``--``
+    for ``/`` and ``_`` for the rest, and end in a hash of the name, so no two names share a folder."""
+    if re.fullmatch(r"[\w.+-]+", name, flags=re.ASCII) and name not in (".", ".."):
+        return name
+    spelled = re.sub(r"[^\w.+-]+", "_", name.replace("/", "--"), flags=re.ASCII).strip("_.")
+    return f"{spelled}-{config_hash(name)[:8]}"
 
 
 KEY_FIELD = b"limber.key"  # Parquet file metadata: the key of what the table was computed from

@@ -2,6 +2,7 @@
 string either parses or gets a BackboneNameError naming it; `limber backbones` describes a name."""
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -86,3 +87,22 @@ def test_list_shows_the_aliases_and_the_forms(capsys):
     out = capsys.readouterr().out
     assert all(alias in out for alias in ALIASES)
     assert "timm:<model>[.<tag>]" in out and "open_clip:<arch>[:<pretrained tag>]" in out and "hf:<repo id>" in out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.sampled_from([".", "..", "a/b", "a--b", "org/model"]), st.text(min_size=1, max_size=40)),
+    st.one_of(st.sampled_from([".", "..", "a/b", "a--b"]), st.text(min_size=1, max_size=40)),
+)
+def test_any_two_names_get_their_own_safe_path_component(first, second):
+    """Storage paths hold backbone and system names as one component: plain names stay as they
+    are, others are spelled with _ and a hash, so no two names share a folder."""
+    from storage.layout import _safe
+
+    for name in (first, second):
+        component = _safe(name)
+        assert re.fullmatch(r"[A-Za-z0-9_.+-]+", component) and component not in (".", "..")
+        if re.fullmatch(r"[A-Za-z0-9_.+-]+", name) and name not in (".", ".."):
+            assert component == name
+    if first != second:
+        assert _safe(first) != _safe(second)
