@@ -1,10 +1,11 @@
-"""What the active profile needs before a whole-graph run: backbone names that resolve, weights and
-dataset files, checked without loading a model, so ``limber demo`` says everything missing at once instead of failing
-midway through the graph."""
+"""What the active profile and the sweep file need before a whole-graph run: backbone names that
+resolve, weights and dataset files, checked without loading a model, so ``limber demo`` says
+everything missing at once instead of failing midway through the graph."""
 
 from assets.config import PROFILE
-from assets.partitions import PROFILE_PARTS, discover_parts
+from assets.partitions import PROFILE_PARTS, discover_parts, sweep_backbones
 from assets.resources import Limber
+from pipeline import settings
 from pipeline.datasets import how_to_get
 from pipeline.encoders import BackboneNameError, backbone_spec
 from pipeline.language_models import language_model_spec
@@ -14,7 +15,7 @@ from storage.layout import dataset_part, in_prefix
 def preflight(limber: Limber) -> list[str]:
     """One line per missing piece, naming it and where it goes; empty when the profile can run."""
     problems = []
-    for name in PROFILE["models"]["backbones"]:
+    for name in dict.fromkeys([*PROFILE["models"]["backbones"], *sweep_backbones(settings.sweep_file())]):
         try:
             missing = backbone_spec(name).missing_weights()
         except BackboneNameError as error:  # unknown, malformed, remote code, no such layer, no config here

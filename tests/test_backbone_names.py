@@ -106,3 +106,18 @@ def test_any_two_names_get_their_own_safe_path_component(first, second):
             assert component == name
     if first != second:
         assert _safe(first) != _safe(second)
+
+
+def test_preflight_names_a_sweep_files_backbone_without_weights_or_that_does_not_resolve(
+    tmp_path, monkeypatch, empty_hf_cache
+):
+    from assets.preflight import preflight
+    from assets.resources import Limber
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("backbones: ['timm:convnext_atto.d2_in1k', 'timm:no_such_model', 'timm:resnet18?random']\n")
+    monkeypatch.setenv("LIMBER_SWEEP", str(sweep))
+    problems = preflight(Limber(storage_root=str(tmp_path / "storage"), data_root=str(tmp_path / "raw")))
+    assert any(p.startswith("backbone timm:convnext_atto.d2_in1k: ") and "LIMBER_WEIGHTS_TIMM" in p for p in problems)
+    assert any(p.startswith("backbone timm:no_such_model: timm has no model") for p in problems)
+    assert not any("resnet18" in p for p in problems)  # random weights need nothing
