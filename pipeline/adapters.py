@@ -1,4 +1,5 @@
-"""The tuned baseline: MAGMA's recipe on the same cached features (NOTES section 1).
+"""The tuned baseline: MAGMA's recipe on the same cached features (Aleph-Alpha/magma,
+``configs/MAGMA_v1.yml`` and ``magma/adapters.py``).
 
 MAGMA trains an image prefix (a linear projection, LayerNorm and dropout) together with
 bottleneck adapters after each feed-forward block of the frozen LM: ``h + Up(ReLU(Down(h)))``,
