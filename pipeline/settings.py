@@ -2,8 +2,9 @@
 
 ``default`` is the embedded demo (easy-vqa, EfficientNet-Lite0 and Lite1, SmolLM2-135M, 2 CPU
 cores); ``paper`` is LiMBeR's recipe (Merullo et al., ICLR 2023, and its released code), written
-as its differences from the default, as nanoGPT's config files are. The Dagster config classes (``assets/config.py``) take their defaults
-from the active profile, so any single value can still be changed per run in the launchpad.
+as its differences from the default, as nanoGPT's config files are. The Dagster config classes
+(``assets/config.py``) take their defaults from the active profile, so any single value can still
+be changed per run in the launchpad.
 
 No other module reads a ``LIMBER_*`` variable: they are read here, when asked for, so a test or a
 run that sets one sees it.
