@@ -588,12 +588,12 @@ def _hf(encoder: EncoderName, weights, meta: bool):
     patch = getattr(config, "patch_size", None)
     height, width = preprocessing.settings["size"]
     patches = (height // patch) * (width // patch) if patch else None
-    extra = {"noise": None} if hasattr(config, "mask_ratio") else {}
+    masks = hasattr(config, "mask_ratio")
 
     def run(x):
-        if extra:  # in order: MAE argsorts this noise to pick (here: keep all, unshuffled) patches
-            extra["noise"] = torch.arange(patches, device=x.device, dtype=torch.float32).expand(len(x), -1)
-        return model(pixel_values=x, output_hidden_states=encoder.layer != -1, **extra)
+        # MAE argsorts this noise to order its patches: increasing noise keeps them all, in order.
+        noise = torch.arange(patches, device=x.device, dtype=torch.float32).expand(len(x), -1) if masks else None
+        return model(pixel_values=x, output_hidden_states=encoder.layer != -1, **({"noise": noise} if masks else {}))
 
     if encoder.layout == "pooled":
         layer = "pooled output (pooler_output)"
@@ -646,9 +646,10 @@ def _hf_preprocessing(processor, encoder: EncoderName) -> Preprocessing:
         resize_to = (size["height"], size["width"])
     else:
         resize_to = size["shortest_edge"]
-    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    cropped = getattr(processor, "do_center_crop", False) and not encoder.size  # size= replaces resize and crop
+    crop = processor.crop_size if cropped else None
     steps = [transforms.PILToTensor(), transforms.Resize(resize_to, interpolation=interpolation, antialias=True)]
-    if crop and not encoder.size:
+    if crop:
         steps.append(transforms.CenterCrop((crop["height"], crop["width"])))
         final = (crop["height"], crop["width"])
     else:

@@ -291,3 +291,11 @@ def test_every_part_of_the_spec_is_in_the_key():
         assert backbone_spec(f"timm:convnext_atto.d2_in1k?random&{change}").fingerprint() != base, change
     a1, a2 = (backbone_spec(f"timm:resnet18.{tag}?random").fingerprint() for tag in ("a1_in1k", "a2_in1k"))
     assert a1 != a2 and a2["tag"] == "a2_in1k"
+
+
+def test_size_replaces_a_processors_resize_and_crop(hf_folder):
+    hf_folder("hf:facebook/dinov2-small")
+    cropped = backbone_spec("hf:facebook/dinov2-small").preprocessing
+    resized = backbone_spec("hf:facebook/dinov2-small?size=112").preprocessing
+    assert cropped.settings["crop"] == (224, 224) and resized.settings["crop"] is None
+    assert resized.pixels(Image.fromarray(PHOTOS["coffee"])).shape == (3, 112, 112)
