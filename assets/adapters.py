@@ -7,7 +7,7 @@ from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
 from assets.language_model import language_model
-from assets.linear_map import loss_check_spec, trained_map
+from assets.linear_map import loss_check_spec, trained_maps
 from assets.partitions import adapted_system, adapter_partitions
 from assets.resources import Limber
 from pipeline.adapters import AdaptedMap, feed_forward_blocks
@@ -31,11 +31,11 @@ from pipeline.encoders import backbone_spec
 )
 def adapters(context: dg.AssetExecutionContext, config: AdaptersConfig, limber: Limber):
     """MAGMA's recipe on the cached features of one backbone (system ``{backbone}+adapters``): an
-    image prefix (linear, LayerNorm, dropout) and a bottleneck adapter after each feed-forward block
+    image prefix (linear, dropout, LayerNorm) and a bottleneck adapter after each feed-forward block
     of the frozen LM, trained together with the linear map's loss, data, steps and batch."""
     backbone = context.partition_key
     spec = backbone_spec(backbone)
-    yield from trained_map(
+    yield from trained_maps(
         context,
         config,
         limber,

@@ -76,7 +76,8 @@ def _inputs_key(limber: Limber, system: str, parts: list[str]) -> str | None:
     inputs = Inputs(limber)
     try:
         inputs.language_model()
-        inputs.linear_map(system)
+        for seed, stored in inputs.linear_maps(system).items():
+            inputs.read.update(inputs.with_map(system, seed, stored).read)
         for part in parts:
             inputs.manifest(part, read=False)
             inputs.system_features(system, part)

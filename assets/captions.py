@@ -1,5 +1,6 @@
 """Captions per system x captioning part, and their metrics (CIDEr-D, BLEU, METEOR, ROUGE-L, CLIP-S)."""
 
+import functools
 import json
 
 import dagster as dg
@@ -16,10 +17,12 @@ from assets.linear_map import linear_map
 from assets.partitions import CAPTIONING, ON_MISSING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
 from assets.resources import Limber
 from pipeline.captioning import caption_images
-from pipeline.metrics.captions import SCORING, split_caption_metrics
+from pipeline.metrics.captions import SCORING, split_caption_estimates
+from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
 from pipeline.metrics.table import out_of_range
+from storage import config_hash
 from storage.feature_store import OK
-from storage.layout import dataset_part, write_bytes, write_table
+from storage.layout import dataset_part, run_name, write_bytes, write_table
 
 CAPTIONS_NON_EMPTY = "captions_non_empty"
 METRICS_IN_RANGE = "metrics_in_range"
@@ -64,51 +67,61 @@ def captions_check(table: pd.DataFrame, readable: int) -> dg.AssetCheckResult:
     ],
 )
 def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber: Limber):
-    """Greedy captions from [image tokens, prompt]; the blind system gets the prompt alone.
+    """Greedy captions from [image tokens, prompt], one table per training seed of the system's
+    map; the blind system gets the prompt alone, once.
 
-    Keyed by the part's manifest, the system's features and map, the LM and this asset's config."""
+    Each seed's table is keyed by the part's manifest, the system's features, that seed's map, the
+    LM and this asset's config, so an added seed captions only itself."""
     system, part = _system_and_part(context)
     inputs = Inputs(limber)
     manifest = inputs.manifest(part)
     store = inputs.system_features(system, part)
-    stored_map = inputs.linear_map(system)
     inputs.language_model()
-    key = inputs.key(captioning=config.model_dump())
-    path = limber.layout.captions(system, limber.language_model, part)
-    coco = limber.layout.coco_results(system, limber.language_model, part)
+    lm = functools.cache(limber.load_lm)  # loaded once, and only if a run is not stored
+    keys, computed, tables = {}, [], {}
+    for seed, stored_map in inputs.linear_maps(system).items():
+        run = run_name(seed)
+        key = inputs.with_map(system, seed, stored_map).key(captioning=config.model_dump())
+        path = limber.layout.captions(system, limber.language_model, part, run)
+        coco = limber.layout.coco_results(system, limber.language_model, part, run)
 
-    def caption() -> pd.DataFrame:
-        lm, tokenizer, _ = limber.load_lm()
-        table = caption_images(
-            stored_map.load() if stored_map else None,
-            lm,
-            tokenizer,
-            manifest["image_id"].tolist(),
-            store,
-            prompt=config.prompt,
-            batch_size=config.batch_size,
-            max_new_tokens=config.max_new_tokens,
-            device=limber.torch_device(),
-            on_batch=lambda done, total: context.log.info(f"captioned {done}/{total}"),
-        )
-        write_bytes(coco, json.dumps(table[["image_id", "caption"]].to_dict("records")).encode())
-        return table
+        def caption(stored_map=stored_map, coco=coco, run=run) -> pd.DataFrame:
+            model, tokenizer, _ = lm()
+            table = caption_images(
+                stored_map.load() if stored_map else None,
+                model,
+                tokenizer,
+                manifest["image_id"].tolist(),
+                store,
+                prompt=config.prompt,
+                batch_size=config.batch_size,
+                max_new_tokens=config.max_new_tokens,
+                device=limber.torch_device(),
+                on_batch=lambda done, total: context.log.info(f"{run}: captioned {done}/{total}"),
+            )
+            write_bytes(coco, json.dumps(table[["image_id", "caption"]].to_dict("records")).encode())
+            return table
 
-    table, reused = stored_table(path, key, caption)
-    readable = len(table) if store is None else int((store.status == OK).sum())
+        tables[run], reused = stored_table(path, key, caption)
+        keys[run] = key
+        if not reused:
+            computed.append(run)
+    first = tables[min(tables)]
+    readable = len(first) if store is None else int((store.status == OK).sum())
     references = dict(zip(manifest["image_id"], manifest["captions"], strict=True))
-    shown = table.assign(reference=[c[0] if len(c) else "" for c in table["image_id"].map(references)])
+    shown = first.assign(reference=[c[0] if len(c) else "" for c in first["image_id"].map(references)])
     yield stored_result(
-        path,
-        key,
-        reused,
-        coco_results=dg.MetadataValue.path(str(coco)),
-        captions=len(table),
-        empty_captions=int((table["caption"].str.strip() == "").sum()),
+        limber.layout.captions(system, limber.language_model, part, min(tables)).parent,
+        config_hash(keys),
+        not computed,
+        runs=len(tables),
+        computed_runs=computed,
+        captions=len(first),
+        empty_captions=int(sum((t["caption"].str.strip() == "").sum() for t in tables.values())),
         prompt=config.prompt,
         preview=preview(shown),
     )
-    yield captions_check(table, readable)
+    yield captions_check(pd.concat(tables.values()), readable * len(tables))
 
 
 def metrics_check(table: pd.DataFrame) -> dg.AssetCheckResult:
@@ -133,29 +146,42 @@ def metrics_check(table: pd.DataFrame) -> dg.AssetCheckResult:
     ],
 )
 def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsConfig, limber: Limber):
-    """Standard caption metrics of one system on one whole part (CIDEr-D's IDF over the whole part)."""
+    """Standard caption metrics of one system on one whole part (CIDEr-D's IDF over the whole
+    part): each run's (one per training seed), and their mean, spread, and 95% interval drawing
+    the images and the runs."""
     system, part = _system_and_part(context)
     inputs = Inputs(limber)
     manifest = inputs.manifest(part)
-    generated = inputs.table(f"captions[{system}|{part}]", limber.layout.captions(system, limber.language_model, part))
+    runs = [run_name(seed) for seed in inputs.linear_maps(system)]
+    generated = {
+        run: inputs.table(
+            f"captions[{system}|{part}|{run}]", limber.layout.captions(system, limber.language_model, part, run)
+        )
+        for run in runs
+    }
     clip_weights = inputs.clip_weights(config.clip_weights)
     key = inputs.key(intervals=config.interval_settings(), scoring=SCORING)
     path = limber.layout.caption_metrics(system, limber.language_model, part)
 
     def score() -> pd.DataFrame:
-        table, per_image = split_caption_metrics(
-            manifest,
-            generated,
-            dataset_part(part)[0],
-            clip_weights,
-            limber.torch_device(),
-            config.bootstrap_resamples,
-            config.bootstrap_seed,
-        )
-        for note in set(table["note"]) - {""}:
+        per_run, per_image, notes = {}, [], {}
+        for run, table in generated.items():
+            per_run[run], scores, notes = split_caption_estimates(
+                manifest,
+                table,
+                dataset_part(part)[0],
+                clip_weights,
+                limber.torch_device(),
+                config.bootstrap_resamples,
+                config.bootstrap_seed,
+            )
+            per_image.append(scores.assign(run=run))
+        for note in set(notes.values()):
             context.log.warning(note)
-        write_table(per_image, limber.layout.caption_scores(system, limber.language_model, part), key)
-        return table  # the metrics, written last by stored_table
+        write_table(pd.concat(per_image), limber.layout.caption_scores(system, limber.language_model, part), key)
+        write_table(runs_table(per_run), limber.layout.caption_runs(system, limber.language_model, part), key)
+        combined = combine_runs(per_run, config.bootstrap_resamples, config.bootstrap_seed)
+        return estimates_table(combined, notes)  # the metrics, written last by stored_table
 
     table, reused = stored_table(path, key, score)
     scores = zip(table["metric"], table["value"], table["note"], strict=True)
@@ -164,6 +190,7 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
         key,
         reused,
         n=int(table["n"].iloc[0]),
+        runs=int(table["runs"].iloc[0]),
         **{m: (note or dg.MetadataValue.float(round(float(v), 4))) for m, v, note in scores},
     )
     yield metrics_check(table)

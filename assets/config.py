@@ -44,7 +44,9 @@ class TrainingConfig(dg.Config):
     dropout: float = Field(_TRAIN["dropout"], description="on the projected image embeddings")
     max_caption_tokens: int = _TRAIN["max_caption_tokens"]
     buffer_chunks: int = Field(_TRAIN["buffer_chunks"], description="feature chunks shuffled together")
-    seed: int = _TRAIN["seed"]
+    seeds: list[int] = Field(
+        _TRAIN["seeds"], description="one map per seed (initial weights, dropout, batch order), each stored apart"
+    )
     checkpoint_every: int = _TRAIN["checkpoint_every"]
     # Reporting only: these do not change the weights, so they are not part of the map's key.
     log_every: int = Field(_REPORT["log_every"], description="steps between loss lines in the log")
@@ -53,9 +55,15 @@ class TrainingConfig(dg.Config):
     sample_caption_tokens: int = Field(_REPORT["sample_caption_tokens"], description="their length in tokens")
     sample_prompt: str = Field(_REPORT["sample_prompt"], description="prompt of the validation captions")
 
-    def weight_settings(self) -> dict:
-        """The settings the trained weights depend on."""
-        return self.model_dump(exclude=set(settings.DEFAULT["training_report"]))
+    def weight_settings(self, seed: int) -> dict:
+        """The settings one seed's trained weights depend on."""
+        return {**self.model_dump(exclude={*settings.DEFAULT["training_report"], "seeds"}), "seed": seed}
+
+    def seed_list(self) -> list[int]:
+        """The seeds, each once; at least one."""
+        if not self.seeds:
+            raise ValueError("training.seeds is empty: give at least one seed, e.g. [0]")
+        return list(dict.fromkeys(self.seeds))
 
 
 class AdaptersConfig(TrainingConfig):
@@ -63,6 +71,7 @@ class AdaptersConfig(TrainingConfig):
     fields and defaults), plus the adapters' bottleneck."""
 
     reduction: int = Field(PROFILE["adapters"]["reduction"], description="adapter bottleneck: d -> d / reduction")
+    seeds: list[int] = Field(PROFILE["adapters"]["seeds"], description="one tuned baseline per seed")
 
 
 class CaptioningConfig(dg.Config):
@@ -76,7 +85,11 @@ class VqaConfig(dg.Config):
         PROFILE["vqa"]["questions"],
         description="all questions of seeded random eval images, until this many are taken (0: all)",
     )
-    seed: int = Field(PROFILE["vqa"]["seed"], description="seed of the images asked about and of their solved examples")
+    seed: int = Field(PROFILE["vqa"]["seed"], description="seed of the images asked about")
+    trial_seeds: list[int] = Field(
+        PROFILE["vqa"]["trial_seeds"],
+        description="one few-shot trial per seed, each with its own draw of solved examples (0-shot: the first only)",
+    )
     batch_size: int = PROFILE["vqa"]["batch_size"]
     max_new_tokens: int = PROFILE["vqa"]["max_new_tokens"]
     support_images: int = Field(
@@ -89,12 +102,24 @@ class VqaConfig(dg.Config):
         "LM's likelihood (easy-vqa has 13; VQAv2's standard list 3,129); 0: open-ended answers only",
     )
 
+    def trials(self, shots: int) -> list[int]:
+        """The trial seeds a shot count runs: every one with solved examples, the first at 0 shots
+        (nothing is drawn, so trials would repeat the same answers)."""
+        if not self.trial_seeds:
+            raise ValueError("vqa.trial_seeds is empty: give at least one seed, e.g. [0]")
+        trials = list(dict.fromkeys(self.trial_seeds))
+        return trials if shots else trials[:1]
+
+    def answer_settings(self, trial_seed: int) -> dict:
+        """The settings one trial's answers depend on."""
+        return {**self.model_dump(exclude={"trial_seeds"}), "trial_seed": trial_seed}
+
 
 class IntervalConfig(dg.Config):
     """How the 95% intervals of a metric asset are drawn (part of its key: they are stored)."""
 
     bootstrap_resamples: int = Field(PROFILE["intervals"]["resamples"], description="bootstrap resamples (0: none)")
-    bootstrap_seed: int = Field(PROFILE["intervals"]["seed"], description="seed of the resampled items")
+    bootstrap_seed: int = Field(PROFILE["intervals"]["seed"], description="seed of the resampled images and runs")
 
     def interval_settings(self) -> dict:
         return {"resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed}

@@ -11,7 +11,7 @@ from assets.gallery import caption_gallery
 from assets.image_features import image_features
 from assets.language_model import language_model
 from assets.linear_map import linear_map
-from assets.metric_tables import metric_tables
+from assets.metric_tables import metric_tables, rankings
 from assets.readout import image_prompt_readout
 from assets.resources import Limber
 from assets.vqa import vqa_answers, vqa_metrics
@@ -28,6 +28,7 @@ ALL_ASSETS = [
     vqa_metrics,
     image_prompt_readout,
     metric_tables,
+    rankings,
     caption_gallery,
 ]
 

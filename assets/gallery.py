@@ -6,14 +6,14 @@ import pandas as pd
 from assets.captions import captions
 from assets.config import GalleryConfig
 from assets.datasets import manifests
-from assets.inputs import Inputs, stored_result, stored_table
+from assets.inputs import Inputs, MissingInput, stored_result, stored_table
 from assets.partitions import SHOWN, VQA_EVAL, evaluation_manifests, registered, system_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_answers
 from pipeline.gallery import caption_samples, gallery_pngs, vqa_samples
 from pipeline.plots import markdown_image
 from pipeline.vqa import SHOTS
-from storage.layout import read_table, stored_key, write_bytes
+from storage.layout import read_table, run_name, stored_key, stored_runs, write_bytes
 
 
 @dg.asset(
@@ -38,17 +38,19 @@ def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, li
     inputs.manifest(SHOWN, read=False)
     inputs.manifest(VQA_EVAL, read=False)
     systems = registered(context.instance, system_partitions)
-    captioned = {
-        system: layout.captions(system, lm, SHOWN)
-        for system in systems
-        if stored_key(layout.captions(system, lm, SHOWN)) is not None
-    }
-    answered = {
-        (system, shots): layout.vqa_answers(system, lm, shots)
-        for system in systems
-        for shots in SHOTS
-        if stored_key(layout.vqa_answers(system, lm, shots)) is not None
-    }
+    # Each system's first run (its first training seed, first few-shot trial) is shown.
+    captioned, answered = {}, {}
+    for system in systems:
+        try:
+            run = run_name(next(iter(Inputs(limber).linear_maps(system))))
+        except MissingInput:
+            continue
+        if stored_key(layout.captions(system, lm, SHOWN, run)) is not None:
+            captioned[system] = layout.captions(system, lm, SHOWN, run)
+        for shots in SHOTS:
+            runs = stored_runs(layout.vqa_answer_runs(system, lm, shots))
+            if runs:
+                answered[system, shots] = layout.vqa_answers(system, lm, shots, runs[0])
     for system, table in captioned.items():
         inputs.table(f"captions[{system}|{SHOWN}]", table, read=False)
     for (system, shots), table in answered.items():

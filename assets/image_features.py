@@ -101,6 +101,7 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
         chunks_reused=store.num_chunks() - pending,
         images_per_second=round(stats.images_per_second, 2) if stats else 0.0,
         skipped_images=len(skipped),
+        machine=dg.MetadataValue.json(limber.machine()),
         skip_reasons=dg.MetadataValue.json(
             {str(k): v for k, v in list(skipped.items())[: PROFILE["reporting"]["listed_skips"]]}
         ),

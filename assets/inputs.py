@@ -7,6 +7,7 @@ so a key cannot leave out something read: a changed manifest, encoder weights, f
 LM changes the key of exactly the results that read it, and those are recomputed.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from assets.resources import Limber
 from pipeline.linear_map import LinearMap
 from pipeline.metrics.clip_score import CLIP_VIT_B32
 from storage import FeatureArray, config_hash
-from storage.layout import read_table, stored_key, write_table
+from storage.layout import read_table, run_name, stored_key, stored_runs, write_table
 
 
 class MissingInput(FileNotFoundError):
@@ -67,14 +68,38 @@ class Inputs:
         self.read["precision"] = str(self.limber.compute_dtype())  # what the LM computes in
         return description
 
-    def linear_map(self, system: str) -> "StoredMap | None":
-        """A system's trained map (loaded on ``load()``; with its adapters for a tuned baseline); None
-        for the blind system."""
+    def linear_maps(self, system: str) -> dict[int | None, "StoredMap | None"]:
+        """A system's trained maps by training seed (loaded on ``load()``; with its adapters for a
+        tuned baseline): the seeds its last ``linear_map`` (or ``adapters``) materialization
+        trained; ``{None: None}`` for the blind system. Nothing is recorded: each seed's result
+        reads its own map (``with_map``)."""
         if system == BLIND:
-            return None
-        directory = self.limber.layout.linear_map(system, self.limber.language_model)
-        stored = StoredMap(self.limber, directory)
-        self._record(f"linear_map[{system}]", stored.key())
+            return {None: None}
+        layout, lm = self.limber.layout, self.limber.language_model
+        index = layout.map_index(system, lm)
+        if not index.exists():
+            self._record(f"linear_map[{system}]", None)
+        seeds = json.loads(index.read_text())["seeds"]
+        return {seed: StoredMap(self.limber, layout.trained_map(system, lm, seed)) for seed in sorted(map(int, seeds))}
+
+    def runs(self, index, asset: str) -> list[str]:
+        """The runs an asset's last materialization stored, from its index file (``{"runs": {run: key}}``)."""
+        runs = stored_runs(index)
+        if runs is None:
+            self._record(asset, None)
+        return runs
+
+    def with_map(self, system: str, seed: int | None, stored: "StoredMap | None") -> "Inputs":
+        """A copy of these inputs that also read one seed's map (none for the blind system)."""
+        copy = Inputs(self.limber, dict(self.read))
+        if stored is not None:
+            copy._record(f"linear_map[{system}|{run_name(seed)}]", stored.key())
+        return copy
+
+    def linear_map(self, system: str) -> "StoredMap | None":
+        """The map of a system's first training seed (what the readout shows); None for blind."""
+        seed, stored = next(iter(self.linear_maps(system).items()))
+        self.read.update(self.with_map(system, seed, stored).read)
         return stored
 
     def table(self, partition: str, path, read: bool = True) -> pd.DataFrame | None:

@@ -1,5 +1,7 @@
 """The linear map per backbone, trained on cached train features into the frozen LM."""
 
+import json
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -19,6 +21,8 @@ from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 from pipeline.plots import loss_curve_png, markdown_image
 from pipeline.training import train_linear_map, training_set
+from storage import config_hash
+from storage.layout import write_bytes
 
 LOSS_DECREASED = "loss_decreased"
 
@@ -33,14 +37,21 @@ def loss_check_spec(asset: str) -> dg.AssetCheckSpec:
     )
 
 
-def loss_check(losses: list[float]) -> dg.AssetCheckResult:
-    """The loss fell: its mean over the last quarter of the steps is below that over the first quarter."""
-    quarter = max(1, len(losses) // 4)
-    first, last = float(np.mean(losses[:quarter])), float(np.mean(losses[-quarter:]))
+def loss_check(losses_by_seed: list[list[float]]) -> dg.AssetCheckResult:
+    """The loss fell for every seed: its mean over the last quarter of the steps is below that over
+    the first quarter."""
+    falls = []
+    for losses in losses_by_seed:
+        quarter = max(1, len(losses) // 4)
+        first, last = float(np.mean(losses[:quarter])), float(np.mean(losses[-quarter:]))
+        falls.append((bool(np.isfinite(losses).all() and last < first), first, last))
     return dg.AssetCheckResult(
         check_name=LOSS_DECREASED,
-        passed=bool(np.isfinite(losses).all() and last < first),
-        metadata={"first_quarter_loss": round(first, 4), "last_quarter_loss": round(last, 4)},
+        passed=all(passed for passed, _, _ in falls),
+        metadata={
+            "first_quarter_loss": [round(first, 4) for _, first, _ in falls],
+            "last_quarter_loss": [round(last, 4) for _, _, last in falls],
+        },
     )
 
 
@@ -93,36 +104,51 @@ def validation_captions(context, limber: Limber, config: TrainingConfig, backbon
     return table
 
 
-def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, system: str, new_map):
-    """Trains (or reuses) ``system``'s map on ``backbone``'s train features and reports it, with its
-    loss check. ``new_map(lm_dim, lm)`` makes the untrained map: LiMBeR's, or the tuned baseline's."""
-    inputs, parts, read = _train_inputs(context, limber, backbone)
-    inputs.language_model()
-    key = inputs.key(training=config.weight_settings(), backbone=backbone)
-    directory = limber.layout.linear_map(system, limber.language_model)
+def _trained_seed(context, config: TrainingConfig, limber: Limber, system: str, seed: int, key: str, train):
+    """One seed's map: reused when stored under ``key``, else trained by ``train(mapping, seed,
+    checkpoint_dir, on_checkpoint)``; returns (map, training summary, reused)."""
+    directory = limber.layout.trained_map(system, limber.language_model, seed)
     mirror = limber.mirror(directory)
     local = mirror.pull()
+    if LinearMap.stored_key(local) == key:
+        context.log.info(f"seed {seed}: reusing the map trained from these inputs and settings: {directory}")
+        return LinearMap.load(local), LinearMap.stored_config(local)["training"], True
+    mapping, summary = train(seed, limber.layout.checkpoints(local, key), mirror.push)
+    loss_png = loss_curve_png(summary["losses"], f"{system} (seed {seed}) -> {limber.language_model}")
+    limber.layout.loss_curve(local).write_bytes(loss_png)
+    mapping.save(
+        local, extra={"key": key, "system": system, "language_model": limber.language_model, "training": summary}
+    )
+    mirror.push()
+    return mapping, summary, False
+
+
+def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str, system: str, new_map):
+    """Trains (or reuses) ``system``'s map on ``backbone``'s train features, one per training seed,
+    each stored under its own key (so an added seed trains only itself), and reports them, with the
+    loss check over every seed. ``new_map(lm_dim, lm)`` makes the untrained map: LiMBeR's, or the
+    tuned baseline's."""
+    inputs, parts, read = _train_inputs(context, limber, backbone)
+    inputs.language_model()
     device = limber.torch_device()
     lm, tokenizer, lm_description = limber.load_lm()
+    train_set = []  # loaded once, by the first seed that trains
 
-    reused = LinearMap.stored_key(local) == key
-    if reused:
-        context.log.info(f"reusing the map trained from these inputs and settings: {directory}")
-        mapping = LinearMap.load(local)
-        summary = LinearMap.stored_config(local)["training"]
-    else:
-        features, captions, rows = training_set(read)
-        torch.manual_seed(config.seed)  # the initial weights, too, come from the settings
+    def train(seed: int, checkpoint_dir, on_checkpoint):
+        if not train_set:
+            train_set.extend(training_set(read))
+        features, captions, rows = train_set
+        torch.manual_seed(seed)  # the initial weights, too, come from the seed
         mapping = new_map(lm_description["hidden_size"], lm)
         trained = sum(p.numel() for p in mapping.parameters())
         context.log.info(
-            f"training {system} ({trained:,} parameters) on {len(rows)} cached {backbone} features from "
-            f"{len(parts)} parts for {config.steps} steps on {device}"
+            f"training {system} seed {seed} ({trained:,} parameters) on {len(rows)} cached {backbone} features "
+            f"from {len(parts)} parts for {config.steps} steps on {device}"
         )
 
         def log_loss(step: int, loss: float) -> None:
             if step % config.log_every == 0:
-                context.log.info(f"step {step}: loss {loss:.4f}")
+                context.log.info(f"seed {seed} step {step}: loss {loss:.4f}")
 
         result = train_linear_map(
             mapping,
@@ -141,16 +167,21 @@ def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, 
             grad_clip=config.grad_clip,
             max_caption_tokens=config.max_caption_tokens,
             buffer_chunks=config.buffer_chunks,
-            seed=config.seed,
+            seed=seed,
             checkpoint_every=config.checkpoint_every,
             # One checkpoint folder per key: a run never resumes another key's training.
-            checkpoint_dir=limber.layout.checkpoints(local, key),
+            checkpoint_dir=checkpoint_dir,
             device=device,
             on_step=log_loss,
-            on_checkpoint=mirror.push,
+            on_checkpoint=on_checkpoint,
         )
-        summary = {
-            "settings": config.weight_settings(),
+        per_token = result.activation_bytes_per_token
+        context.log.info(
+            f"gradient checkpointing {'on' if result.recompute else 'off'}"
+            + (f": {per_token / 2**20:.2f} MiB of activations per token measured" if per_token else " (CPU)")
+        )
+        return mapping, {
+            "settings": config.weight_settings(seed),
             "trained_parameters": trained,
             "losses": result.losses,
             "train_rows": len(rows),
@@ -159,39 +190,56 @@ def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, 
             "samples_per_second": round(result.samples_per_second, 2),
             "shuffle_buffers": result.buffers,
             "recompute": result.recompute,
-            "activation_bytes_per_token": result.activation_bytes_per_token,
+            "activation_bytes_per_token": per_token,
+            "machine": limber.machine(),
         }
-        per_token = result.activation_bytes_per_token
-        context.log.info(
-            f"gradient checkpointing {'on' if result.recompute else 'off'}"
-            + (f": {per_token / 2**20:.2f} MiB of activations per token measured" if per_token else " (CPU)")
-        )
-        loss_png = loss_curve_png(result.losses, f"{system} -> {limber.language_model}")
-        limber.layout.loss_curve(local).write_bytes(loss_png)
-        mapping.save(
-            local,
-            extra={"key": key, "backbone": backbone, "language_model": limber.language_model, "training": summary},
-        )
-        mirror.push()
 
-    samples = validation_captions(context, limber, config, backbone, mapping, lm, tokenizer)
-    losses = summary["losses"]
+    # The architecture (the untrained map's config: dropout, LayerNorm order, adapters) is in the key.
+    architecture = new_map(lm_description["hidden_size"], lm).config()
+    maps, summaries, keys, trained_seeds = {}, {}, {}, []
+    for seed in config.seed_list():
+        key = inputs.key(training=config.weight_settings(seed), backbone=backbone, architecture=architecture)
+        maps[seed], summaries[seed], reused = _trained_seed(context, config, limber, system, seed, key, train)
+        keys[seed] = key
+        if not reused:
+            trained_seeds.append(seed)
+    directory = limber.layout.linear_map(system, limber.language_model)
+    write_bytes(limber.layout.map_index(system, limber.language_model), json.dumps({"seeds": keys}).encode())
+
+    first = min(maps)
+    samples = validation_captions(context, limber, config, backbone, maps[first], lm, tokenizer)
+    per_seed = pd.DataFrame(
+        [
+            {
+                "seed": seed,
+                "first_loss": round(summary["losses"][0], 4),
+                "final_loss": round(float(np.mean(summary["losses"][-config.final_loss_window :])), 4),
+                "samples_per_second": summary["samples_per_second"],
+                "key": keys[seed],
+            }
+            for seed, summary in summaries.items()
+        ]
+    )
+    summary = summaries[first]
+    loss_curve = limber.layout.loss_curve(limber.layout.trained_map(system, limber.language_model, first))
     yield stored_result(
         directory,
-        key,
-        reused,
+        config_hash(keys),
+        not trained_seeds,
+        seeds=len(maps),
+        trained_seeds=trained_seeds,
         train_parts=len(summary["train_parts"]),
         trained_parameters=summary.get("trained_parameters", 0),
-        steps=len(losses),
-        first_loss=round(losses[0], 4),
-        final_loss=round(float(np.mean(losses[-config.final_loss_window :])), 4),
-        samples_per_second=summary["samples_per_second"],
+        steps=len(summary["losses"]),
+        final_loss=float(per_seed["final_loss"].mean()),
+        final_loss_by_seed=dg.MetadataValue.md(per_seed.to_markdown(index=False)),
         shuffle_buffers=summary["shuffle_buffers"],
         recompute=summary.get("recompute", False),
-        loss_curve=dg.MetadataValue.md(markdown_image(limber.layout.loss_curve(local).read_bytes(), "loss curve")),
+        machine=dg.MetadataValue.json(summary.get("machine", {})),
+        loss_curve=dg.MetadataValue.md(markdown_image(loss_curve.read_bytes(), f"loss curve, seed {first}")),
         validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
     )
-    yield loss_check(losses)
+    yield loss_check([summary["losses"] for summary in summaries.values()])
 
 
 @dg.asset(
@@ -211,12 +259,13 @@ def trained_map(context, config: TrainingConfig, limber: Limber, backbone: str, 
 def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
     """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
 
-    Trains on every registered train part (all CC3M shards) whose features are extracted. Keyed by
-    those parts' features and manifests, the LM and the settings the weights depend on.
+    Trains one map per training seed on every registered train part (all CC3M shards) whose
+    features are extracted. Each is keyed by those parts' features and manifests, the LM, the map's
+    architecture and the settings its weights depend on, its seed included.
     """
     backbone = context.partition_key
     spec = backbone_spec(backbone)
-    yield from trained_map(
+    yield from trained_maps(
         context,
         config,
         limber,

@@ -2,6 +2,7 @@
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
 from assets.captions import caption_metrics
 from assets.config import IntervalConfig
@@ -10,11 +11,16 @@ from assets.partitions import BLIND, VQA_EVAL, caption_partitions, system_backbo
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
 from pipeline.encoders import backbone_spec
+from pipeline.metrics.rankings import TIES, ranking_markdown
+from pipeline.metrics.rankings import rankings as ranked_systems
 from pipeline.metrics.table import (
+    comparison_columns,
     comparison_markdown,
     comparison_table,
     metrics_bar_chart,
     paired_differences,
+    run_values,
+    several_datasets,
     tidy_metrics,
 )
 from pipeline.plots import markdown_image
@@ -24,18 +30,26 @@ TABLE_COMPLETE = "table_complete"
 
 
 def _stored_metrics(instance, limber: Limber, inputs: Inputs) -> list:
-    """(labels, metric rows, key, per-item path) of every caption_metrics and vqa_metrics
-    partition stored so far."""
+    """(labels, metric rows, key, per-item path, per-run path) of every caption_metrics and
+    vqa_metrics partition stored so far."""
     lm, layout, found = limber.language_model, limber.layout, []
     partitions = [("captioning", caption_metrics, caption_partitions), ("vqa", vqa_metrics, vqa_partitions)]
     for task, asset, partitions_def in partitions:
         for partition in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
             keys = partition.keys_by_dimension
             system, part, shots = keys["system"], keys.get("part", VQA_EVAL), int(keys.get("shots", 0))
-            path, items = (
-                (layout.caption_metrics(system, lm, part), layout.caption_scores(system, lm, part))
+            path, items, runs = (
+                (
+                    layout.caption_metrics(system, lm, part),
+                    layout.caption_scores(system, lm, part),
+                    layout.caption_runs(system, lm, part),
+                )
                 if task == "captioning"
-                else (layout.vqa_metrics(system, lm, shots), layout.vqa_scores(system, lm, shots))
+                else (
+                    layout.vqa_metrics(system, lm, shots),
+                    layout.vqa_scores(system, lm, shots),
+                    layout.vqa_runs(system, lm, shots),
+                )
             )
             label = f"{asset.key.to_user_string()}[{partition}]"
             if stored_key(path) is None:
@@ -50,7 +64,7 @@ def _stored_metrics(instance, limber: Limber, inputs: Inputs) -> list:
                 "task": task,
                 "shots": shots,
             }
-            found.append((labels, inputs.table(label, path), inputs.read[label], items))
+            found.append((labels, inputs.table(label, path), inputs.read[label], items, runs))
     return found
 
 
@@ -77,8 +91,10 @@ def baselines(systems: set[str]) -> list[str]:
     ],
 )
 def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
-    """Every stored caption and VQA metric, one row per (system, part, task, metric, shots), with
-    its 95% interval; and each system's paired differences against blind and the random encoder."""
+    """Every stored caption and VQA metric, one row per (system, part, task, metric, shots): the
+    mean over the system's runs (training seeds x few-shot trials), their spread and number, and a
+    95% interval drawing the images and the runs; every run's value; and each system's paired
+    differences against blind and the random encoder."""
     inputs = Inputs(limber)
     results = _stored_metrics(context.instance, limber, inputs)
     if not results:
@@ -88,13 +104,16 @@ def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, lim
     path = layout.metrics_table()
 
     def tables():
-        tidy = tidy_metrics([(labels, table, read) for labels, table, read, _ in results])
-        items = [(labels, read_table(item_path)) for labels, _, _, item_path in results]
+        tidy = tidy_metrics([(labels, table, read) for labels, table, read, _, _ in results])
+        runs = run_values([(labels, read_table(runs_path)) for labels, _, _, _, runs_path in results])
+        items = [(labels, read_table(item_path)) for labels, _, _, item_path, _ in results]
         systems = {labels["system"] for labels, *_ in results}
-        differences = paired_differences(items, baselines(systems), config.bootstrap_resamples, config.bootstrap_seed)
+        pairs = [(system, baseline) for baseline in baselines(systems) for system in sorted(systems)]
+        differences = paired_differences(items, pairs, config.bootstrap_resamples, config.bootstrap_seed)
         write_table(differences, layout.differences_table(), key)
+        write_table(runs, layout.metric_runs_table(), key)
         write_table(comparison_table(tidy), layout.comparison_table(), key)
-        write_bytes(layout.metrics_chart(), metrics_bar_chart(tidy))
+        write_bytes(layout.metrics_chart(), metrics_bar_chart(tidy, runs))
         return tidy  # the tidy table, written last by stored_table
 
     tidy, reused = stored_table(path, key, tables)
@@ -107,6 +126,7 @@ def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, lim
         rows=len(tidy),
         comparison=dg.MetadataValue.md(comparison_markdown(wide)),
         differences_path=dg.MetadataValue.path(str(layout.differences_table())),
+        runs_path=dg.MetadataValue.path(str(layout.metric_runs_table())),
         chart=dg.MetadataValue.md(markdown_image(layout.metrics_chart().read_bytes(), "metrics by system")),
     )
     unexplained = tidy[tidy["value"].isna() & (tidy["note"] == "")]
@@ -114,4 +134,45 @@ def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, lim
         check_name=TABLE_COMPLETE,
         passed=unexplained.empty and bool(np.isfinite(tidy["value"].dropna()).all()),
         metadata={"rows": len(tidy), "unexplained_nan": len(unexplained)},
+    )
+
+
+@dg.asset(
+    deps=[
+        metric_tables,
+        dg.AssetDep(caption_metrics, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(vqa_metrics, partition_mapping=dg.AllPartitionMapping()),
+    ],
+    group_name="reporting",
+    kinds={"parquet", "pandas"},
+    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+)
+def rankings(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
+    """Per task, metric (the comparison's) and shot count, the systems in order of their means,
+    with a shared rank where the paired difference's 95% interval (the same images and runs drawn
+    for both systems) contains 0: the ranking the data supports, read with ``load_rankings()``."""
+    inputs = Inputs(limber)
+    results = _stored_metrics(context.instance, limber, inputs)
+    if not results:
+        raise ValueError("no caption_metrics or vqa_metrics partition is materialized yet")
+    key = inputs.key(intervals=config.interval_settings(), ties=TIES)
+    path = limber.layout.rankings_table()
+
+    def rank() -> pd.DataFrame:
+        tidy = tidy_metrics([(labels, table, read) for labels, table, read, _, _ in results])
+        items = [(labels, read_table(item_path)) for labels, _, _, item_path, _ in results]
+        systems = sorted({labels["system"] for labels, *_ in results})
+        pairs = [(a, b) for i, a in enumerate(systems) for b in systems[i + 1 :]]
+        shown = set(tidy.loc[comparison_columns(tidy, several_datasets(tidy)).notna(), "metric"])
+        differences = paired_differences(items, pairs, config.bootstrap_resamples, config.bootstrap_seed, shown)
+        return ranked_systems(tidy, differences)
+
+    table, reused = stored_table(path, key, rank)
+    yield stored_result(
+        path,
+        key,
+        reused,
+        rows=len(table),
+        tied_rows=int(table["tied"].sum()),
+        rankings=dg.MetadataValue.md(ranking_markdown(table)),
     )

@@ -1,5 +1,8 @@
 """Few-shot VQA per system x shots (0, 1, 2, 4), and its official-style accuracy."""
 
+import functools
+import json
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -15,9 +18,11 @@ from assets.linear_map import linear_map
 from assets.partitions import ON_MISSING, SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
 from assets.resources import Limber
 from pipeline.datasets import dataset_vqa_groups
-from pipeline.metrics.vqa import answers_accuracy
+from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
+from pipeline.metrics.vqa import vqa_estimates
 from pipeline.vqa import PROTOCOL, evaluate_vqa
-from storage.layout import dataset_part, write_table
+from storage import config_hash
+from storage.layout import dataset_part, run_name, write_bytes, write_table
 
 ACCURACY_IN_RANGE = "accuracy_in_range"
 
@@ -44,44 +49,67 @@ def _system_and_shots(context) -> tuple[str, int]:
 )
 def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Limber) -> dg.MaterializeResult:
     """Answers to a fixed subset of evaluation questions, with n solved support examples in the
-    prompt: open-ended, and among a closed vocabulary when ``closed_vocabulary`` is not 0.
+    prompt: open-ended, and among a closed vocabulary when ``closed_vocabulary`` is not 0. One
+    table per run: each training seed of the system's map, times each few-shot trial (one draw of
+    solved examples per trial seed; one trial at 0 shots).
 
-    Keyed by the eval manifest and features, the support manifest (n > 0, or a closed vocabulary)
-    and features (n > 0), the system's map, the LM and this asset's config."""
+    Each run's table is keyed by the eval manifest and features, the support manifest (n > 0, or a
+    closed vocabulary) and features (n > 0), that seed's map, the LM, this asset's config and its
+    trial seed, so an added seed or trial answers only itself."""
     system, shots = _system_and_shots(context)
     inputs = Inputs(limber)
     manifest = inputs.manifest(VQA_EVAL)
     store = inputs.system_features(system, VQA_EVAL)
     support_manifest = inputs.manifest(VQA_SUPPORT) if shots or config.closed_vocabulary else None
     support_store = inputs.system_features(system, VQA_SUPPORT) if shots else None
-    stored_map = inputs.linear_map(system)
     inputs.language_model()
-    key = inputs.key(vqa=config.model_dump(), shots=shots, protocol=PROTOCOL)
-    path = limber.layout.vqa_answers(system, limber.language_model, shots)
+    lm = functools.cache(limber.load_lm)  # loaded once, and only if a run is not stored
+    keys, computed, tables = {}, [], {}
+    for seed, stored_map in inputs.linear_maps(system).items():
+        seeded = inputs.with_map(system, seed, stored_map)
+        for trial in config.trials(shots):
+            run = run_name(seed, trial if shots else None)
+            key = seeded.key(vqa=config.answer_settings(trial), shots=shots, protocol=PROTOCOL)
+            path = limber.layout.vqa_answers(system, limber.language_model, shots, run)
 
-    def answer() -> pd.DataFrame:
-        lm, tokenizer, _ = limber.load_lm()
-        return evaluate_vqa(
-            lm,
-            tokenizer,
-            manifest,
-            support_manifest,
-            shots=shots,
-            questions=config.questions,
-            seed=config.seed,
-            support_images=config.support_images,
-            closed_vocabulary=config.closed_vocabulary,
-            linear_map=stored_map.load() if stored_map else None,
-            store=store,
-            support_store=support_store,
-            batch_size=config.batch_size,
-            max_new_tokens=config.max_new_tokens,
-            device=limber.torch_device(),
-            on_batch=lambda done, total: context.log.info(f"answered {done}/{total}"),
-        )
+            def answer(stored_map=stored_map, trial=trial, run=run) -> pd.DataFrame:
+                model, tokenizer, _ = lm()
+                return evaluate_vqa(
+                    model,
+                    tokenizer,
+                    manifest,
+                    support_manifest,
+                    shots=shots,
+                    questions=config.questions,
+                    seed=config.seed,
+                    trial_seed=trial,
+                    support_images=config.support_images,
+                    closed_vocabulary=config.closed_vocabulary,
+                    linear_map=stored_map.load() if stored_map else None,
+                    store=store,
+                    support_store=support_store,
+                    batch_size=config.batch_size,
+                    max_new_tokens=config.max_new_tokens,
+                    device=limber.torch_device(),
+                    on_batch=lambda done, total: context.log.info(f"{run}: answered {done}/{total}"),
+                )
 
-    table, reused = stored_table(path, key, answer)
-    return stored_result(path, key, reused, questions=len(table), preview=preview(table))
+            tables[run], reused = stored_table(path, key, answer)
+            keys[run] = key
+            if not reused:
+                computed.append(run)
+    index = limber.layout.vqa_answer_runs(system, limber.language_model, shots)
+    write_bytes(index, json.dumps({"runs": keys}).encode())
+    first = tables[min(tables)]
+    return stored_result(
+        limber.layout.vqa_answers(system, limber.language_model, shots, min(tables)).parent,
+        config_hash(keys),
+        not computed,
+        runs=len(tables),
+        computed_runs=computed,
+        questions=len(first),
+        preview=preview(first),
+    )
 
 
 @dg.asset(
@@ -100,31 +128,46 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     ],
 )
 def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
-    """VQA accuracy (official evaluator's rules), overall and per answer type, x100, with 95%
-    intervals over the questions; the same for the closed-vocabulary answers, when asked for; and
-    over the dataset's image groups (easy-vqa: each colour and shape)."""
+    """VQA accuracy (official evaluator's rules), overall and per answer type, x100: each run's,
+    and their mean, spread, and 95% interval drawing the images (each with all its questions) and
+    the runs; the same for the closed-vocabulary answers, when asked for; and over the dataset's
+    image groups (easy-vqa: each colour and shape)."""
     system, shots = _system_and_shots(context)
     inputs = Inputs(limber)
-    answers = inputs.table(
-        f"vqa_answers[{system}|{shots}]", limber.layout.vqa_answers(system, limber.language_model, shots)
-    )
+    answers = {
+        run: inputs.table(
+            f"vqa_answers[{system}|{shots}|{run}]", limber.layout.vqa_answers(system, limber.language_model, shots, run)
+        )
+        for run in inputs.runs(limber.layout.vqa_answer_runs(system, limber.language_model, shots), "vqa_answers")
+    }
     groups = dataset_vqa_groups(dataset_part(VQA_EVAL)[0], inputs.manifest(VQA_EVAL))
     key = inputs.key(intervals=config.interval_settings())
     path = limber.layout.vqa_metrics(system, limber.language_model, shots)
 
     def score() -> pd.DataFrame:
-        table, per_question = answers_accuracy(answers, config.bootstrap_resamples, config.bootstrap_seed, groups)
-        write_table(per_question, limber.layout.vqa_scores(system, limber.language_model, shots), key)
-        return table  # the metrics, written last by stored_table
+        per_run, per_question = {}, []
+        for run, table in answers.items():
+            per_run[run], scores = vqa_estimates(table, config.bootstrap_resamples, config.bootstrap_seed, groups)
+            per_question.append(scores.assign(run=run))
+        write_table(pd.concat(per_question), limber.layout.vqa_scores(system, limber.language_model, shots), key)
+        write_table(runs_table(per_run), limber.layout.vqa_runs(system, limber.language_model, shots), key)
+        combined = combine_runs(per_run, config.bootstrap_resamples, config.bootstrap_seed)
+        return estimates_table(combined)  # the metrics, written last by stored_table
 
     table, reused = stored_table(path, key, score)
     accuracies = zip(table["metric"], table["value"], strict=True)
+    questions = len(next(iter(answers.values())))
     yield stored_result(
-        path, key, reused, n=len(answers), **{m: dg.MetadataValue.float(float(v)) for m, v in accuracies}
+        path,
+        key,
+        reused,
+        n=questions,
+        runs=len(answers),
+        **{m: dg.MetadataValue.float(float(v)) for m, v in accuracies},
     )
     values = table["value"].to_numpy(dtype=float)
     yield dg.AssetCheckResult(
         check_name=ACCURACY_IN_RANGE,
-        passed=bool(len(answers) > 0 and np.isfinite(values).all() and ((values >= 0) & (values <= 100)).all()),
-        metadata={"questions": len(answers), "min": float(np.nanmin(values)), "max": float(np.nanmax(values))},
+        passed=bool(questions > 0 and np.isfinite(values).all() and ((values >= 0) & (values <= 100)).all()),
+        metadata={"questions": questions, "min": float(np.nanmin(values)), "max": float(np.nanmax(values))},
     )

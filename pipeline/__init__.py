@@ -5,7 +5,9 @@ import os
 
 def load_metrics(storage_root: str | os.PathLike | None = None):
     """The tidy metric table as a pandas DataFrame: one row per (system, dataset, split, task,
-    metric, shots), with the system's backbone and LM beside it.
+    metric, shots), with the system's backbone and LM beside it: ``value`` is the mean over the
+    system's runs (training seeds x few-shot trials), ``runs``, ``std``, ``min`` and ``max`` their
+    number and spread, ``ci_low``/``ci_high`` a 95% interval drawing the images and the runs.
 
     Reads ``{storage_root}/metrics/metrics.parquet``; the root (a folder or an fsspec URL such as
     ``s3://bucket/prefix``) defaults to ``$LIMBER_STORAGE`` or ``data``.
@@ -15,7 +17,8 @@ def load_metrics(storage_root: str | os.PathLike | None = None):
 
 def load_differences(storage_root: str | os.PathLike | None = None):
     """Paired differences as a pandas DataFrame: each system's score minus a baseline's (blind, and
-    each random-init encoder) on the same images or questions, with a paired bootstrap 95% interval.
+    each random-init encoder) on the same images or questions, with a paired bootstrap 95% interval
+    (the same images, each with all its questions, and the same runs drawn for both).
 
     Columns: system, baseline, task, dataset, split, metric, shots, difference, ci_low, ci_high, n.
     Metrics that are means over items are included (CIDEr-D, ROUGE-L, CLIP-S, RefCLIP-S, the
@@ -25,6 +28,24 @@ def load_differences(storage_root: str | os.PathLike | None = None):
     return _read_metrics_file("differences_table", storage_root)
 
 
+def load_rankings(storage_root: str | os.PathLike | None = None):
+    """The systems in order as a pandas DataFrame, per (task, dataset, split, metric, shots) of the
+    comparison's metrics: ``rank`` (1 is best), shared by systems the data cannot order (the 95%
+    interval of their paired difference, drawing the same images and runs, contains 0), ``tied``
+    and ``tied_with``, beside each system's mean, interval and number of runs.
+
+    Reads ``{storage_root}/metrics/rankings.parquet`` (root as for ``load_metrics``).
+    """
+    return _read_metrics_file("rankings_table", storage_root)
+
+
+def load_runs(storage_root: str | os.PathLike | None = None):
+    """Every run's value of every metric (a run: one training seed's map, one few-shot trial), the
+    points behind each mean of ``load_metrics``. Columns: system, dataset, split, task, metric,
+    shots, run, value. Reads ``{storage_root}/metrics/runs.parquet``."""
+    return _read_metrics_file("metric_runs_table", storage_root)
+
+
 def _read_metrics_file(name: str, storage_root):
     from pipeline import settings
     from storage import StorageLayout
@@ -32,5 +53,5 @@ def _read_metrics_file(name: str, storage_root):
 
     path = getattr(StorageLayout.at(storage_root or settings.storage_root()), name)()
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist yet: materialize the metric_tables asset (make demo)")
+        raise FileNotFoundError(f"{path} does not exist yet: materialize metric_tables and rankings (make demo)")
     return read_table(path)

@@ -1,7 +1,7 @@
 """The tuned baseline: MAGMA's recipe on the same cached features (Aleph-Alpha/magma,
-``configs/MAGMA_v1.yml`` and ``magma/adapters.py``).
+``configs/MAGMA_v1.yml``, ``magma/adapters.py`` and ``magma/image_prefix.py``).
 
-MAGMA trains an image prefix (a linear projection, LayerNorm and dropout) together with
+MAGMA trains an image prefix (a linear projection, then dropout, then LayerNorm) together with
 bottleneck adapters after each feed-forward block of the frozen LM: ``h + Up(ReLU(Down(h)))``,
 Down d -> d / 4, initialised near identity. Here the image encoder stays frozen (its features
 are cached), so the prefix and the adapters are what is trained, with LiMBeR's loss, data, steps
@@ -49,7 +49,7 @@ def feed_forward_blocks(lm) -> list[nn.Module]:
 
 
 class AdaptedMap(LinearMap):
-    """MAGMA's image prefix (linear, LayerNorm, dropout) and one adapter per LM layer, trained together.
+    """MAGMA's image prefix (linear, dropout, LayerNorm) and one adapter per LM layer, trained together.
 
     The adapters are this module's parameters (saved, checkpointed and optimised with the map);
     ``adapted`` puts them into the LM while it runs."""
@@ -61,7 +61,13 @@ class AdaptedMap(LinearMap):
         self.adapters = nn.ModuleList(Adapter(lm_dim, reduction) for _ in range(layers))
 
     def config(self) -> dict:
-        return {**super().config(), "adapters": {"layers": len(self.adapters), "reduction": self.reduction}}
+        # A stored map says the prefix order it was trained with: maps trained before the order
+        # matched MAGMA's (LayerNorm, then dropout) have no "prefix".
+        return {
+            **super().config(),
+            "prefix": "dropout, LayerNorm",
+            "adapters": {"layers": len(self.adapters), "reduction": self.reduction},
+        }
 
 
 @contextmanager

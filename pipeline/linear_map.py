@@ -28,7 +28,9 @@ class LinearMap(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch = features.shape[0]
         tokens = self.proj(features).reshape(batch, self.layout.num_tokens, self.lm_dim)
-        return self.dropout(self.norm(tokens))
+        # Dropout before the norm, as MAGMA's image prefix (magma/image_prefix.py); LiMBeR's Identity
+        # norm makes the order moot.
+        return self.norm(self.dropout(tokens))
 
     def config(self) -> dict:
         return {

@@ -33,12 +33,15 @@ DEFAULT: dict[str, dict] = {
     "training": {
         "steps": 120, "batch_size": 16, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
         "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
-        "buffer_chunks": 64, "seed": 0, "checkpoint_every": 50,
+        "buffer_chunks": 64, "checkpoint_every": 50,
+        # One map per seed (its initial weights, dropout and batch order): the spread of training
+        # enters every metric's interval, and the ranking (docs/uncertainty.md).
+        "seeds": [0, 1, 2],
     },
     # How the linear_map asset reports: loss lines, the final-loss window, validation captions
     # decoded from the paper's prompt and from none. None of these change the trained weights.
-    # The tuned baseline's adapters: Down d -> d / reduction (MAGMA: 4).
-    "adapters": {"reduction": 4},
+    # The tuned baseline's adapters: Down d -> d / reduction (MAGMA: 4); its own training seeds.
+    "adapters": {"reduction": 4, "seeds": [0]},
     "training_report": {
         "log_every": 50, "final_loss_window": 20, "sample_captions": 8, "sample_caption_tokens": 12,
         "sample_prompt": "A picture of",
@@ -47,13 +50,17 @@ DEFAULT: dict[str, dict] = {
     # (see the linear_map asset's validation captions, which show both prompts), so the embedded
     # demo captions from the image tokens alone, as it was trained.
     "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
-    # questions: 95% intervals of VQA accuracy at most 3.5 points wide each way (1.96 *
-    # sqrt(p(1-p)/n) at p = 0.5 and n = 800), for five systems within the demo's time.
+    # questions: about 400 (whole images until 400 are taken). The time goes where the uncertainty
+    # is largest: one map's VQA accuracy moves by more between training seeds (and few-shot draws)
+    # than between halves of the images, so 3 seeds x 2 trials at 400 questions beat 1 x 1 at 800
+    # (README, "How sure are these results").
     # closed_vocabulary: easy-vqa's 13 answers, all of them.
     # batch_size: questions per LM call (their images' prefixes are prefilled together).
+    # seed: the images asked about; trial_seeds: one draw of solved examples each (1+ shots), as
+    # OpenFlamingo reports few-shot results over several trials.
     "vqa": {
-        "questions": 800, "seed": 0, "batch_size": 200, "max_new_tokens": 4, "support_images": 0,
-        "closed_vocabulary": 13,
+        "questions": 400, "seed": 0, "trial_seeds": [0, 1], "batch_size": 200, "max_new_tokens": 4,
+        "support_images": 0, "closed_vocabulary": 13,
     },
     # image_prompt_readout: nearest vocabulary tokens of each image token, for a seeded sample of images.
     "readout": {"images": 200, "nearest": 5, "batch_size": 50, "seed": 0},
@@ -78,9 +85,10 @@ PAPER_CHANGES: dict[str, dict] = {
     # 8 worker processes decode CC3M's JPEGs for one GPU (not measured here: no GPU machine).
     "extraction": {"batch_size": 64, "chunk_rows": 1024, "workers": 8},
     # 15,000 steps at an effective batch of about 2048 (16 A100s in the paper; here 128 micro-batches of 16).
+    # One seed: training is the expensive part here (add seeds with `training: {seeds: [0, 1, 2]}`).
     "training": {
         "steps": 15000, "batch_size": 2048, "micro_batch_size": 16, "lr": 8e-4, "warmup_steps": 100,
-        "max_caption_tokens": 64, "buffer_chunks": 16, "checkpoint_every": 500,
+        "max_caption_tokens": 64, "buffer_chunks": 16, "checkpoint_every": 500, "seeds": [0],
     },
     "training_report": {"log_every": 100},
     "captioning": {"prompt": "A picture of", "max_new_tokens": 30, "batch_size": 64},
@@ -90,7 +98,10 @@ PAPER_CHANGES: dict[str, dict] = {
     # that can still rank first is scored on its own copy of the question's KV cache (up to
     # thousands of copies per question; how many the bound leaves at GPT-J is not measured),
     # against 10 decoding steps for the open-ended answer.
-    "vqa": {"questions": 0, "batch_size": 32, "max_new_tokens": 10, "support_images": 1024, "closed_vocabulary": 0},
+    "vqa": {
+        "questions": 0, "trial_seeds": [0, 1, 2], "batch_size": 32, "max_new_tokens": 10, "support_images": 1024,
+        "closed_vocabulary": 0,
+    },
 }  # fmt: skip
 
 
@@ -108,6 +119,8 @@ CACHE_ENV, CACHE_DEFAULT = "LIMBER_CACHE", "~/.cache/limber"  # local copies of 
 EVAL_CRON_ENV, EVAL_CRON_DEFAULT = "LIMBER_EVAL_CRON", "0 3 * * *"  # nightly re-evaluation
 EXECUTOR_ENV, EXECUTOR_DEFAULT = "LIMBER_EXECUTOR", "multiprocess"  # or "k8s"
 MAX_CONCURRENT_ENV = "LIMBER_MAX_CONCURRENT"  # steps at once per run (unset: the executor's own default)
+# "float32" or "bfloat16" reproduces another machine's numerics; "auto": measured on this one
+PRECISION_ENV, PRECISION_DEFAULT = "LIMBER_PRECISION", "auto"
 SWEEP_ENV, SWEEP_DEFAULT = "LIMBER_SWEEP", "sweep.yaml"  # extra backbones to compare: `backbones: [name, ...]`
 WEIGHTS_ENV_PREFIX = "LIMBER_WEIGHTS_"  # + the model's name: a local copy of its weights
 REQUIRE_BROWSER_ENV = "LIMBER_REQUIRE_BROWSER"  # "1" in CI: the UI test fails, not skips, without Chromium
@@ -151,6 +164,10 @@ def executor_name() -> str:
 def max_concurrent() -> int | None:
     value = _get(MAX_CONCURRENT_ENV)
     return int(value) if value else None
+
+
+def precision() -> str:
+    return _get(PRECISION_ENV, PRECISION_DEFAULT)
 
 
 def sweep_file() -> str:

@@ -1,9 +1,10 @@
 """Few-shot VQA through the linear map (LiMBeR / MAGMA protocol).
 
 Zero-shot prompt: ``[image, " Q: {question} A:"]``. An n-shot prompt first shows n solved
-examples ``[image_i, " Q: q_i A: a_i"]`` drawn from the training split. Each span of text between
-images is one string, tokenized in one call. The generated answer is cut to the word count of the
-longest ground-truth answer before scoring. The blind baseline uses the same prompts with every
+examples ``[image_i, " Q: q_i A: a_i"]`` drawn from the training split, ``a_i`` the question's
+consensus answer (VQAv2's ``multiple_choice_answer``). Each span of text between images is one
+string, tokenized in one call. The generated answer is cut to the word count of the longest
+ground-truth answer before scoring. The blind baseline uses the same prompts with every
 image left out.
 
 Two departures from drawing question by question, so that the questions of an image share their
@@ -27,13 +28,16 @@ import pandas as pd
 import torch
 
 from pipeline.adapters import adapted
+from pipeline.datasets.manifest import consensus_answer
 from pipeline.decoding import Segment, candidate_log_likelihoods, greedy_continue, image_tokens, prefill_shared
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 
 SHOTS = (0, 1, 2, 4)
 # Part of every stored answer table's key: answers drawn under another protocol are not reused.
-PROTOCOL = "questions and solved examples drawn by image; one tokenizer call per text span"
+PROTOCOL = (
+    "questions and solved examples drawn by image; one tokenizer call per text span; examples show the consensus answer"
+)
 
 
 def flatten_questions(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -112,6 +116,16 @@ def support_pool(num_images: int, pool_images: int, seed: int) -> slice:
     return slice(start, start + pool_images)
 
 
+def shown_answers(questions: pd.DataFrame) -> list[str]:
+    """The answer a solved example shows: its question's consensus ``answer`` (VQAv2's
+    ``multiple_choice_answer``), not the first annotator's, which may be an outlier. A record
+    without one (a manifest read before readers gave it, a hand-built table) shows the most
+    frequent of its answers."""
+    given = questions["answer"] if "answer" in questions else [None] * len(questions)
+    answers = zip(given, questions["answers"], strict=True)
+    return [answer if isinstance(answer, str) else consensus_answer(gt) for answer, gt in answers]
+
+
 def prompt_batches(
     questions: pd.DataFrame,
     support_questions: pd.DataFrame,
@@ -155,8 +169,8 @@ def prompt_batches(
         prefixes = []
         for k, shown in enumerate(examples):
             solved = [
-                (None if support_images is None else support_images[k, j], q, a[0])
-                for j, (q, a) in enumerate(zip(shown["question"], shown["answers"], strict=True))
+                (None if support_images is None else support_images[k, j], q, a)
+                for j, (q, a) in enumerate(zip(shown["question"], shown_answers(shown), strict=True))
             ]
             prefixes.append(vqa_prefix(None if images is None else images[k], solved))
         yield batch, prefixes, np.cumsum(first) - 1
@@ -221,6 +235,7 @@ def evaluate_vqa(
     shots: int,
     questions: int,
     seed: int,
+    trial_seed: int,
     support_images: int,
     closed_vocabulary: int = 0,
     linear_map: LinearMap | None = None,
@@ -233,10 +248,11 @@ def evaluate_vqa(
     ``closed_prediction`` among the ``closed_vocabulary`` most frequent answers of
     ``support_manifest`` when that is not 0.
 
-    Solved examples come from a seeded pool of ``support_images`` images of ``support_manifest``
-    (needed only when ``shots`` > 0 or a closed vocabulary is asked for), the same for every
-    system. Feature rows are found by image id in ``store`` / ``support_store`` (FeatureArrays),
-    never by position; with no linear map (the blind system) no features are read.
+    ``seed`` draws the images asked about. Solved examples come from a pool of ``support_images``
+    images of ``support_manifest`` (needed only when ``shots`` > 0 or a closed vocabulary is asked
+    for) drawn by ``trial_seed``: the same for every system, different for each few-shot trial.
+    Feature rows are found by image id in ``store`` / ``support_store`` (FeatureArrays), never by
+    position; with no linear map (the blind system) no features are read.
     """
     # Images sampled by id, their questions in question-id order, examples drawn per sampled image
     # and pooled in image-id order, so a reordered manifest asks the same questions with the same
@@ -246,10 +262,10 @@ def evaluate_vqa(
     support = support_features = None
     if shots:
         support_manifest = support_manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
-        pool = support_pool(len(support_manifest), support_images, seed)
+        pool = support_pool(len(support_manifest), support_images, trial_seed)
         pool_manifest = support_manifest.iloc[pool].reset_index(drop=True)
         support_questions = flatten_questions(pool_manifest)
-        support = draw_support(support_questions, sample["image"].nunique(), max(SHOTS), seed)
+        support = draw_support(support_questions, sample["image"].nunique(), max(SHOTS), trial_seed)
         if linear_map is not None:
             pool_rows = rows_by_id(support_store.ids, pool_manifest["image_id"].tolist(), "vqa support")
             ascending = np.argsort(pool_rows, kind="stable")  # read in stored order, kept in the pool's

@@ -43,6 +43,14 @@ def in_prefix(part_key: str, prefix: str) -> bool:
     return part_key == prefix or part_key.startswith(prefix + ".")
 
 
+def run_name(seed: int | None, trial: int | None = None) -> str:
+    """One run of a system, in paths and tables: its training seed and few-shot trial
+    (``seed-0.trial-1``); ``seed-0`` with no trial (captions, 0-shot VQA); ``trial-1`` or ``once``
+    for the blind system, which has no trained map."""
+    parts = [f"{label}-{value}" for label, value in (("seed", seed), ("trial", trial)) if value is not None]
+    return ".".join(parts) or "once"
+
+
 @dataclass(frozen=True)
 class StorageLayout:
     """Every stored artifact has one fixed path per asset partition and carries the key of what it
@@ -70,9 +78,17 @@ class StorageLayout:
     def language_model(self, name: str) -> UPath:
         return self.root / "language_models" / _safe(name)
 
-    def linear_map(self, backbone: str, language_model: str) -> UPath:
-        """A folder: the weights, their config (with the key), the loss curve, and the checkpoints."""
-        return self.root / "linear_maps" / _safe(language_model) / _safe(backbone)
+    def linear_map(self, system: str, language_model: str) -> UPath:
+        """A system's maps: one folder per training seed (``trained_map``), and ``seeds.json``
+        (``map_index``) naming the seeds its last materialization trained."""
+        return self.root / "linear_maps" / _safe(language_model) / _safe(system)
+
+    def trained_map(self, system: str, language_model: str, seed: int) -> UPath:
+        """A folder: one seed's weights, their config (with the key), the loss curve, and the checkpoints."""
+        return self.linear_map(system, language_model) / run_name(seed)
+
+    def map_index(self, system: str, language_model: str) -> UPath:
+        return self.linear_map(system, language_model) / "seeds.json"
 
     @staticmethod
     def loss_curve(map_folder):
@@ -85,32 +101,45 @@ class StorageLayout:
         never resumes another key's training."""
         return map_folder / "checkpoints" / key
 
-    def captions(self, system: str, language_model: str, part_key: str) -> UPath:
+    def captions(self, system: str, language_model: str, part_key: str, run: str) -> UPath:
+        """One run's captions (``run_name``: a training seed's map, or the blind system's one run)."""
         dataset, part = dataset_part(part_key)
-        return self.root / "captions" / _safe(language_model) / _safe(system) / dataset / f"{part}.parquet"
+        return self.root / "captions" / _safe(language_model) / _safe(system) / dataset / part / f"{run}.parquet"
 
-    def coco_results(self, system: str, language_model: str, part_key: str) -> UPath:
+    def coco_results(self, system: str, language_model: str, part_key: str, run: str) -> UPath:
         """The same captions in the COCO results format, for any external scorer."""
-        dataset, part = dataset_part(part_key)
-        return self.root / "captions" / _safe(language_model) / _safe(system) / dataset / f"{part}.coco.json"
+        return self.captions(system, language_model, part_key, run).with_suffix(".coco.json")
 
     def caption_metrics(self, system: str, language_model: str, part_key: str) -> UPath:
         dataset, part = dataset_part(part_key)
         return self.root / "caption_metrics" / _safe(language_model) / _safe(system) / dataset / f"{part}.parquet"
 
     def caption_scores(self, system: str, language_model: str, part_key: str) -> UPath:
-        """Per-image scores beside the metrics, for paired differences between systems."""
+        """Per-image scores of every run beside the metrics, for paired differences between systems."""
         return self.caption_metrics(system, language_model, part_key).with_suffix(".per_image.parquet")
 
-    def vqa_answers(self, system: str, language_model: str, shots: int) -> UPath:
-        return self.root / "vqa_answers" / _safe(language_model) / _safe(system) / f"{shots}-shot.parquet"
+    def caption_runs(self, system: str, language_model: str, part_key: str) -> UPath:
+        """Each run's value of each metric, beside the metrics (their mean)."""
+        return self.caption_metrics(system, language_model, part_key).with_suffix(".runs.parquet")
+
+    def vqa_answers(self, system: str, language_model: str, shots: int, run: str) -> UPath:
+        """One run's answers (``run_name``: a training seed's map and a few-shot trial)."""
+        return self.root / "vqa_answers" / _safe(language_model) / _safe(system) / f"{shots}-shot" / f"{run}.parquet"
+
+    def vqa_answer_runs(self, system: str, language_model: str, shots: int) -> UPath:
+        """The runs the last ``vqa_answers`` materialization stored, with their keys."""
+        return self.vqa_answers(system, language_model, shots, "runs").with_suffix(".json")
 
     def vqa_metrics(self, system: str, language_model: str, shots: int) -> UPath:
         return self.root / "vqa_metrics" / _safe(language_model) / _safe(system) / f"{shots}-shot.parquet"
 
     def vqa_scores(self, system: str, language_model: str, shots: int) -> UPath:
-        """Per-question accuracy beside the metrics, for paired differences between systems."""
+        """Per-question accuracy of every run beside the metrics, for paired differences between systems."""
         return self.vqa_metrics(system, language_model, shots).with_suffix(".per_question.parquet")
+
+    def vqa_runs(self, system: str, language_model: str, shots: int) -> UPath:
+        """Each run's value of each metric, beside the metrics (their mean)."""
+        return self.vqa_metrics(system, language_model, shots).with_suffix(".runs.parquet")
 
     def prompt_readout(self, system: str, language_model: str) -> UPath:
         """The shares of images whose prompt reads out their own words, with intervals."""
@@ -138,6 +167,14 @@ class StorageLayout:
 
     def comparison_table(self) -> UPath:
         return self.root / "metrics" / "comparison.parquet"
+
+    def metric_runs_table(self) -> UPath:
+        """Every run's value of every metric (the points behind each mean)."""
+        return self.root / "metrics" / "runs.parquet"
+
+    def rankings_table(self) -> UPath:
+        """The systems in order per task, metric and shot count, with their ties."""
+        return self.root / "metrics" / "rankings.parquet"
 
     def metrics_chart(self) -> UPath:
         return self.root / "metrics" / "metrics.png"
@@ -246,6 +283,11 @@ def stored_key(path: UPath) -> str | None:
     except pa.ArrowInvalid:
         return None
     return metadata.get(KEY_FIELD, b"").decode()
+
+
+def stored_runs(index: UPath) -> list[str] | None:
+    """The runs an index file (``{"runs": {run: key}}``) lists, sorted; None when there is none."""
+    return sorted(json.loads(index.read_text())["runs"]) if index.exists() else None
 
 
 def table_key(table) -> str:

@@ -387,13 +387,19 @@ def write_vqav2(root: Path) -> dict[str, Planted]:
     root = root.resolve()
     planted = {"val": Planted(), "train": Planted()}
     yes = ["yes"] * 7 + ["no"] * 3
-    two = ["2"] * 9 + ["two"]
+    two = ["two"] * 6 + ["2"] * 4
+    logo = ["no"] + ["yes"] * 6 + ["no"] * 3
+    # multiple_choice_answer where it is not answers[0]: VQAv2 takes the consensus over normalised
+    # answers ("two" -> "2"), so it may differ from the first and the most frequent raw answer (11);
+    # absent (20) or not a string (40), the reader takes the most frequent answer.
+    consensus = {11: "2", 20: None, 40: 1}
+    answer = {11: "2", 40: "yes"}  # the question record's "answer", where it is not answers[0]
     # val: (image id, image kind, [(question id, question, answers, answer type)])
     val_images = [
         (1, "rgb", [(10, "Is it sunny?", yes, "yes/no"), (11, "How many horses?", two, "number")]),
         (2, "gray", [(20, "Is this old?", yes, "yes/no")]),
         (3, "cmyk", [(30, "What colour is the square?", ["red"] * 10, "other")]),
-        (4, "rgba", [(40, "Is there a logo?", yes, "yes/no")]),
+        (4, "rgba", [(40, "Is there a logo?", logo, "yes/no")]),
         (5, "truncated", [(50, "Is it cut off?", yes, "yes/no")]),
         (6, "corrupt", [(60, "What is this?", ["noise"] * 10, "other")]),
         (7, "missing", [(70, "Is it here?", yes, "yes/no")]),
@@ -405,21 +411,28 @@ def write_vqav2(root: Path) -> dict[str, Planted]:
             path = write_image(root / "coco" / f"{split}2014" / f"COCO_{split}2014_{image_id:012d}.jpg", kind)
             for question_id, question, answers, answer_type in image_questions:
                 questions.add({"image_id": image_id, "question": question, "question_id": question_id})
-                annotations.add(
-                    {
-                        "question_id": question_id,
-                        "image_id": image_id,
-                        "answer_type": answer_type,
-                        "question_type": "are",
-                        "multiple_choice_answer": answers[0],
-                        "answers": vqa_answers(answers),
-                    }
-                )
+                annotation = {
+                    "question_id": question_id,
+                    "image_id": image_id,
+                    "answer_type": answer_type,
+                    "question_type": "are",
+                    "multiple_choice_answer": consensus.get(question_id, answers[0]),
+                    "answers": vqa_answers(answers),
+                }
+                if annotation["multiple_choice_answer"] is None:
+                    del annotation["multiple_choice_answer"]
+                annotations.add(annotation)
             part.rows[str(image_id)] = {
                 "image_path": str(path),
                 "captions": [],
                 "questions": [
-                    {"question_id": str(q), "question": text, "answers": answers, "answer_type": answer_type}
+                    {
+                        "question_id": str(q),
+                        "question": text,
+                        "answers": answers,
+                        "answer": answer.get(q, answers[0]),
+                        "answer_type": answer_type,
+                    }
                     for q, text, answers, answer_type in image_questions
                 ],
             }

@@ -83,6 +83,20 @@ def test_the_tuned_baseline_trains_its_prefix_and_adapters_not_the_lm(tiny_llama
     assert not any(isinstance(block.mlp, torch.nn.Sequential) for block in feed_forward_blocks(lm))
 
 
+def test_the_tuned_prefix_applies_dropout_then_layernorm_as_magma():
+    """MAGMA's image prefix (Aleph-Alpha/magma, ``magma/image_prefix.py``) is the projection, then
+    dropout, then LayerNorm: in training every image token still reaches the LM normalised. The
+    other order would zero entries after the norm and scale the rest by 1 / (1 - p)."""
+    torch.manual_seed(0)
+    mapping = AdaptedMap(8, 32, LAYOUT, 0.5, layers=2, reduction=4).train()
+    features = torch.randn(4, 3, 8)
+    tokens = mapping(features)
+    assert not torch.equal(tokens, mapping(features))  # dropout is on
+    torch.testing.assert_close(tokens.mean(-1), torch.zeros(4, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tokens.var(-1, unbiased=False), torch.ones(4, 3), atol=1e-3, rtol=0)
+    assert mapping.config()["prefix"] == "dropout, LayerNorm"
+
+
 def test_a_saved_tuned_baseline_loads_with_its_norm_and_adapters(tiny_llama, tmp_path):
     lm, _ = tiny_llama
     mapping = perturb(tuned_map(lm))
@@ -90,6 +104,7 @@ def test_a_saved_tuned_baseline_loads_with_its_norm_and_adapters(tiny_llama, tmp
     loaded = LinearMap.load(tmp_path).eval()
     assert type(loaded) is AdaptedMap and loaded.config() == mapping.config()
     assert loaded.config()["adapters"] == {"layers": 2, "reduction": 4}
+    assert loaded.config()["prefix"] == "dropout, LayerNorm"
     for name, value in mapping.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     features = torch.randn(2, 3, 8)

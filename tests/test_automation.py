@@ -158,8 +158,10 @@ def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
         assert first_keys == {r.run_key for r in caption_evaluation_schedule(context)}  # a repeated tick: same keys
 
         def train(key):
-            directory = layout.linear_map("efficientnet_lite0", limber.language_model)
+            directory = layout.trained_map("efficientnet_lite0", limber.language_model, 0)
             LinearMap(4, 8, TokenLayout("pooled", 1, 1)).save(directory, extra={"key": key})
+            index = {"seeds": {"0": key}}
+            layout.map_index("efficientnet_lite0", limber.language_model).write_text(json.dumps(index))
 
         train("first")
         for part in parts:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.datasets import DATASETS, DatasetError, list_parts, load_image, read_manifest
+from pipeline.datasets import DATASETS, DatasetError, consensus_answer, list_parts, load_image, read_manifest
 from tests.dataset_fixtures import (
     TRANSPARENT,
     UNREADABLE,
@@ -41,6 +41,12 @@ def written(request, tmp_path_factory):
 def test_registry_names_every_reader():
     assert set(DATASETS) == {"easy_vqa", "cc3m", "coco", "nocaps", "vqav2"}
     assert list_parts("easy_vqa", None) == ["test", "train", "val"]
+
+
+def test_the_consensus_answer_is_the_most_frequent_ties_by_first_occurrence():
+    assert consensus_answer(["two", "2", "2", "two", "2"]) == "2"
+    assert consensus_answer(["no", "yes", "yes", "no"]) == "no"
+    assert consensus_answer(["red"]) == "red"
 
 
 def test_list_parts_finds_the_parts_on_disk(written):

@@ -34,6 +34,13 @@ def test_every_image_gets_a_caption(package_splits, capsys):
     assert all(c["without caption after pixels"] == 0 for c in counts.values())
 
 
+def test_each_question_records_its_one_answer_as_the_consensus(package_splits):
+    """Solved examples show a question's ``answer``; easy-vqa has one answer per question."""
+    for manifest in package_splits.values():
+        for questions in manifest["questions"]:
+            assert all(q["answer"] == q["answers"][0] and len(q["answers"]) == 1 for q in questions)
+
+
 def test_captions_of_known_images(package_splits):
     train = package_splits["train"].set_index("image_id")
     # Read off the package's own questions: image 0 "what is the blue shape? -> rectangle",

@@ -16,7 +16,9 @@ from pipeline.metrics.table import (
 
 
 def _rows(metric: str, value: float, low: float, high: float, n: int = 100) -> pd.DataFrame:
-    return pd.DataFrame([{"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": n, "note": ""}])
+    spread = {"runs": 3, "std": 0.1, "min": value - 0.1, "max": value + 0.1}
+    row = {"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": n, "note": ""}
+    return pd.DataFrame([row | spread])
 
 
 @pytest.fixture()
@@ -54,7 +56,8 @@ def test_paired_differences_use_only_shared_items_and_cancel_what_they_share():
 
     def vqa(system, accuracy):
         table = pd.DataFrame(
-            {"question_id": ids, "answer_type": np.where(ids % 2, "yes/no", "other"), "accuracy": accuracy}
+            {"question_id": ids, "image_id": ids // 4, "answer_type": np.where(ids % 2, "yes/no", "other")}
+            | {"accuracy": accuracy, "run": "seed-0"}
         )
         labels = {"system": system, "task": "vqa", "dataset": "easy_vqa", "split": "test", "shots": 1}
         return labels, table
@@ -63,13 +66,13 @@ def test_paired_differences_use_only_shared_items_and_cancel_what_they_share():
     baseline = vqa("blind", 50 + difficulty)
     shifted_captions = (
         {"system": "lite0", "task": "captioning", "dataset": "easy_vqa", "split": "test", "shots": 0},
-        pd.DataFrame({"image_id": ["a", "b", "c"], "CIDEr-D": [1.0, 2.0, np.nan]}),
+        pd.DataFrame({"image_id": ["a", "b", "c"], "CIDEr-D": [1.0, 2.0, np.nan], "run": "seed-0"}),
     )
     blind_captions = (
         {"system": "blind", "task": "captioning", "dataset": "easy_vqa", "split": "test", "shots": 0},
-        pd.DataFrame({"image_id": ["b", "c", "d"], "CIDEr-D": [0.5, 0.5, 9.0]}),
+        pd.DataFrame({"image_id": ["b", "c", "d"], "CIDEr-D": [0.5, 0.5, 9.0], "run": "once"}),
     )
-    table = paired_differences([better, baseline, shifted_captions, blind_captions], ["blind"], 500, 0)
+    table = paired_differences([better, baseline, shifted_captions, blind_captions], [("lite0", "blind")], 500, 0)
     assert list(table.columns) == DIFFERENCE_COLUMNS
     overall = table[(table["metric"] == "VQA accuracy")].iloc[0]
     assert (overall["system"], overall["baseline"], overall["n"]) == ("lite0", "blind", 400)

@@ -1,11 +1,14 @@
 """Materializes the whole graph in-process on a tiny subset, as `limber demo` does at full size."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import pipeline.captioning
 from assets.definitions import ALL_ASSETS
@@ -19,7 +22,7 @@ from assets.partitions import (
     vqa_partitions,
 )
 from assets.resources import Limber
-from pipeline import load_differences, load_metrics
+from pipeline import load_differences, load_metrics, load_rankings, load_runs
 from pipeline.metrics.vqa import CLOSED_VOCABULARY
 from storage import FeatureArray
 from tests.tiny_run import TINY, materialize_tiny, tiny
@@ -78,31 +81,46 @@ def test_linear_map_trained_on_cached_features(materialized):
     root, _, _, results = materialized
     metadata = _metadata(results[("linear_map", "efficientnet_lite0")])
     assert metadata["steps"] == 24 and not metadata["reused"] and metadata["train_parts"] == 1
+    assert metadata["seeds"] == 2 and "seed" in metadata["final_loss_by_seed"]
     assert "data:image/png;base64" in metadata["loss_curve"]
     assert "A picture of" in metadata["validation_captions"]
+    assert metadata["machine"]["torch"] and metadata["machine"]["precision"] in ("bfloat16", "float32")
     directory = root / "linear_maps" / "smollm2-135m" / "efficientnet_lite0"
-    config = json.loads((directory / "config.json").read_text())
-    assert config["layout"] == {"kind": "pooled", "positions": 1, "tokens_per_position": 4}
-    assert config["lm_dim"] == 576 and len(config["training"]["losses"]) == 24
-    assert np.isfinite(config["training"]["losses"]).all()
+    index = json.loads((directory / "seeds.json").read_text())["seeds"]
+    assert sorted(index) == ["0", "1"] and index["0"] != index["1"]  # one map per seed, each its own key
+    weights = []
+    for seed in (0, 1):
+        config = json.loads((directory / f"seed-{seed}" / "config.json").read_text())
+        assert config["layout"] == {"kind": "pooled", "positions": 1, "tokens_per_position": 4}
+        assert config["lm_dim"] == 576 and len(config["training"]["losses"]) == 24
+        assert np.isfinite(config["training"]["losses"]).all() and config["training"]["settings"]["seed"] == seed
+        assert config["key"] == index[str(seed)]
+        weights.append(load_file(directory / f"seed-{seed}" / "linear_map.safetensors")["proj.weight"])
+    assert not torch.equal(*weights)  # the seeds train different maps
 
 
 def test_captions_and_answers_are_stored_in_standard_forms(materialized):
     _, _, _, results = materialized
     key = dg.MultiPartitionKey({"system": "blind", "part": "easy_vqa.test"})
     metadata = _metadata(results[("captions", key)])
-    captions = pd.read_parquet(metadata["path"])
+    assert metadata["runs"] == 1  # blind: no map, one run
+    captions = pd.read_parquet(Path(metadata["path"]) / "once.parquet")
     assert captions.columns.tolist() == ["image_id", "caption"] and len(captions) == 32
-    coco = json.loads(open(metadata["coco_results"]).read())
+    coco = json.loads((Path(metadata["path"]) / "once.coco.json").read_text())
     assert coco[0] == {"image_id": captions["image_id"][0], "caption": captions["caption"][0]}
-    answers = pd.read_parquet(
-        _metadata(results[("vqa_answers", dg.MultiPartitionKey({"system": "efficientnet_lite0", "shots": "2"}))])[
-            "path"
-        ]
-    )
+    key = dg.MultiPartitionKey({"system": "efficientnet_lite0", "part": "easy_vqa.test"})
+    assert _metadata(results[("captions", key)])["runs"] == 2  # one per training seed
+    metadata = _metadata(results[("vqa_answers", dg.MultiPartitionKey({"system": LITE0, "shots": "2"}))])
+    # Two seeds x two trials; at 0 shots nothing is drawn, so one trial per seed.
+    assert metadata["runs"] == 4
+    assert _metadata(results[("vqa_answers", dg.MultiPartitionKey({"system": LITE0, "shots": "0"}))])["runs"] == 2
+    runs = {path.stem: pd.read_parquet(path) for path in Path(metadata["path"]).glob("*.parquet")}
+    assert sorted(runs) == ["seed-0.trial-0", "seed-0.trial-1", "seed-1.trial-0", "seed-1.trial-1"]
+    answers = runs["seed-0.trial-0"]
     # Whole images until 6 questions are taken: the seeded first two have 4 and 13.
     assert len(answers) == 17 and answers["image_id"].nunique() == 2
     assert {"question_id", "prediction", "answer_type"} <= set(answers.columns)
+    assert all(table["question_id"].tolist() == answers["question_id"].tolist() for table in runs.values())
 
 
 def test_metric_tables_for_analysts(materialized):
@@ -122,14 +140,31 @@ def test_metric_tables_for_analysts(materialized):
         "ci_low",
         "ci_high",
         "n",
+        "runs",
+        "std",
+        "min",
+        "max",
         "note",
         "key",
     ]
-    numbers = tidy[tidy["value"].notna()]
+    # Every interval holds its value; a subset of one image's questions has none (one cluster).
+    numbers = tidy[tidy["ci_low"].notna()]
     assert (numbers["ci_low"] <= numbers["value"] + 1e-9).all() and (
         numbers["value"] <= numbers["ci_high"] + 1e-9
     ).all()
     assert set(tidy["system"]) == SYSTEMS
+    # Runs: two seeds per linear map (x two trials at 1+ shots), one tuned baseline, blind's trials.
+    first = tidy.drop_duplicates(["system", "task", "shots"]).set_index(["system", "task", "shots"])["runs"]
+    assert first[LITE0, "captioning", 0] == 2 and first[LITE0, "vqa", 0] == 2 and first[LITE0, "vqa", 4] == 4
+    assert first[TUNED, "vqa", 4] == 2 and first["blind", "vqa", 4] == 2 and first["blind", "captioning", 0] == 1
+    several = numbers[numbers["runs"] > 1]
+    assert (several["min"] <= several["value"] + 1e-9).all() and (several["value"] <= several["max"] + 1e-9).all()
+    assert several["std"].notna().all()
+    runs = load_runs(root)
+    lite0_cider = runs[(runs["system"] == LITE0) & (runs["metric"] == "CIDEr-D") & (runs["split"] == "test")]
+    assert sorted(lite0_cider["run"]) == ["seed-0", "seed-1"]
+    mean = tidy[(tidy["system"] == LITE0) & (tidy["metric"] == "CIDEr-D") & (tidy["split"] == "test")]["value"]
+    assert lite0_cider["value"].mean() == pytest.approx(float(mean.iloc[0]))
     assert set(tidy["backbone"]) == {LITE0, LITE1, RANDOM, ""}
     assert set(tidy["lm"]) == {"smollm2-135m"}
     for metric in ("VQA accuracy", CLOSED_VOCABULARY):  # the closed vocabulary: on by default on easy-vqa
@@ -164,12 +199,23 @@ def test_metric_tables_for_analysts(materialized):
     assert len(differences[differences["metric"] == CLOSED_VOCABULARY]) == len(vqa_differences)
     assert (vqa_differences["n"] == 17).all()  # the 17 questions every system answered
     assert (differences["ci_low"] <= differences["difference"] + 1e-9).all()
+    rankings = load_rankings(root)
+    ranked = rankings[
+        (rankings["task"] == "vqa") & (rankings["metric"] == CLOSED_VOCABULARY) & (rankings["shots"] == 4)
+    ]
+    assert set(ranked["system"]) == SYSTEMS and ranked["rank"].min() == 1
+    assert ranked["value"].is_monotonic_decreasing
+    ranks = dict(zip(ranked["system"], ranked["rank"], strict=True))
+    for rank, tied in zip(ranked["rank"], ranked["tied_with"], strict=True):
+        assert all(ranks[partner] == rank for partner in tied)  # a tie never splits two ranks
+    assert "VQA accuracy" in _metadata(results[("rankings", None)])["rankings"]
 
 
 def test_the_tuned_baseline_trains_a_prefix_and_adapters_on_the_same_data(materialized):
     root, _, _, results = materialized
     maps = root / "linear_maps" / "smollm2-135m"
-    linear, tuned = (json.loads((maps / name / "config.json").read_text()) for name in (LITE0, TUNED))
+    linear, tuned = (json.loads((maps / name / "seed-0" / "config.json").read_text()) for name in (LITE0, TUNED))
+    assert tuned["prefix"] == "dropout, LayerNorm"  # MAGMA's order, recorded with the weights
     assert tuned["adapters"] == {"layers": 30, "reduction": 4} and "adapters" not in linear
     # The same steps, batch, learning rate and rows; only the trained parameters differ.
     assert {k: v for k, v in tuned["training"]["settings"].items() if k != "reduction"} == linear["training"][
@@ -237,6 +283,33 @@ def test_rematerializing_unchanged_reuses_everything(materialized):
         run_config=tiny("linear_map"),
     )
     assert _metadata(trained)["reused"]
+
+
+def test_an_added_seed_trains_and_evaluates_only_itself(materialized):
+    _, instance, resources, _ = materialized
+
+    def run(asset, partition_key, config):
+        return _metadata(
+            dg.materialize(
+                ALL_ASSETS,
+                selection=[asset],
+                instance=instance,
+                resources=resources,
+                partition_key=partition_key,
+                run_config={"ops": {asset: {"config": config}}},
+            )
+        )
+
+    trained = run("linear_map", LITE1, {**TINY["linear_map"]["config"], "seeds": [0, 1, 2]})
+    assert trained["seeds"] == 3 and trained["trained_seeds"] == [2]  # seeds 0 and 1 are reused
+    captioned = run(
+        "captions", dg.MultiPartitionKey({"system": LITE1, "part": "easy_vqa.test"}), TINY["captions"]["config"]
+    )
+    assert captioned["runs"] == 3 and captioned["computed_runs"] == ["seed-2"]
+    vqa = {**TINY["vqa_answers"]["config"], "trial_seeds": [0, 1, 2]}
+    answered = run("vqa_answers", dg.MultiPartitionKey({"system": LITE1, "shots": "1"}), vqa)
+    # Three seeds x three trials: seed 2's three runs and trial 2 of seeds 0 and 1 are new.
+    assert answered["runs"] == 9 and len(answered["computed_runs"]) == 5
 
 
 def test_a_new_learning_rate_recomputes_only_the_map_and_what_reads_it(materialized):

@@ -76,7 +76,7 @@ def test_prompts_tokenize_as_the_protocol_strings(tiny_llama, easy_vqa_batch, sh
     for batch, prefixes, prefix_of in prompt_batches(**arguments):
         for image, question, p in zip(batch["image"], batch["question"], prefix_of, strict=True):
             solved = [
-                f" Q: {support_questions['question'][i]} A: {support_questions['answers'][i][0]}"
+                f" Q: {support_questions['question'][i]} A: {support_questions['answer'][i]}"
                 for i in support[image, :shots]
             ]
             prompt = [*prefixes[p], vqa_question(question)]
@@ -174,6 +174,7 @@ def test_the_questions_of_an_image_share_its_solved_examples_for_every_system_an
             shots=key[1],
             questions=9,
             seed=0,
+            trial_seed=0,
             support_images=8,
             batch_size=4,
             max_new_tokens=1,
@@ -188,6 +189,30 @@ def test_the_questions_of_an_image_share_its_solved_examples_for_every_system_an
         assert prompts[False, shots] == prompts[True, shots]  # blind sees the map's examples
         for suffix, (examples,) in prompts[False, shots].items():
             assert prompts[False, 4][suffix][0].startswith(examples)  # n shots: the first n of 4
+
+
+def test_solved_examples_show_the_consensus_answer_not_the_first_annotators():
+    """A solved example shows its question's consensus ``answer`` (VQAv2's ``multiple_choice_answer``),
+    not the first of its ten answers. VQAv2 takes the consensus over normalised answers ("seven" ->
+    "7"), so it can differ from the most frequent raw answer, which stands in only where a record
+    has no ``answer``."""
+    questions = pd.DataFrame({"row": [0], "image": [0], "question": ["how many dogs?"], "answers": [["2"] * 10]})
+    support_questions = pd.DataFrame(
+        {
+            "row": [0, 1],
+            "question": ["how many cats?", "what number is the bus?"],
+            "answers": [["two", "2", "2", "2", "2", "2", "2", "2", "2", "two"], ["7"] * 4 + ["seven"] * 6],
+            "answer": ["2", "7"],
+        }
+    )
+
+    def blind_prefixes(support_questions):
+        ((_, prefixes, _),) = prompt_batches(questions, support_questions, np.array([[0, 1]]), shots=2, batch_size=4)
+        return prefixes
+
+    assert blind_prefixes(support_questions) == [[" Q: how many cats? A: 2 Q: what number is the bus? A: 7"]]
+    without = support_questions.drop(columns="answer")
+    assert blind_prefixes(without) == [[" Q: how many cats? A: 2 Q: what number is the bus? A: seven"]]
 
 
 def test_questions_are_sampled_by_whole_images_seeded_and_by_id():
@@ -305,7 +330,15 @@ def test_a_reordered_manifest_asks_and_answers_the_same(tmp_path, counting_map, 
     manifest, support = _manifest(12, "q"), _manifest(20, "s")
     rng = np.random.default_rng(0)
     values, support_values = rng.standard_normal((12, 3, EVAL_DIM)), rng.standard_normal((20, 3, EVAL_DIM))
-    settings = {"shots": 2, "questions": 9, "seed": 0, "support_images": 8, "batch_size": 4, "max_new_tokens": 2}
+    settings = {
+        "shots": 2,
+        "questions": 9,
+        "seed": 0,
+        "trial_seed": 0,
+        "support_images": 8,
+        "batch_size": 4,
+        "max_new_tokens": 2,
+    }
     first = evaluate_vqa(
         lm,
         tokenizer,
@@ -350,7 +383,15 @@ def test_closed_vocabulary_answers_leave_the_open_answers_as_they_were(tmp_path,
         for questions, answer in zip(support["questions"], ["teal", "red", "blue", "red", "yes"] * 2, strict=True)
     ]
     rng = np.random.default_rng(0)
-    settings = {"shots": shots, "questions": 0, "seed": 0, "support_images": 0, "batch_size": 4, "max_new_tokens": 2}
+    settings = {
+        "shots": shots,
+        "questions": 0,
+        "seed": 0,
+        "trial_seed": 0,
+        "support_images": 0,
+        "batch_size": 4,
+        "max_new_tokens": 2,
+    }
     stores = {
         "store": _store(tmp_path / "eval", manifest, rng.standard_normal((6, 3, EVAL_DIM))),
         "support_store": _store(tmp_path / "support", support, rng.standard_normal((10, 3, EVAL_DIM))),

@@ -155,6 +155,7 @@ def test_an_answers_table_is_scored_by_question_id_with_single_answers_normalise
     answers = pd.DataFrame(
         {
             "question_id": [1, 2, 3, 4, 5],
+            "image_id": ["a", "a", "b", "c", "c"],
             "prediction": ["No", "red,", "2", "a circle", "blue"],
             "answers": [["no"], ["red"], ["two", "2", "2", "2", "2", "2", "2", "2", "2", "2"], ["circle"], ["red"]],
             "answer_type": ["yes/no", "other", "number", "other", "other"],
@@ -165,7 +166,7 @@ def test_an_answers_table_is_scored_by_question_id_with_single_answers_normalise
     assert per_question["accuracy"].tolist() == pytest.approx([100, 100, 100, 100, 0])
     # Single answers: "No", "red," and "a circle" normalise to the answer; "blue" stays wrong.
     # Ten answers: "2" matches nine "2"s after the official normalisation ("two" -> "2").
-    assert rows["VQA accuracy (yes/no)"] == 100.0 and rows["VQA accuracy (other)"] == pytest.approx(66.67)
+    assert rows["VQA accuracy (yes/no)"] == 100.0 and rows["VQA accuracy (other)"] == pytest.approx(200 / 3)
     assert rows["VQA accuracy (number)"] == 100.0 and rows["VQA accuracy"] == pytest.approx(80.0)
     for reordered, original in zip(answers_accuracy(answers.iloc[[2, 4, 0, 3, 1]]), (table, per_question), strict=True):
         pd.testing.assert_frame_equal(reordered, original)
@@ -182,6 +183,7 @@ def test_vqa_intervals_are_seeded_cover_the_value_and_narrow_with_more_questions
         return pd.DataFrame(
             {
                 "question_id": np.arange(n),
+                "image_id": np.arange(n),  # one question per image: the binomial interval applies
                 "prediction": np.where(right, "yes", "no"),
                 "answers": [["yes"]] * n,
                 "answer_type": "yes/no",
@@ -208,6 +210,7 @@ def test_closed_vocabulary_answers_are_a_second_metric_scored_by_the_same_rules(
     answers = pd.DataFrame(
         {
             "question_id": [1, 2, 3, 4],
+            "image_id": [1, 2, 3, 4],
             "prediction": ["No", "", "circle and", "blue"],
             "closed_prediction": ["no", "red", "circle", "green"],
             "answers": [["no"], ["red"], ["circle"], ["red"]],
@@ -217,13 +220,16 @@ def test_closed_vocabulary_answers_are_a_second_metric_scored_by_the_same_rules(
     table, per_question = answers_accuracy(answers)
     rows = dict(zip(table["metric"], table["value"], strict=True))
     assert rows["VQA accuracy"] == pytest.approx(25.0) and rows[CLOSED_VOCABULARY] == pytest.approx(75.0)
-    assert rows[f"{CLOSED_VOCABULARY} (other)"] == pytest.approx(66.67)
+    assert rows[f"{CLOSED_VOCABULARY} (other)"] == pytest.approx(200 / 3)
     assert per_question["closed_accuracy"].tolist() == [100, 100, 100, 0]
     # Paired against a system that answers every question right in the closed vocabulary only.
-    perfect = per_question.assign(closed_accuracy=100.0)
+    perfect = per_question.assign(closed_accuracy=100.0, run="seed-0")
     labels = {"task": "vqa", "dataset": "d", "split": "s", "shots": 0}
     differences = paired_differences(
-        [({**labels, "system": "a"}, per_question), ({**labels, "system": "b"}, perfect)], ["b"], 0, 0
+        [({**labels, "system": "a"}, per_question.assign(run="seed-0")), ({**labels, "system": "b"}, perfect)],
+        [("a", "b")],
+        0,
+        0,
     ).set_index("metric")
     assert differences.loc[CLOSED_VOCABULARY, "difference"] == pytest.approx(-25.0)
     assert differences.loc["VQA accuracy", "difference"] == 0.0

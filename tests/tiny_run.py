@@ -7,14 +7,15 @@ from assets.resources import Limber
 
 # 24 steps with 12 warm-up (about 8 s) lower the loss clearly for both backbones (the blocking
 # loss_decreased check); with 4 warm-up steps the random encoder's loss did not fall.
+# Two seeds of each linear map and two few-shot trials: every result with several runs.
 TRAINING = {"steps": 24, "batch_size": 4, "warmup_steps": 12, "checkpoint_every": 12, "sample_captions": 2}
 TINY = {
     "manifests": {"config": {"max_images": 32}},
     "image_features": {"config": {"batch_size": 16, "chunk_rows": 16}},
-    "linear_map": {"config": TRAINING},
-    "adapters": {"config": TRAINING},
+    "linear_map": {"config": {**TRAINING, "seeds": [0, 1]}},
+    "adapters": {"config": {**TRAINING, "seeds": [0]}},
     "captions": {"config": {"batch_size": 16, "max_new_tokens": 4}},
-    "vqa_answers": {"config": {"questions": 6, "batch_size": 6, "max_new_tokens": 2}},
+    "vqa_answers": {"config": {"questions": 6, "batch_size": 6, "max_new_tokens": 2, "trial_seeds": [0, 1]}},
     "image_prompt_readout": {"config": {"images": 8, "batch_size": 8}},
     "caption_gallery": {"config": {"images": 2, "questions": 2}},
 }

@@ -10,7 +10,8 @@ Manifest columns (the contract every downstream stage relies on):
   member ``tar://key.jpg::/abs/shard.tar``; open it with ``load_image``.
 - ``captions`` (list[str]): reference captions (may be empty for VQA-only data).
 - ``questions`` (list[dict]): ``question_id`` (str), ``question`` (str), ``answers`` (list[str],
-  ten for VQAv2), ``answer_type`` (str).
+  ten for VQAv2), ``answer`` (str: the consensus answer, VQAv2's ``multiple_choice_answer``, else
+  ``consensus_answer(answers)``; what a few-shot solved example shows), ``answer_type`` (str).
 
 A reader may add columns (NoCaps: ``domain``). Records it cannot use are skipped and listed in
 ``ReadResult.skipped`` with the file, the record and the reason; a missing or unparsable
@@ -25,6 +26,7 @@ from pipeline.datasets.manifest import (
     MANIFEST_COLUMNS,
     DatasetError,
     ReadResult,
+    consensus_answer,
     load_image,
     seeded_ids,
     split_off_validation,
@@ -89,6 +91,7 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "DatasetError",
     "ReadResult",
+    "consensus_answer",
     "dataset_caption_metrics",
     "dataset_vqa_groups",
     "how_to_get",

@@ -125,6 +125,7 @@ def _read_package_split(package_split: str) -> pd.DataFrame:
                 "question_id": f"{package_split}-{index}",
                 "question": question,
                 "answers": [answer],
+                "answer": answer,
                 "answer_type": "yes/no" if answer in ("yes", "no") else "other",
             }
         )

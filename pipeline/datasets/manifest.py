@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,14 @@ def record_problem(record, expected: dict[str, type]) -> str | None:
             expected_names = " or ".join(k.__name__ for k in kinds)
             return f"malformed record: {key!r} is {type(record[key]).__name__}, expected {expected_names}"
     return None
+
+
+def consensus_answer(answers: list[str]) -> str:
+    """The most frequent of a question's answers, ties broken by first occurrence: the consensus a
+    question record's ``answer`` holds where the dataset gives none (a VQAv2 annotation without a
+    string ``multiple_choice_answer``, which VQAv2 itself takes over normalised answers). Here, so
+    every reader and ``pipeline.vqa`` share one rule."""
+    return Counter(answers).most_common(1)[0][0]  # equal counts stay in first-seen order
 
 
 def drop_duplicate_ids(rows: list[tuple[str, dict]], source) -> tuple[list[dict], list[dict]]:

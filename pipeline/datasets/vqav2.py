@@ -2,9 +2,11 @@
 
 ``vqav2/v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`` (``questions``: image_id,
 question, question_id) and ``vqav2/v2_mscoco_{train2014,val2014}_annotations.json``
-(``annotations``: question_id, image_id, answer_type, answers: ten {answer, ...}); images are
-COCO's, at ``coco/{split}2014/COCO_{split}2014_{image_id:012d}.jpg``. Parts "train" and "val"; one
-manifest row per image with all its questions and no captions.
+(``annotations``: question_id, image_id, answer_type, multiple_choice_answer, answers: ten
+{answer, ...}); images are COCO's, at ``coco/{split}2014/COCO_{split}2014_{image_id:012d}.jpg``.
+Parts "train" and "val"; one manifest row per image with all its questions and no captions. A
+question's ``answer`` is its ``multiple_choice_answer``, the consensus answer that few-shot
+solved examples show (the most frequent of the ten where an annotation lacks it).
 """
 
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from pipeline.datasets.manifest import (
     ReadResult,
     build_result,
+    consensus_answer,
     dataset_dir,
     json_list,
     read_json_file,
@@ -71,11 +74,14 @@ def read_manifest(part: str, *, root) -> ReadResult:
             continue
         seen.add(question_id)
         annotation = annotated[question_id]
+        answers = [answer["answer"] for answer in annotation["answers"]]
+        consensus = annotation.get("multiple_choice_answer")
         by_image.setdefault(question["image_id"], (record, []))[1].append(
             {
                 "question_id": str(question_id),
                 "question": question["question"],
-                "answers": [answer["answer"] for answer in annotation["answers"]],
+                "answers": answers,
+                "answer": consensus if isinstance(consensus, str) else consensus_answer(answers),
                 "answer_type": annotation["answer_type"],
             }
         )

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.metrics.intervals import Estimate, bleu_from_stats, meteor_from_stats, meteor_segment_stats, resamples_of
+from pipeline.metrics.intervals import (
+    Estimate,
+    bleu_from_stats,
+    estimates_table,
+    meteor_from_stats,
+    meteor_segment_stats,
+    resamples_of,
+)
 
 JAVA_HINT = "Java is needed for the PTB tokenizer and METEOR: apt-get install default-jre-headless (Java 17 works)"
 # The Java steps get a time limit, so a stuck process gives an error instead of a hang.
@@ -206,10 +213,24 @@ SCORING = "dataset subsets (easy-vqa colours and shapes, NoCaps domains), each c
 def split_caption_metrics(
     manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu", resamples: int = 0, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every caption metric of one whole split: rows ``(metric, value, ci_low, ci_high, n, note)``
-    (seeded bootstrap 95% intervals over the images, ``resamples`` of them), and the per-image
-    scores of the metrics that are means over images (``image_id`` and one column per metric), from
-    which paired differences between systems are drawn.
+    """``split_caption_estimates`` as rows ``(metric, value, ci_low, ci_high, n, note, ...)``
+    (``pipeline.metrics.intervals.estimates_table``), and the per-image scores."""
+    scores, per_image, notes = split_caption_estimates(
+        manifest, captions, dataset, clip_weights, device, resamples, seed
+    )
+    return estimates_table(scores, notes, n=len(per_image)), per_image
+
+
+CLIP_METRICS = ("CLIP-S", "RefCLIP-S")
+
+
+def split_caption_estimates(
+    manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu", resamples: int = 0, seed: int = 0
+) -> tuple[dict[str, Estimate], pd.DataFrame, dict[str, str]]:
+    """Every caption metric of one whole split: ``Estimate`` by metric (seeded bootstrap 95%
+    intervals over the images, ``resamples`` of them), the per-image scores of the metrics that are
+    means over images (``image_id`` and one column per metric), from which paired differences
+    between systems are drawn, and a note by metric where a value is NaN.
 
     ``manifest`` has ``image_id``, ``image_path`` and reference ``captions``; ``captions`` has
     ``image_id`` and ``caption``. They are joined by image id (a reordered table scores the same),
@@ -232,26 +253,15 @@ def split_caption_metrics(
     extra, extra_per_image = dataset_caption_metrics(dataset, manifest, references, candidates, resamples, seed)
     scores.update(extra)
     per_image = per_image.join(extra_per_image)
+    notes = {}
     try:
         scorer = ClipScorer(clip_weights or None, device)
         clip = clip_scores(scorer, scored["image_path"].tolist(), list(candidates.values()), list(references.values()))
-        note = ""
         for metric, values in clip.items():
             readable = values[np.isfinite(values)]
             scores[metric] = Estimate.mean(readable, resamples_of(len(readable), resamples, seed))
             per_image[metric] = pd.Series(values, index=scored["image_id"].to_numpy())
     except ClipUnavailable as error:
-        scores.update({metric: Estimate(float("nan")) for metric in ("CLIP-S", "RefCLIP-S")})
-        note = str(error)
-    rows = pd.DataFrame(
-        {
-            "metric": list(scores),
-            "value": [e.value for e in scores.values()],
-            "ci_low": [e.low for e in scores.values()],
-            "ci_high": [e.high for e in scores.values()],
-            # A metric over a subset (a NoCaps domain, the readable images) counts its own images.
-            "n": [len(candidates) if e.n is None else e.n for e in scores.values()],
-            "note": [note if metric in ("CLIP-S", "RefCLIP-S") else "" for metric in scores],
-        }
-    )
-    return rows, per_image.reset_index()
+        scores.update({metric: Estimate(float("nan"), n=len(candidates)) for metric in CLIP_METRICS})
+        notes = dict.fromkeys(CLIP_METRICS, str(error))
+    return scores, per_image.reset_index(), notes

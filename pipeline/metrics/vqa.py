@@ -274,14 +274,24 @@ def normalise(answer: str) -> str:
 
 
 def answers_accuracy(answers, resamples: int = 0, seed: int = 0, groups=None):
-    """VQA accuracy of an answers table (``question_id``, ``prediction``, ``answers``,
-    ``answer_type``, and optionally ``closed_prediction``): rows ``(metric, value, ci_low, ci_high,
-    n, note)`` overall and per answer type, x100, with seeded bootstrap 95% intervals over the
-    questions (``resamples`` of them), for the open-ended answers ("VQA accuracy") and the
+    """VQA accuracy of an answers table as rows ``(metric, value, ci_low, ci_high, n, note, ...)``
+    (``pipeline.metrics.intervals.estimates_table``), and the per-question accuracies; see
+    ``vqa_estimates``."""
+    from pipeline.metrics.intervals import estimates_table
+
+    estimates, per_question = vqa_estimates(answers, resamples, seed, groups)
+    return estimates_table(estimates), per_question
+
+
+def vqa_estimates(answers, resamples: int = 0, seed: int = 0, groups=None):
+    """VQA accuracy of an answers table (``question_id``, ``image_id``, ``prediction``, ``answers``,
+    ``answer_type``, and optionally ``closed_prediction``): ``Estimate`` by metric, overall and per
+    answer type, x100, with seeded bootstrap 95% intervals that resample the images (``resamples``
+    of them), each with all its questions, for the open-ended answers ("VQA accuracy") and the
     closed-vocabulary ones (``CLOSED_VOCABULARY``); and the per-question accuracies
-    (``question_id``, ``answer_type``, ``accuracy``, ``closed_accuracy``), from which paired
-    differences between systems are drawn. ``groups`` (indexed by image id, one column per
-    grouping, e.g. easy-vqa's colour and shape) adds rows over each group's questions,
+    (``question_id``, ``image_id``, ``answer_type``, ``accuracy``, ``closed_accuracy``), from which
+    paired differences between systems are drawn. ``groups`` (indexed by image id, one column per
+    grouping, e.g. easy-vqa's colour and shape) adds estimates over each group's questions,
     "VQA accuracy (colour red)".
 
     A question with ten ground-truth answers (VQAv2) is scored exactly as the official evaluator
@@ -289,39 +299,35 @@ def answers_accuracy(answers, resamples: int = 0, seed: int = 0, groups=None):
     normalising the prediction and the answer: the official code skips normalisation when all ten
     answers agree, which for one clean word would only count "no," or "No" as wrong.
     """
-    import pandas as pd
+    import numpy as np
 
     from pipeline.metrics.intervals import Estimate, resamples_of
 
     # Resampled in question-id order, so a question's draw does not depend on the table's order.
     answers = answers.sort_values("question_id", kind="stable", ignore_index=True)
     types = dict(zip(answers["question_id"], answers["answer_type"], strict=True))
-    per_question = answers[["question_id", "answer_type"]].copy()
+    per_question = answers[["question_id", "image_id", "answer_type"]].copy()
+    # The images, in id order, are the unit resampled: each question's cluster is its image.
+    images, clusters = np.unique(answers["image_id"].astype(str).to_numpy(), return_inverse=True)
+    image_rows = resamples_of(len(images), resamples, seed)
     scored = {"prediction": ("VQA accuracy", "accuracy"), "closed_prediction": (CLOSED_VOCABULARY, "closed_accuracy")}
-    rows = []
+    estimates = {}
     for column, (metric, name) in ((c, scored[c]) for c in scored if c in answers):
         gt, predictions = {}, {}
         for q, prediction, a in zip(answers["question_id"], answers[column], answers["answers"], strict=True):
             single = len(a) == 1
             gt[q] = [normalise(a[0])] * 10 if single else list(a)
             predictions[q] = normalise(prediction) if single else prediction
-        report = vqa_accuracy(predictions, gt, types)
-        # Unrounded: the official report rounds each question to 2 decimals only for display.
+        vqa_accuracy(predictions, gt, types)  # the official checks: every question answered
+        # Unrounded: the official report rounds to 2 decimals only for display.
         per_question[name] = [100 * question_accuracy(predictions[q], gt[q]) for q in answers["question_id"]]
-        subsets = [(metric, report["overall"], per_question[name])]
-        for answer_type, value in sorted(report["perAnswerType"].items()):
-            of_type = per_question.loc[per_question["answer_type"] == answer_type, name]
-            subsets.append((f"{metric} ({answer_type})", value, of_type))
+        subsets = [(metric, np.ones(len(answers), dtype=bool))]
+        for answer_type in sorted(per_question["answer_type"].unique()):
+            subsets.append((f"{metric} ({answer_type})", (per_question["answer_type"] == answer_type).to_numpy()))
         for grouping in [] if groups is None else groups.columns:
             group_of = answers["image_id"].map(groups[grouping])
             for group in sorted(group_of.dropna().unique()):
-                of_group = per_question.loc[(group_of == group).to_numpy(), name]
-                # Rounded as the official report rounds each answer type's accuracy.
-                subsets.append((f"{metric} ({grouping} {group})", round(float(of_group.mean()), 2), of_group))
-        for label, value, values in subsets:
-            estimate = Estimate.mean(values, resamples_of(len(values), resamples, seed))
-            rows.append(
-                {"metric": label, "value": value, "ci_low": estimate.low, "ci_high": estimate.high}
-                | {"n": len(values), "note": ""}
-            )
-    return pd.DataFrame(rows), per_question
+                subsets.append((f"{metric} ({grouping} {group})", (group_of == group).to_numpy()))
+        for label, chosen in subsets:
+            estimates[label] = Estimate.mean(per_question.loc[chosen, name], image_rows, clusters[chosen])
+    return estimates, per_question
