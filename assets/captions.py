@@ -119,6 +119,7 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
         captions=len(first),
         empty_captions=int(sum((t["caption"].str.strip() == "").sum() for t in tables.values())),
         prompt=config.prompt,
+        machine=dg.MetadataValue.json(limber.machine()),
         preview=preview(shown),
     )
     yield captions_check(pd.concat(tables.values()), readable * len(tables))

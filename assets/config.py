@@ -88,7 +88,8 @@ class VqaConfig(dg.Config):
     seed: int = Field(PROFILE["vqa"]["seed"], description="seed of the images asked about")
     trial_seeds: list[int] = Field(
         PROFILE["vqa"]["trial_seeds"],
-        description="one few-shot trial per seed, each with its own draw of solved examples (0-shot: the first only)",
+        description="few-shot trials, each its own draw of solved examples, paired in turn with the training "
+        "seeds (runs: the larger of the two counts; 0-shot: none)",
     )
     batch_size: int = PROFILE["vqa"]["batch_size"]
     max_new_tokens: int = PROFILE["vqa"]["max_new_tokens"]
@@ -102,13 +103,19 @@ class VqaConfig(dg.Config):
         "LM's likelihood (easy-vqa has 13; VQAv2's standard list 3,129); 0: open-ended answers only",
     )
 
-    def trials(self, shots: int) -> list[int]:
-        """The trial seeds a shot count runs: every one with solved examples, the first at 0 shots
-        (nothing is drawn, so trials would repeat the same answers)."""
+    def runs(self, seeds: list, shots: int) -> list[tuple]:
+        """The (training seed, trial seed) runs of a shot count: as many as the larger of the two
+        lists, the k-th pairing the k-th training seed with the k-th trial seed (each list cycled),
+        so every run is a fresh draw of both the map's training and the solved examples. A crossed
+        design (every seed x every trial) would cost their product for the same two sources of
+        spread. At 0 shots nothing is drawn: one run per training seed, its trial seed None."""
         if not self.trial_seeds:
             raise ValueError("vqa.trial_seeds is empty: give at least one seed, e.g. [0]")
         trials = list(dict.fromkeys(self.trial_seeds))
-        return trials if shots else trials[:1]
+        if not shots:
+            return [(seed, None) for seed in seeds]
+        count = max(len(seeds), len(trials))
+        return [(seeds[k % len(seeds)], trials[k % len(trials)]) for k in range(count)]
 
     def answer_settings(self, trial_seed: int) -> dict:
         """The settings one trial's answers depend on."""

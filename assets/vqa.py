@@ -50,8 +50,8 @@ def _system_and_shots(context) -> tuple[str, int]:
 def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Limber) -> dg.MaterializeResult:
     """Answers to a fixed subset of evaluation questions, with n solved support examples in the
     prompt: open-ended, and among a closed vocabulary when ``closed_vocabulary`` is not 0. One
-    table per run: each training seed of the system's map, times each few-shot trial (one draw of
-    solved examples per trial seed; one trial at 0 shots).
+    table per run: a training seed of the system's map paired with a few-shot trial (one draw of
+    solved examples per trial seed; ``VqaConfig.runs``); at 0 shots one per training seed.
 
     Each run's table is keyed by the eval manifest and features, the support manifest (n > 0, or a
     closed vocabulary) and features (n > 0), that seed's map, the LM, this asset's config and its
@@ -65,39 +65,40 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     inputs.language_model()
     lm = functools.cache(limber.load_lm)  # loaded once, and only if a run is not stored
     keys, computed, tables = {}, [], {}
-    for seed, stored_map in inputs.linear_maps(system).items():
-        seeded = inputs.with_map(system, seed, stored_map)
-        for trial in config.trials(shots):
-            run = run_name(seed, trial if shots else None)
-            key = seeded.key(vqa=config.answer_settings(trial), shots=shots, protocol=PROTOCOL)
-            path = limber.layout.vqa_answers(system, limber.language_model, shots, run)
+    maps = inputs.linear_maps(system)
+    for seed, trial in config.runs(list(maps), shots):
+        stored_map = maps[seed]
+        run = run_name(seed, trial)
+        settings = {"vqa": config.answer_settings(trial), "shots": shots, "protocol": PROTOCOL}
+        key = inputs.with_map(system, seed, stored_map).key(**settings)
+        path = limber.layout.vqa_answers(system, limber.language_model, shots, run)
 
-            def answer(stored_map=stored_map, trial=trial, run=run) -> pd.DataFrame:
-                model, tokenizer, _ = lm()
-                return evaluate_vqa(
-                    model,
-                    tokenizer,
-                    manifest,
-                    support_manifest,
-                    shots=shots,
-                    questions=config.questions,
-                    seed=config.seed,
-                    trial_seed=trial,
-                    support_images=config.support_images,
-                    closed_vocabulary=config.closed_vocabulary,
-                    linear_map=stored_map.load() if stored_map else None,
-                    store=store,
-                    support_store=support_store,
-                    batch_size=config.batch_size,
-                    max_new_tokens=config.max_new_tokens,
-                    device=limber.torch_device(),
-                    on_batch=lambda done, total: context.log.info(f"{run}: answered {done}/{total}"),
-                )
+        def answer(stored_map=stored_map, trial=trial, run=run) -> pd.DataFrame:
+            model, tokenizer, _ = lm()
+            return evaluate_vqa(
+                model,
+                tokenizer,
+                manifest,
+                support_manifest,
+                shots=shots,
+                questions=config.questions,
+                seed=config.seed,
+                trial_seed=trial,
+                support_images=config.support_images,
+                closed_vocabulary=config.closed_vocabulary,
+                linear_map=stored_map.load() if stored_map else None,
+                store=store,
+                support_store=support_store,
+                batch_size=config.batch_size,
+                max_new_tokens=config.max_new_tokens,
+                device=limber.torch_device(),
+                on_batch=lambda done, total: context.log.info(f"{run}: answered {done}/{total}"),
+            )
 
-            tables[run], reused = stored_table(path, key, answer)
-            keys[run] = key
-            if not reused:
-                computed.append(run)
+        tables[run], reused = stored_table(path, key, answer)
+        keys[run] = key
+        if not reused:
+            computed.append(run)
     index = limber.layout.vqa_answer_runs(system, limber.language_model, shots)
     write_bytes(index, json.dumps({"runs": keys}).encode())
     first = tables[min(tables)]
@@ -108,6 +109,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
         runs=len(tables),
         computed_runs=computed,
         questions=len(first),
+        machine=dg.MetadataValue.json(limber.machine()),
         preview=preview(first),
     )
 
@@ -138,7 +140,9 @@ def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limbe
         run: inputs.table(
             f"vqa_answers[{system}|{shots}|{run}]", limber.layout.vqa_answers(system, limber.language_model, shots, run)
         )
-        for run in inputs.runs(limber.layout.vqa_answer_runs(system, limber.language_model, shots), "vqa_answers")
+        for run in inputs.runs(
+            limber.layout.vqa_answer_runs(system, limber.language_model, shots), f"vqa_answers[{system}|{shots}]"
+        )
     }
     groups = dataset_vqa_groups(dataset_part(VQA_EVAL)[0], inputs.manifest(VQA_EVAL))
     key = inputs.key(intervals=config.interval_settings())

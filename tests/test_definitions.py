@@ -27,6 +27,7 @@ def test_definitions_load_and_validate():
         "vqa_metrics",
         "image_prompt_readout",
         "metric_tables",
+        "rankings",
         "caption_gallery",
     }
     assert len(ALL_ASSETS) == len(keys)
@@ -125,7 +126,7 @@ def test_an_evaluation_partition_depends_on_its_own_systems_features_and_blind_o
     register_dataset_parts(instance, "unused")
     register_backbones(instance, BACKBONES)
     for asset, partitions_def, other, parts in (
-        (captions, caption_partitions, {"part": "easy_vqa.test"}, {"easy_vqa.val", "easy_vqa.test"}),
+        (captions, caption_partitions, {"part": "easy_vqa.test"}, {"easy_vqa.test"}),
         (vqa_answers, vqa_answers.partitions_def, {"shots": "1"}, {"easy_vqa.test", "easy_vqa.train"}),
     ):
         mapping = asset.get_partition_mapping(dg.AssetKey("image_features"))

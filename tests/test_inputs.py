@@ -83,7 +83,7 @@ def labels(asset: str, systems=SYSTEMS, parts=None, shots=("0", "1")) -> set[str
 
 
 EVALUATION = ("captions", "caption_metrics", "vqa_answers", "vqa_metrics")
-REPORTS = {"metric_tables", "caption_gallery"}  # read every system's results
+REPORTS = {"metric_tables", "rankings", "caption_gallery"}  # read every system's results
 
 
 def downstream_of_system(system: str) -> set[str]:

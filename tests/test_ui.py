@@ -36,7 +36,7 @@ ASSETS = [
     "vqa_metrics",
     "metric_tables",
 ]
-REPORTS = ["image_prompt_readout", "caption_gallery"]  # beside metric_tables, not upstream of it
+REPORTS = ["image_prompt_readout", "caption_gallery", "rankings"]  # beside metric_tables, not upstream of it
 # Playwright adds --headless, and --user-data-dir (a new empty folder) from launch_persistent_context.
 CHROMIUM_ARGS = [
     "--no-sandbox",
