@@ -1,7 +1,5 @@
 """The linear map per backbone, trained on cached train features into the frozen LM."""
 
-import json
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -22,7 +20,7 @@ from pipeline.linear_map import LinearMap
 from pipeline.plots import loss_curve_png, markdown_image
 from pipeline.training import train_linear_map, training_set
 from storage import config_hash
-from storage.layout import write_bytes
+from storage.layout import write_index
 
 LOSS_DECREASED = "loss_decreased"
 
@@ -104,9 +102,9 @@ def validation_captions(context, limber: Limber, config: TrainingConfig, backbon
     return table
 
 
-def _trained_seed(context, config: TrainingConfig, limber: Limber, system: str, seed: int, key: str, train):
-    """One seed's map: reused when stored under ``key``, else trained by ``train(mapping, seed,
-    checkpoint_dir, on_checkpoint)``; returns (map, training summary, reused)."""
+def _trained_seed(context, limber: Limber, system: str, seed: int, key: str, train):
+    """One seed's map: reused when stored under ``key``, else trained by ``train(seed,
+    checkpoint_dir, on_checkpoint)`` and saved; returns (map, training summary, reused)."""
     directory = limber.layout.trained_map(system, limber.language_model, seed)
     mirror = limber.mirror(directory)
     local = mirror.pull()
@@ -199,12 +197,12 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
     maps, summaries, keys, trained_seeds = {}, {}, {}, []
     for seed in config.seed_list():
         key = inputs.key(training=config.weight_settings(seed), backbone=backbone, architecture=architecture)
-        maps[seed], summaries[seed], reused = _trained_seed(context, config, limber, system, seed, key, train)
+        maps[seed], summaries[seed], reused = _trained_seed(context, limber, system, seed, key, train)
         keys[seed] = key
         if not reused:
             trained_seeds.append(seed)
     directory = limber.layout.linear_map(system, limber.language_model)
-    write_bytes(limber.layout.map_index(system, limber.language_model), json.dumps({"seeds": keys}).encode())
+    write_index(limber.layout.map_index(system, limber.language_model), {"seeds": keys})
 
     first = min(maps)
     samples = validation_captions(context, limber, config, backbone, maps[first], lm, tokenizer)

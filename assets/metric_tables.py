@@ -68,6 +68,12 @@ def _stored_metrics(instance, limber: Limber, inputs: Inputs) -> list:
     return found
 
 
+def _tidy_and_items(results: list) -> tuple[pd.DataFrame, list]:
+    """The tidy table of stored results (``_stored_metrics``) and their per-item tables."""
+    tidy = tidy_metrics([(labels, table, read) for labels, table, read, _, _ in results])
+    return tidy, [(labels, read_table(item_path)) for labels, _, _, item_path, _ in results]
+
+
 def baselines(systems: set[str]) -> list[str]:
     """The systems every other is compared with: blind, and each random-init encoder's linear map."""
     maps = [s for s in systems if s != BLIND and system_backbone(s) == s]  # a backbone's own linear map
@@ -104,9 +110,8 @@ def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, lim
     path = layout.metrics_table()
 
     def tables():
-        tidy = tidy_metrics([(labels, table, read) for labels, table, read, _, _ in results])
+        tidy, items = _tidy_and_items(results)
         runs = run_values([(labels, read_table(runs_path)) for labels, _, _, _, runs_path in results])
-        items = [(labels, read_table(item_path)) for labels, _, _, item_path, _ in results]
         systems = {labels["system"] for labels, *_ in results}
         pairs = [(system, baseline) for baseline in baselines(systems) for system in sorted(systems)]
         differences = paired_differences(items, pairs, config.bootstrap_resamples, config.bootstrap_seed)
@@ -159,8 +164,7 @@ def rankings(context: dg.AssetExecutionContext, config: IntervalConfig, limber: 
     path = limber.layout.rankings_table()
 
     def rank() -> pd.DataFrame:
-        tidy = tidy_metrics([(labels, table, read) for labels, table, read, _, _ in results])
-        items = [(labels, read_table(item_path)) for labels, _, _, item_path, _ in results]
+        tidy, items = _tidy_and_items(results)
         systems = sorted({labels["system"] for labels, *_ in results})
         pairs = [(a, b) for i, a in enumerate(systems) for b in systems[i + 1 :]]
         shown = set(tidy.loc[comparison_columns(tidy, several_datasets(tidy)).notna(), "metric"])

@@ -1,7 +1,6 @@
 """Few-shot VQA per system x shots (0, 1, 2, 4), and its official-style accuracy."""
 
 import functools
-import json
 
 import dagster as dg
 import numpy as np
@@ -22,7 +21,7 @@ from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
 from pipeline.metrics.vqa import vqa_estimates
 from pipeline.vqa import PROTOCOL, evaluate_vqa
 from storage import config_hash
-from storage.layout import dataset_part, run_name, write_bytes, write_table
+from storage.layout import dataset_part, run_name, write_index, write_table
 
 ACCURACY_IN_RANGE = "accuracy_in_range"
 
@@ -99,8 +98,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
         keys[run] = key
         if not reused:
             computed.append(run)
-    index = limber.layout.vqa_answer_runs(system, limber.language_model, shots)
-    write_bytes(index, json.dumps({"runs": keys}).encode())
+    write_index(limber.layout.vqa_answer_runs(system, limber.language_model, shots), {"runs": keys})
     first = tables[min(tables)]
     return stored_result(
         limber.layout.vqa_answers(system, limber.language_model, shots, min(tables)).parent,

@@ -285,6 +285,14 @@ def stored_key(path: UPath) -> str | None:
     return metadata.get(KEY_FIELD, b"").decode()
 
 
+def write_index(path: UPath, document: dict) -> None:
+    """Writes a small JSON index (the runs or seeds a result holds, with their keys) unless the same
+    is stored: an unchanged rerun writes no file."""
+    data = json.dumps(document, sort_keys=True).encode()
+    if not (path.exists() and path.read_bytes() == data):
+        write_bytes(path, data)
+
+
 def stored_runs(index: UPath) -> list[str] | None:
     """The runs an index file (``{"runs": {run: key}}``) lists, sorted; None when there is none."""
     return sorted(json.loads(index.read_text())["runs"]) if index.exists() else None
