@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.config import AdaptersConfig
 from assets.datasets import manifests
-from assets.execution import GPU_POOL, GPU_TAGS
+from assets.execution import GPU_POOL, TRAINING_GPU_TAGS
 from assets.image_features import image_features
 from assets.language_model import language_model
 from assets.linear_map import loss_check_spec, trained_maps
@@ -26,7 +26,7 @@ from pipeline.encoders import backbone_spec
     group_name="training",
     kinds={"pytorch", "safetensors"},
     pool=GPU_POOL,
-    op_tags=GPU_TAGS,
+    op_tags=TRAINING_GPU_TAGS,
     check_specs=[loss_check_spec("adapters")],
 )
 def adapters(context: dg.AssetExecutionContext, config: AdaptersConfig, limber: Limber):

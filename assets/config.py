@@ -48,6 +48,15 @@ class TrainingConfig(dg.Config):
         _TRAIN["seeds"], description="one map per seed (initial weights, dropout, batch order), each stored apart"
     )
     checkpoint_every: int = _TRAIN["checkpoint_every"]
+    # How the map is trained, not what: the same batches and weights under any count (up to float
+    # rounding), so these are not part of the map's key and a checkpoint resumes under another count.
+    processes: int = Field(
+        _TRAIN["processes"],
+        description="data-parallel processes, one per GPU (0: every GPU of the machine or pod; on a CPU, 1)",
+    )
+    collective_timeout_s: int = Field(
+        _TRAIN["collective_timeout_s"], description="seconds a process waits on the others before the step fails"
+    )
     # Reporting only: these do not change the weights, so they are not part of the map's key.
     log_every: int = Field(_REPORT["log_every"], description="steps between loss lines in the log")
     final_loss_window: int = Field(_REPORT["final_loss_window"], description="steps averaged for final_loss")
@@ -57,7 +66,8 @@ class TrainingConfig(dg.Config):
 
     def weight_settings(self, seed: int) -> dict:
         """The settings one seed's trained weights depend on."""
-        return {**self.model_dump(exclude={*settings.DEFAULT["training_report"], "seeds"}), "seed": seed}
+        how = {*settings.DEFAULT["training_report"], "seeds", "processes", "collective_timeout_s"}
+        return {**self.model_dump(exclude=how), "seed": seed}
 
     def seed_list(self) -> list[int]:
         """The seeds, each once; at least one."""

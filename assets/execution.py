@@ -1,33 +1,47 @@
 """Where steps run: the executor for this environment, and the tags every GPU step carries.
 
 ``LIMBER_EXECUTOR=k8s`` (set by deploy/helm/values.yaml) runs each step in its own Kubernetes Job
-through dagster-k8s; unset or ``multiprocess`` runs steps as local processes, at most one GPU step at
-a time. Across runs, GPU assets also share the instance's ``gpu`` pool (``pool=GPU_POOL``), limited
-in deploy/dagster.yaml.
+through dagster-k8s: a training step's pod asks for the profile's ``gpus.training`` GPUs of one
+node, every other GPU step's for one, so extraction and evaluation fan out across nodes. Unset or
+``multiprocess`` runs steps as local processes, as many GPU steps at once as the machine has GPUs
+(``pipeline.gpus.gpu_count``), each on GPUs it leases for itself (``Limber.torch_devices``). Across
+runs, GPU assets also share the instance's ``gpu`` pool (``pool=GPU_POOL``), limited in
+deploy/dagster.yaml.
 """
 
 import dagster as dg
 
 from pipeline import settings
+from pipeline.gpus import gpu_count
 
 EXECUTORS = ("multiprocess", "k8s")
 GPU_POOL = "gpu"
 GPU_TAG_KEY, GPU_TAG_VALUE = "limber/gpu", "true"
 
-# op_tags=GPU_TAGS: one whole GPU per step pod (requests default to limits for extended resources),
-# room for GPT-J's fp16 weights in host memory, and a toleration for the usual GPU-node taint.
-GPU_TAGS = {
-    GPU_TAG_KEY: GPU_TAG_VALUE,
-    "dagster-k8s/config": {
-        "container_config": {
-            "resources": {
-                "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": 1},
-                "limits": {"memory": "64Gi", "nvidia.com/gpu": 1},
-            }
+
+def gpu_tags(gpus: int = 1) -> dict:
+    """op_tags of a step on ``gpus`` GPUs of one node: whole GPUs for its pod (requests default to
+    limits for extended resources), 8 CPUs per GPU for the data loading, room for one copy of GPT-J's
+    weights in host memory per GPU (each data-parallel process loads its own), and a toleration for
+    the usual GPU-node taint."""
+    return {
+        GPU_TAG_KEY: GPU_TAG_VALUE,
+        "dagster-k8s/config": {
+            "container_config": {
+                "resources": {
+                    "requests": {"cpu": str(8 * gpus), "memory": f"{48 * gpus}Gi", "nvidia.com/gpu": gpus},
+                    "limits": {"memory": f"{64 * gpus}Gi", "nvidia.com/gpu": gpus},
+                }
+            },
+            "pod_spec_config": {
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            },
         },
-        "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-    },
-}
+    }
+
+
+GPU_TAGS = gpu_tags(1)  # extraction, captions, VQA answers, readout
+TRAINING_GPU_TAGS = gpu_tags(settings.active_profile()["gpus"]["training"])  # linear_map, adapters
 
 # Every step pod starts from this; GPU_TAGS are merged over it (deep merge) for GPU steps.
 STEP_K8S_CONFIG = {
@@ -53,6 +67,7 @@ def executor() -> dg.ExecutorDefinition:
     return dg.multiprocess_executor.configured(
         {
             "max_concurrent": cap,  # None: one process per CPU
-            "tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": GPU_TAG_VALUE, "limit": 1}],
+            # One GPU step per GPU (one on a machine without: as many would only share its CPU).
+            "tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": GPU_TAG_VALUE, "limit": max(1, gpu_count())}],
         }
     )

@@ -7,18 +7,19 @@ import torch
 
 from assets.config import TrainingConfig
 from assets.datasets import manifests
-from assets.execution import GPU_POOL, GPU_TAGS
+from assets.execution import GPU_POOL, TRAINING_GPU_TAGS
 from assets.image_features import image_features
 from assets.inputs import Inputs, MissingInput, stored_result
 from assets.language_model import language_model
 from assets.partitions import ON_MISSING, TRAIN, VALIDATION, backbone_partitions, registered_parts
 from assets.resources import Limber
 from pipeline.decoding import greedy_captions
+from pipeline.distributed import TrainingJob, train_data_parallel
 from pipeline.encoders import backbone_spec
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 from pipeline.plots import loss_curve_png, markdown_image
-from pipeline.training import train_linear_map, training_set
+from pipeline.training import training_set
 from storage import config_hash
 from storage.layout import write_index
 
@@ -128,7 +129,7 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
     tuned baseline's."""
     inputs, parts, read = _train_inputs(context, limber, backbone)
     inputs.language_model()
-    device = limber.torch_device()
+    devices = limber.torch_devices(config.processes)  # leased first: the LM goes on the first
     lm, tokenizer, lm_description = limber.load_lm()
     train_set = []  # loaded once, by the first seed that trains
 
@@ -141,35 +142,42 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
         trained = sum(p.numel() for p in mapping.parameters())
         context.log.info(
             f"training {system} seed {seed} ({trained:,} parameters) on {len(rows)} cached {backbone} features "
-            f"from {len(parts)} parts for {config.steps} steps on {device}"
+            f"from {len(parts)} parts for {config.steps} steps on {', '.join(devices)}"
         )
 
         def log_loss(step: int, loss: float) -> None:
             if step % config.log_every == 0:
                 context.log.info(f"seed {seed} step {step}: loss {loss:.4f}")
 
-        result = train_linear_map(
+        job = TrainingJob(
             mapping,
-            lm,
-            tokenizer,
+            limber.lm_loader(),
             features,
             captions,
             rows,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            micro_batch_size=config.micro_batch_size,
-            lr=config.lr,
-            warmup_steps=config.warmup_steps,
-            weight_decay=config.weight_decay,
-            betas=(config.beta1, config.beta2),
-            grad_clip=config.grad_clip,
-            max_caption_tokens=config.max_caption_tokens,
-            buffer_chunks=config.buffer_chunks,
-            seed=seed,
-            checkpoint_every=config.checkpoint_every,
-            # One checkpoint folder per key: a run never resumes another key's training.
-            checkpoint_dir=checkpoint_dir,
-            device=device,
+            settings=dict(
+                steps=config.steps,
+                batch_size=config.batch_size,
+                micro_batch_size=config.micro_batch_size,
+                lr=config.lr,
+                warmup_steps=config.warmup_steps,
+                weight_decay=config.weight_decay,
+                betas=(config.beta1, config.beta2),
+                grad_clip=config.grad_clip,
+                max_caption_tokens=config.max_caption_tokens,
+                buffer_chunks=config.buffer_chunks,
+                seed=seed,
+                checkpoint_every=config.checkpoint_every,
+                # One checkpoint folder per key: a run never resumes another key's training.
+                checkpoint_dir=checkpoint_dir,
+            ),
+        )
+        result = train_data_parallel(
+            job,
+            devices,
+            lm,
+            tokenizer,
+            timeout_s=config.collective_timeout_s,
             on_step=log_loss,
             on_checkpoint=on_checkpoint,
         )
@@ -189,6 +197,7 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
             "shuffle_buffers": result.buffers,
             "recompute": result.recompute,
             "activation_bytes_per_token": per_token,
+            "processes": len(devices),
             "machine": limber.machine(),
         }
 
@@ -233,6 +242,7 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
         final_loss_by_seed=dg.MetadataValue.md(per_seed.to_markdown(index=False)),
         shuffle_buffers=summary["shuffle_buffers"],
         recompute=summary.get("recompute", False),
+        processes=summary.get("processes", 1),
         machine=dg.MetadataValue.json(summary.get("machine", {})),
         loss_curve=dg.MetadataValue.md(markdown_image(loss_curve.read_bytes(), f"loss curve, seed {first}")),
         validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
@@ -251,7 +261,7 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
     group_name="training",
     kinds={"pytorch", "safetensors"},
     pool=GPU_POOL,
-    op_tags=GPU_TAGS,
+    op_tags=TRAINING_GPU_TAGS,
     check_specs=[loss_check_spec("linear_map")],
 )
 def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):

@@ -1,6 +1,7 @@
-"""The paper profile on one 80 GB GPU, per stage: time, memory and bytes, derived from measured per-item costs.
+"""The paper profile on one 80 GB GPU, per stage: time, memory and bytes, derived from measured per-item costs;
+and each stage's time, and the whole comparison's, at 1, 8 and 16 GPUs.
 
-    python bench/paper_scale.py [--mfu 0.4] [--gpu-flops 989e12] [--hbm 3.35e12] [--json out.json]
+    python bench/paper_scale.py [--mfu 0.4] [--gpu-flops 989e12] [--hbm 3.35e12] [--gpus 1 8 16] [--json out.json]
 
 Measured here, on the real architectures with random weights (timing a dense model does not
 depend on its weight values): each paper backbone's forward FLOPs per image (torch's
@@ -16,12 +17,28 @@ and reading GPT-J's weights once per decoded token at ``--hbm`` bytes/s for deco
 CPU time on one core; extraction spreads it over the profile's DataLoader workers and a writer
 thread, overlapping the GPU. Memory is tensor-size arithmetic;
 stored bytes are raw float16 (zstd stores 29-59% of that, bench/storage_bytes.py).
+
+At N GPUs (``--gpus``), also derived:
+- Training one map is data-parallel: one process per GPU, each with its own frozen GPT-J, runs
+  ceil(128 / N) of a step's 128 micro-batches of 16 (so the step's compute / N), then the map's
+  float32 gradients (trained parameters x 4 bytes, counted on the real ``LinearMap``, or the tuned
+  baseline's ``AdaptedMap``) are all-reduced once per optimizer step, not overlapped with compute:
+  a ring moves 2(N-1)/N x those bytes per GPU over NVLink (``--nvlink``) within a node of
+  ``--gpus-per-node``; across nodes a hierarchical ring adds 2(nodes-1)/nodes x the bytes over each
+  node's network (``--internode``), the two terms summed; plus ``--allreduce-latency`` per all-reduce.
+- Extraction and evaluation are independent steps of one GPU each (a CC3M shard of 10,000 rows per
+  backbone; a captioned dataset per system; a shot count per system for VQA), run side by side:
+  a stage takes its one-GPU time / N, but no less than its longest step (time / min(N, steps) when
+  the steps are equal). Each GPU has its own DataLoader workers for extraction's host work.
+- The whole comparison runs stage after stage: all backbones' extraction steps over the N GPUs, the
+  maps one after another each on all N GPUs, then all evaluation steps over the N GPUs.
 """
 
 import argparse
 import importlib.util
 import io
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -33,9 +50,11 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPTJConfig
 
+from pipeline.adapters import AdaptedMap
 from pipeline.datasets import load_image
-from pipeline.encoders import create_backbone
+from pipeline.encoders import backbone_spec, create_backbone
 from pipeline.image_features import WRITES_IN_FLIGHT
+from pipeline.linear_map import LinearMap
 from pipeline.settings import PROFILES
 from storage import FeatureArray
 
@@ -50,7 +69,21 @@ CC3M_TRAIN, COCO_KARPATHY_TEST, NOCAPS_VAL = 3_318_333, 5_000, 4_500
 VQAV2_VAL_QUESTIONS, VQAV2_VAL_IMAGES = 214_354, 40_504
 CAPTION_TOKENS = 32  # padded caption length per micro-batch (CC3M captions average about 12 words)
 VQA_TOKENS = 12  # " Q: {question} A: {answer}" span, about 12 tokens
+SHARD_ROWS = 10_000  # rows per CC3M shard: img2dataset's default, and the TSV reader's cc3m.train.NNNNN
 GB = 1e9
+
+
+def trained_params(name: str) -> dict[str, int]:
+    """Trained parameters of the map built for this backbone as assets/linear_map.py builds it, and of
+    the tuned baseline's as assets/adapters.py does (the map, a LayerNorm and one adapter per layer)."""
+    spec = backbone_spec(name, pretrained=False)  # the layout does not depend on the weights
+    reduction = PAPER["adapters"]["reduction"]
+    with torch.device("meta"):
+        maps = {
+            "map": LinearMap(spec.feature_dim, GPTJ.n_embd, spec.layout),
+            "adapters": AdaptedMap(spec.feature_dim, GPTJ.n_embd, spec.layout, 0.1, GPTJ.n_layer, reduction),
+        }
+    return {kind: sum(p.numel() for p in m.parameters() if p.requires_grad) for kind, m in maps.items()}
 
 
 def measure_backbone(name: str, photo: Path) -> dict:
@@ -84,6 +117,7 @@ def measure_backbone(name: str, photo: Path) -> dict:
         started = time.perf_counter()
         store.write_chunk(0, values, {})
         write_s = (time.perf_counter() - started) / rows
+    trained = trained_params(name)
     return {
         "flops_per_image": counter.get_total_flops(),
         "largest_activation_values": largest[0],
@@ -92,8 +126,8 @@ def measure_backbone(name: str, photo: Path) -> dict:
         "params": sum(p.numel() for p in backbone.model.parameters()),
         "row_bytes": spec.layout.positions * spec.feature_dim * 2,
         "tokens": spec.layout.num_tokens,
-        # LinearMap: Linear(feature_dim, lm_dim * tokens_per_position), with bias
-        "map_params": (spec.feature_dim + 1) * GPTJ.n_embd * spec.layout.tokens_per_position,
+        "map_params": trained["map"],
+        "adapted_params": trained["adapters"],  # the tuned baseline's
     }
 
 
@@ -119,10 +153,13 @@ def derive(b: dict, args) -> list[dict]:
         "gpu_peak_gb": (b["params"] * 4 + ex["batch_size"] * b["largest_activation_values"] * 2 * 3) / GB,
         "read_gb": CC3M_TRAIN * args.jpeg_kb * 1e3 / GB,
         "written_gb": CC3M_TRAIN * b["row_bytes"] / GB,
+        "independent_steps": math.ceil(CC3M_TRAIN / SHARD_ROWS),
+        "longest_step": SHARD_ROWS / CC3M_TRAIN,  # of the stage's time
     }
     seq = k + CAPTION_TOKENS
     samples = tr["steps"] * tr["batch_size"]
-    train_flops = samples * seq * benchmark.train_flops_per_token(GPTJ, seq, b["map_params"], k, CAPTION_TOKENS)
+    flops_per_token = benchmark.train_flops_per_token(GPTJ, seq, b["map_params"], k, CAPTION_TOKENS)
+    train_flops = samples * seq * flops_per_token
     micro = tr["micro_batch_size"]
     # No recompute (the activations fit): about 14 d-sized bf16 tensors kept per layer and token
     # (norm, q, k, v, attention output, residual, 4d fc_in and 4d GELU); logits only at the caption.
@@ -140,6 +177,10 @@ def derive(b: dict, args) -> list[dict]:
         "gpu_peak_gb": (lm_weights + activations + b["map_params"] * 16) / GB,
         "read_gb": samples * b["row_bytes"] / GB,
         "written_gb": b["map_params"] * 4 / GB,
+        "independent_steps": 1,
+        "longest_step": None,  # data-parallel over the GPUs
+        "flops_per_token": flops_per_token,
+        "trained_params": b["map_params"],
     }
     images = COCO_KARPATHY_TEST + NOCAPS_VAL
     prompt = k + 4  # image tokens + "A picture of"
@@ -154,14 +195,17 @@ def derive(b: dict, args) -> list[dict]:
         "gpu_peak_gb": (lm_weights + cap["batch_size"] * (prompt + new) * kv_per_token) / GB,
         "read_gb": images * b["row_bytes"] / GB,
         "written_gb": images * 200 / GB,
+        "independent_steps": 2,
+        "longest_step": max(COCO_KARPATHY_TEST, NOCAPS_VAL) / images,
     }
     shots = (0, 1, 2, 4)
-    tokens = sum((n + 1) * (k + VQA_TOKENS) for n in shots)
-    decode_s = len(shots) * (VQAV2_VAL_QUESTIONS / vqa["batch_size"]) * vqa["max_new_tokens"] * lm_weights / args.hbm
+    decode_s = (VQAV2_VAL_QUESTIONS / vqa["batch_size"]) * vqa["max_new_tokens"] * lm_weights / args.hbm
+    # one step per shot count: n solved examples and the question, each with its image
+    shot_s = [VQAV2_VAL_QUESTIONS * (n + 1) * (k + VQA_TOKENS) * lm_flops_per_token / flops_s + decode_s for n in shots]
     answers = {
         "stage": "vqa_answers (VQAv2 val, 0/1/2/4 shots)",
         "items": VQAV2_VAL_QUESTIONS * len(shots),
-        "gpu_h": (VQAV2_VAL_QUESTIONS * tokens * lm_flops_per_token / flops_s + decode_s) / 3600,
+        "gpu_h": sum(shot_s) / 3600,
         "host_h": None,
         # one eval chunk, the support pool, and a batch's images with their solved examples
         "host_peak_gb": (chunk + vqa["support_images"] * b["row_bytes"] + vqa["batch_size"] * 5 * b["row_bytes"]) / GB,
@@ -169,19 +213,70 @@ def derive(b: dict, args) -> list[dict]:
         / GB,
         "read_gb": (VQAV2_VAL_IMAGES + vqa["support_images"]) * b["row_bytes"] * len(shots) / GB,
         "written_gb": VQAV2_VAL_QUESTIONS * len(shots) * 100 / GB,
+        "independent_steps": len(shots),
+        "longest_step": max(shot_s) / sum(shot_s),
     }
     return [extraction, training, captions, answers]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def allreduce_s(grad_bytes: float, gpus: int, args) -> float:
+    """One ring all-reduce of the gradients over ``gpus`` GPUs (hierarchical across nodes), in seconds."""
+    if gpus == 1:
+        return 0.0
+    local, nodes = min(gpus, args.gpus_per_node), math.ceil(gpus / args.gpus_per_node)
+    within = 2 * (local - 1) / local * grad_bytes / args.nvlink
+    across = 2 * (nodes - 1) / nodes * grad_bytes / args.internode
+    return args.allreduce_latency + within + across
+
+
+def wall_h(row: dict) -> float:
+    """A stage's time on one GPU: its GPU time, or its host work over the DataLoader workers where longer."""
+    return max(row["gpu_h"], (row["host_h"] or 0) / PAPER["extraction"]["workers"])
+
+
+def stage_h(row: dict, gpus: int, args) -> float:
+    """A stage's time at ``gpus`` GPUs: data-parallel training, or independent steps side by side."""
+    if row["longest_step"] is not None:
+        return max(wall_h(row) / gpus, wall_h(row) * row["longest_step"])
+    tr = PAPER["training"]
+    micro = tr["batch_size"] // tr["micro_batch_size"]
+    step_s = row["gpu_h"] * 3600 / tr["steps"] * math.ceil(micro / gpus) / micro
+    return tr["steps"] * (step_s + allreduce_s(row["trained_params"] * 4, gpus, args)) / 3600
+
+
+def comparison_h(rows: list[dict], gpus: int, args) -> float:
+    """All stages, stage after stage: maps one after another on all GPUs, other steps packed over them."""
+    total = 0.0
+    for stage in dict.fromkeys(row["stage"] for row in rows):
+        same = [row for row in rows if row["stage"] == stage]
+        if same[0]["longest_step"] is None:
+            total += sum(stage_h(row, gpus, args) for row in same)
+        else:
+            total += max(sum(map(wall_h, same)) / gpus, max(wall_h(row) * row["longest_step"] for row in same))
+    return total
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation")
     parser.add_argument("--gpu-flops", type=float, default=989e12, help="peak dense bf16 FLOP/s (H100 80 GB SXM)")
     parser.add_argument("--hbm", type=float, default=3.35e12, help="GPU memory bandwidth, bytes/s (H100 SXM)")
     parser.add_argument("--jpeg-kb", type=float, default=25.0, help="mean JPEG size in the CC3M shards, kB")
     parser.add_argument("--backbones", nargs="+", default=PAPER["models"]["backbones"])
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8, 16], help="GPU counts to derive times at")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs on one NVLink node (HGX/DGX H100: 8)")
+    # H100 SXM: NVLink 4, 900 GB/s per GPU in both directions together (NVIDIA's datasheet): 450 GB/s each way.
+    parser.add_argument("--nvlink", type=float, default=450e9, help="NVLink bytes/s per GPU, per direction")
+    # DGX H100: 8 ConnectX-7 NICs, 400 Gb/s InfiniBand NDR each, per node: 8 x 50 GB/s = 400 GB/s each way.
+    parser.add_argument("--internode", type=float, default=400e9, help="network bytes/s per node, per direction")
+    # NCCL's small-message all-reduce latency is tens of microseconds across nodes: an assumption, not measured.
+    parser.add_argument("--allreduce-latency", type=float, default=50e-6, help="fixed seconds per all-reduce")
     parser.add_argument("--json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
     torch.manual_seed(0)
     photo = Path("/tmp") / "limber-paper-scale.jpg"
     import skimage.data
@@ -215,12 +310,71 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['written_gb']:,.2f} GB |"
         )
     workers = PAPER["extraction"]["workers"]
-    total = sum(max(r["gpu_h"], (r["host_h"] or 0) / workers) for r in rows)
+    total = sum(map(wall_h, rows))
     print(
         f"\nAll stages, all backbones, one GPU (host work overlapping the GPU over {workers} DataLoader workers, "
         f"and counted only where measured): {total:.0f} h"
     )
-    result = {"settings": vars(args), "measured": measured, "stages": rows}
+    tuned = []  # the tuned baseline's training: its map's, plus 6 FLOPs per adapter parameter and token
+    for r in rows:
+        if r["longest_step"] is None and r["backbone"] in PAPER["models"]["adapters"]:
+            params = measured[r["backbone"]]["adapted_params"]
+            extra = 1 + 6 * (params - r["trained_params"]) / r["flops_per_token"]
+            tuned.append(
+                {
+                    "backbone": f"{r['backbone']}+adapters",
+                    "stage": "adapters (15k steps x 2048)",
+                    "gpu_h": r["gpu_h"] * extra,
+                    "host_h": None,
+                    "longest_step": None,
+                    "flops_per_token": r["flops_per_token"] * extra,
+                    "trained_params": params,
+                }
+            )
+    shards = math.ceil(CC3M_TRAIN / SHARD_ROWS)
+    print(
+        f"\nAt N GPUs: each map trained data-parallel (each GPU runs 1/N of a step's micro-batches, then one ring "
+        f"all-reduce of the map's float32 gradients per step: 2(N-1)/N x their bytes per GPU over NVLink at "
+        f"{args.nvlink / 1e9:.0f} GB/s within a node of {args.gpus_per_node} GPUs, plus 2(nodes-1)/nodes x their "
+        f"bytes over {args.internode / 1e9:.0f} GB/s per node across nodes, plus {args.allreduce_latency * 1e6:.0f} "
+        f"us); extraction ({shards} CC3M shards per backbone) and evaluation steps one GPU each, side by side (the "
+        f"stage's time / N, at least its longest step). All stages: stage after stage, the maps one after another "
+        f"on all N GPUs (the tuned baseline not included).\n"
+    )
+    multi = [n for n in args.gpus if n > 1]
+    steps = PAPER["training"]["steps"]
+    print(
+        "| backbone | stage | "
+        + " | ".join(f"{n} GPU{'s' * (n > 1)}" for n in args.gpus)
+        + " | all-reduce per step | "
+        + " | ".join(f"all-reduce share, {n} GPUs" for n in multi)
+        + " |"
+    )
+    print("|---|---|" + "---|" * (len(args.gpus) + 1 + len(multi)))
+    for r in rows + tuned:
+        r["hours_by_gpus"] = {n: stage_h(r, n, args) for n in args.gpus}
+        allreduce = ["-"] * (1 + len(multi))
+        if r["longest_step"] is None:
+            r["allreduce_mb"] = r["trained_params"] * 4 / 1e6
+            r["allreduce_share_by_gpus"] = {
+                n: steps * allreduce_s(r["trained_params"] * 4, n, args) / 3600 / r["hours_by_gpus"][n] for n in multi
+            }
+            allreduce = [f"{r['allreduce_mb']:.1f} MB"] + [f"{s:.3%}" for s in r["allreduce_share_by_gpus"].values()]
+        print(
+            f"| {r['backbone']} | {r['stage']} | "
+            + " | ".join([*map(hours, r["hours_by_gpus"].values()), *allreduce])
+            + " |"
+        )
+    comparison = {n: comparison_h(rows, n, args) for n in args.gpus}
+    cells = [f"**{hours(h)}**" for h in comparison.values()] + ["-"] * (1 + len(multi))
+    print(f"| **all {len(args.backbones)} backbones** | **all stages** | " + " | ".join(cells) + " |")
+    result = {
+        "settings": vars(args),
+        "measured": measured,
+        "stages": rows,
+        "tuned_baseline": tuned,
+        "comparison_hours_by_gpus": comparison,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

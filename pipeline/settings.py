@@ -38,6 +38,10 @@ DEFAULT: dict[str, dict] = {
         "steps": 120, "batch_size": 8, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
         "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
         "buffer_chunks": 64, "checkpoint_every": 50,
+        # Data-parallel processes training one map, one per GPU (0: every GPU the machine offers;
+        # on a CPU, 1). They do not change what is trained: the same batches, split by micro-batch.
+        # collective_timeout_s: how long a process waits on the others before the step fails.
+        "processes": 1, "collective_timeout_s": 600,
         # One map per seed (its initial weights, dropout and batch order): the spread of training
         # enters every metric's interval, and the ranking (docs/uncertainty.md).
         "seeds": [0, 1, 2],
@@ -70,6 +74,10 @@ DEFAULT: dict[str, dict] = {
     "readout": {"images": 200, "nearest": 5, "batch_size": 50, "seed": 0},
     # caption_gallery: a seeded sample of images (every system's caption) and of VQA questions.
     "gallery": {"images": 6, "questions": 6, "seed": 0},
+    # GPUs a step's Kubernetes pod asks for: training (linear_map, adapters) trains one map on this
+    # many GPUs of one node; every other GPU step (extraction, captions, VQA, readout) takes one, so
+    # those fan out across nodes. On one machine the local executor hands out its own GPUs instead.
+    "gpus": {"training": 1},
     # Seeded bootstrap 95% intervals of every metric, over its images or questions.
     "intervals": {"resamples": 1000, "seed": 0},
     # Rows of a table shown in an asset's metadata, and skip reasons listed there.
@@ -93,7 +101,10 @@ PAPER_CHANGES: dict[str, dict] = {
     "training": {
         "steps": 15000, "batch_size": 2048, "micro_batch_size": 16, "lr": 8e-4, "warmup_steps": 100,
         "max_caption_tokens": 64, "buffer_chunks": 16, "checkpoint_every": 500, "seeds": [0],
+        "processes": 0,  # one per GPU of the node (or of the Kubernetes pod: "gpus" below)
     },
+    # LiMBeR trained on 16 A100s; one 8-GPU node per training pod here (multi-node: docs/scale.md).
+    "gpus": {"training": 8},
     "training_report": {"log_every": 100},
     "captioning": {"prompt": "A picture of", "max_new_tokens": 30, "batch_size": 64},
     # All VQAv2 val questions; solved examples from a pool of 1,024 VQAv2 train images (CLIP
@@ -123,6 +134,7 @@ CACHE_ENV, CACHE_DEFAULT = "LIMBER_CACHE", "~/.cache/limber"  # local copies of 
 EVAL_CRON_ENV, EVAL_CRON_DEFAULT = "LIMBER_EVAL_CRON", "0 3 * * *"  # nightly re-evaluation
 EXECUTOR_ENV, EXECUTOR_DEFAULT = "LIMBER_EXECUTOR", "multiprocess"  # or "k8s"
 MAX_CONCURRENT_ENV = "LIMBER_MAX_CONCURRENT"  # steps at once per run (unset: the executor's own default)
+GPUS_ENV = "LIMBER_GPUS"  # GPUs the local executor hands out (unset: the CUDA devices torch sees)
 # "float32" or "bfloat16" reproduces another machine's numerics; "auto": measured on this one
 PRECISION_ENV, PRECISION_DEFAULT = "LIMBER_PRECISION", "auto"
 SWEEP_ENV, SWEEP_DEFAULT = "LIMBER_SWEEP", "sweep.yaml"  # extra backbones to compare: `backbones: [name, ...]`
@@ -168,6 +180,15 @@ def executor_name() -> str:
 def max_concurrent() -> int | None:
     value = _get(MAX_CONCURRENT_ENV)
     return int(value) if value else None
+
+
+def gpus() -> int | None:
+    value = _get(GPUS_ENV)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{GPUS_ENV}={value!r} is not a GPU count: give a whole number such as 8, or unset it")
+    return int(value)
 
 
 def precision() -> str:

@@ -134,33 +134,40 @@ def training_batches(
     start: int = 0,
     stop: int | None = None,
     prefetch: bool = True,
+    share: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
     """(buffer's chunk ids, row indices, features[row indices]) of batches ``start`` to ``stop``
     (None: endless) of ``batch_plan``.
 
     ``features`` is any array with numpy slicing and ``chunks`` (Zarr, ``ConcatenatedFeatures``;
     a plain array is one chunk). Each buffer is read as whole stored chunks, once; with
-    ``prefetch`` the next buffer is read on a thread while the current one trains.
+    ``prefetch`` the next buffer is read on a thread while the current one trains. ``share`` maps
+    a batch's rows to the rows this process trains on (a data-parallel rank's share): only those
+    rows are yielded, and only the chunks that hold them are read.
     """
     chunk_rows = chunk_rows_of(features)
+    share = share or (lambda batch_rows: batch_rows)
     plan = itertools.islice(batch_plan(rows, chunk_rows, batch_size, buffer_chunks, seed), start, stop)
     # A buffer's batches are few (buffer rows / batch size), so each group is listed up front.
-    groups = ((buffer, [r for _, r in batches]) for buffer, batches in itertools.groupby(plan, key=lambda b: b[0]))
+    groups = (
+        (buffer, [share(r) for _, r in batches]) for buffer, batches in itertools.groupby(plan, key=lambda b: b[0])
+    )
 
-    def read(buffer: tuple[int, ...]) -> dict[int, np.ndarray]:
-        return {c: np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in buffer}
+    def read(batches: list[np.ndarray]) -> dict[int, np.ndarray]:
+        needed = np.unique(np.concatenate(batches) // chunk_rows)
+        return {int(c): np.asarray(features[c * chunk_rows : (c + 1) * chunk_rows]) for c in needed}
 
     with ThreadPoolExecutor(max_workers=1) as pool:
 
-        def later(buffer):  # the read, started now on the thread (prefetch) or when its result is asked for
-            return pool.submit(read, buffer).result if prefetch else lambda: read(buffer)
+        def later(batches):  # the read, started now on the thread (prefetch) or when its result is asked for
+            return pool.submit(read, batches).result if prefetch else lambda: read(batches)
 
         current = next(groups, None)
-        pending = later(current[0]) if current else None
+        pending = later(current[1]) if current else None
         while current is not None:
             chunks = pending()
             upcoming = next(groups, None)
-            pending = later(upcoming[0]) if upcoming else None
+            pending = later(upcoming[1]) if upcoming else None
             buffer, batches = current
             for batch_rows in batches:
                 yield buffer, batch_rows, np.stack([chunks[r // chunk_rows][r % chunk_rows] for r in batch_rows])
@@ -233,6 +240,46 @@ class TrainingResult:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
+@dataclass(frozen=True)
+class Rank:
+    """This process's place among the data-parallel processes training one map (``world`` of them).
+
+    Every process walks the same batches. A batch is cut into micro-batches as on one process, and
+    rank r trains the r-th contiguous block of them, so 1 and N processes compute the same
+    micro-batches from the same rows (and, seeded per micro-batch, the same dropout), and a rank's
+    rows, sorted, come from about 1/N of the buffer's chunks. The ranks' weighted losses and
+    gradients are summed: the full batch's, as gradient accumulation on one process.
+    """
+
+    index: int = 0
+    world: int = 1
+
+    def micro_batches(self, rows: int, micro: int) -> range:
+        """The indices of this rank's micro-batches of a batch of ``rows`` rows."""
+        count = -(-rows // micro)
+        if count < self.world:
+            raise ValueError(
+                f"a batch of {rows} makes {count} micro-batches of {micro}, fewer than the {self.world} "
+                f"processes: set training.micro_batch_size to at most {rows // self.world}"
+            )
+        return range(self.index * count // self.world, (self.index + 1) * count // self.world)
+
+    def share(self, micro: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A batch's rows -> this rank's rows (its micro-batches' rows)."""
+
+        def rows_of(batch_rows: np.ndarray) -> np.ndarray:
+            mine = self.micro_batches(len(batch_rows), micro)
+            return batch_rows[mine.start * micro : mine.stop * micro]
+
+        return rows_of
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks, in place (one all-reduce; nothing on one process)."""
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+
 def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -286,6 +333,7 @@ def train_linear_map(
     recompute: bool | None = None,
     prefetch: bool = True,
     all_logits: bool = False,
+    rank: Rank = Rank(),
     on_step: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
 ) -> TrainingResult:
@@ -298,6 +346,10 @@ def train_linear_map(
     measured on the first micro-batch when None; ``prefetch`` reads the next shuffle buffer on a
     thread; ``all_logits`` computes logits at every position (see ``caption_loss``). None of the
     three changes the result, only the speed and memory of a step.
+
+    ``rank``: this process's place among data-parallel processes (``pipeline.distributed`` starts
+    them; see ``Rank``). Each trains its share of every batch, and only rank 0 writes checkpoints;
+    they hold the same state whatever the process count, so a run resumes under any other.
     """
     checkpoint = Path(checkpoint_dir) / "state.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +374,7 @@ def train_linear_map(
             start=result.resumed_from,
             stop=max(steps, result.resumed_from),
             prefetch=prefetch,
+            share=rank.share(micro),
         )
         started = time.perf_counter()
         progress = tqdm(
@@ -330,7 +383,9 @@ def train_linear_map(
             initial=result.resumed_from,
             desc="linear map",
             unit="step",
+            disable=rank.index > 0,
         )
+        parameters = [p for p in linear_map.parameters() if p.requires_grad]
         buffer = None
         for step, (batch_buffer, batch_rows, batch_features) in enumerate(progress, start=result.resumed_from):
             result.buffers += batch_buffer != buffer
@@ -346,28 +401,38 @@ def train_linear_map(
             if step == result.resumed_from:  # before the step's seed, so a resumed run's dropout is the same
                 longest = micro * (linear_map.layout.num_tokens + max_caption_tokens)
                 result.recompute = _set_recompute(lm, linear_map, micro_batches[0], device, recompute, longest, result)
-            torch.manual_seed(seed * 1_000_003 + step)  # dropout depends on the step only: resume is exact
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
             optimizer.zero_grad(set_to_none=True)
             # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
             predicted = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in micro_batches)
-            loss = 0.0
-            for micro_features, ids, labels in micro_batches:
+            predicted = int(rank.sum(torch.tensor([predicted], device=device)))
+            first_micro = rank.micro_batches(batch_size, micro).start
+            loss = torch.zeros(1, dtype=torch.float64, device=device)
+            for k, (micro_features, ids, labels) in enumerate(micro_batches, start=first_micro):
+                # Dropout depends on the step and the micro-batch only: resume, and any process count, is exact.
+                torch.manual_seed(seed * 1_000_003 + step + k * 2**32)
                 share = int((labels[:, 1:] != IGNORE).sum()) / predicted
                 micro_loss = caption_loss(linear_map, lm, micro_features, ids, labels, device, all_logits) * share
                 micro_loss.backward()
-                loss += micro_loss.item()
+                loss += micro_loss.detach()
+            if rank.world > 1:  # one all-reduce of every gradient and the loss
+                grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+                flat = rank.sum(torch.cat([g.reshape(-1) for g in grads] + [loss.to(grads[0].dtype)]))
+                loss = flat[-1:]
+                for p, summed in zip(parameters, flat[:-1].split([p.numel() for p in parameters]), strict=True):
+                    p.grad = summed.view_as(p)
+            loss = loss.item()
             torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)
             optimizer.step()
 
             result.losses.append(loss)
             result.steps_run += 1
-            result.samples += len(batch_rows)
+            result.samples += batch_size
             progress.set_postfix(loss=f"{result.losses[-1]:.3f}")
             if on_step:
                 on_step(step + 1, result.losses[-1])
-            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            if rank.index == 0 and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 _save_state(
                     checkpoint,
                     {

@@ -19,7 +19,7 @@ from dagster._core.instance.config import ConcurrencyConfig, PoolGranularity, da
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
-from assets.execution import GPU_POOL, GPU_TAGS, STEP_K8S_CONFIG, executor
+from assets.execution import GPU_POOL, GPU_TAGS, STEP_K8S_CONFIG, TRAINING_GPU_TAGS, executor, gpu_tags
 
 # dagster_k8s and dagster_postgres are imported inside the tests that use them: the real-run test
 # below re-imports this module in each step process, and they would add seconds to every step.
@@ -160,17 +160,19 @@ def test_k8s_executor(monkeypatch):
     assert config["step_k8s_config"]["container_config"] == STEP_K8S_CONFIG["container_config"]
 
 
-def test_local_executor_runs_one_gpu_step_at_a_time(monkeypatch):
+@pytest.mark.parametrize("gpus, limit", [("1", 1), ("0", 1), ("8", 8)])
+def test_local_executor_runs_one_gpu_step_per_gpu(monkeypatch, gpus, limit):
     monkeypatch.delenv("LIMBER_EXECUTOR", raising=False)
     monkeypatch.setenv("LIMBER_MAX_CONCURRENT", "4")
+    monkeypatch.setenv("LIMBER_GPUS", gpus)
     definition = executor()
     assert definition.name == "multiprocess"
     assert definition.executor_creation_fn is dg.multiprocess_executor.executor_creation_fn
     config = executor_config(definition)
     assert config["max_concurrent"] == 4
-    assert config["tag_concurrency_limits"] == [{"key": "limber/gpu", "value": "true", "limit": 1}]
+    assert config["tag_concurrency_limits"] == [{"key": "limber/gpu", "value": "true", "limit": limit}]
     # the limit matches the tag GPU steps carry
-    assert GPU_TAGS["limber/gpu"] == "true"
+    assert GPU_TAGS["limber/gpu"] == TRAINING_GPU_TAGS["limber/gpu"] == "true"
 
 
 @pytest.mark.parametrize("value", ["celery", "K8S", "docker"])
@@ -232,6 +234,28 @@ def test_gpu_step_pod_requests_a_gpu_and_other_steps_do_not():
     assert cpu_pod.containers[0].resources.requests == {"cpu": "1", "memory": "4Gi"}
 
 
+def test_a_training_step_pod_asks_for_the_profiles_gpus_on_one_node():
+    from assets.adapters import adapters
+    from assets.linear_map import linear_map
+    from pipeline.settings import PROFILES
+
+    assert PROFILES["paper"]["gpus"]["training"] == 8 and PROFILES["default"]["gpus"]["training"] == 1
+    for asset in (linear_map, adapters):
+        assert json.loads(asset.op.tags["dagster-k8s/config"]) == TRAINING_GPU_TAGS["dagster-k8s/config"]
+    pod = _step_job(_tags_as_dagster_sees_them(gpu_tags(8))).spec.template.spec
+    resources = pod.containers[0].resources
+    assert resources.limits["nvidia.com/gpu"] == resources.requests["nvidia.com/gpu"] == "8"
+    assert resources.requests["cpu"] == "64" and resources.requests["memory"] == "384Gi"
+    assert any(t.key == "nvidia.com/gpu" for t in pod.tolerations)
+
+
+def _tags_as_dagster_sees_them(tags: dict) -> dict:
+    @dg.asset(op_tags=tags)
+    def step() -> None: ...
+
+    return step.op.tags
+
+
 # A real local run: two GPU-tagged ops with no dependency between them must not overlap.
 @dg.op(tags=GPU_TAGS)
 def _gpu_op_a() -> None:
@@ -260,6 +284,7 @@ def _two_gpu_ops_job():
 
 def test_local_executor_serializes_gpu_steps_in_a_real_run(tmp_path, monkeypatch):
     monkeypatch.delenv("LIMBER_EXECUTOR", raising=False)
+    monkeypatch.setenv("LIMBER_GPUS", "1")
     monkeypatch.setenv("LIMBER_TEST_TIMES", str(tmp_path))
     with dg.instance_for_test() as instance:
         job = dg.build_reconstructable_job(
@@ -269,6 +294,55 @@ def test_local_executor_serializes_gpu_steps_in_a_real_run(tmp_path, monkeypatch
         assert result.success
     (a_start, a_end), (b_start, b_end) = (json.loads((tmp_path / n).read_text()) for n in "ab")
     assert a_end <= b_start or b_end <= a_start, "two GPU steps ran at the same time"
+
+
+# A real local run on a machine with 2 (fake) GPUs: two GPU steps run at once, each on its own GPU.
+@dg.op(tags=GPU_TAGS, required_resource_keys={"limber"})
+def _leasing_op_a(context) -> None:
+    _record_lease(context, "a")
+
+
+@dg.op(tags=GPU_TAGS, required_resource_keys={"limber"})
+def _leasing_op_b(context) -> None:
+    _record_lease(context, "b")
+
+
+def _record_lease(context, name: str) -> None:
+    device = context.resources.limber.torch_device()
+    start = time.time()
+    time.sleep(3)  # long enough that the two step processes, started together, overlap
+    Path(os.environ["LIMBER_TEST_TIMES"], name).write_text(json.dumps([device, start, time.time()]))
+
+
+def _two_leasing_ops_job():
+    from assets.resources import Limber
+
+    @dg.job(
+        executor_def=executor(), resource_defs={"limber": Limber(device="cuda", cache_dir=os.environ["LIMBER_CACHE"])}
+    )
+    def two_leasing_ops():
+        _leasing_op_a()
+        _leasing_op_b()
+
+    return two_leasing_ops
+
+
+def test_local_executor_runs_a_gpu_step_per_gpu_each_on_its_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("LIMBER_EXECUTOR", raising=False)
+    monkeypatch.setenv("LIMBER_GPUS", "2")
+    monkeypatch.setenv("LIMBER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIMBER_TEST_TIMES", str(tmp_path))
+    with dg.instance_for_test() as instance:
+        job = dg.build_reconstructable_job(
+            "test_deployment", "_two_leasing_ops_job", reconstructor_working_directory=str(Path(__file__).parent)
+        )
+        result = dg.execute_job(job, instance=instance)
+        assert result.success
+        logs = [event.message for event in instance.all_logs(result.run_id) if event.message]
+    (a_device, a_start, a_end), (b_device, b_start, b_end) = (json.loads((tmp_path / n).read_text()) for n in "ab")
+    assert a_start < b_end and b_start < a_end, "the two GPU steps did not run at the same time"
+    assert {a_device, b_device} == {"cuda:0", "cuda:1"}
+    assert sum("this step computes on GPU(s)" in message for message in logs) == 2  # shown in the UI's logs
 
 
 # --- deploy/helm/values.yaml ---------------------------------------------------------------------

@@ -413,3 +413,41 @@ def test_the_report_assets_redraw_after_an_evaluation(materialized):
     )
     for name in ("metric_tables", "caption_gallery"):
         assert evaluation.get_num_requested(dg.AssetKey(name)) == 1, name
+
+
+def test_two_processes_train_the_map_one_would_and_the_count_is_not_in_its_key(materialized):
+    """The linear_map asset on 2 data-parallel processes (gloo on this CPU): a map that 1 process
+    then reuses, as the process count is not in the key, and that 1 process trains again to the
+    same weights (up to float rounding) once the stored one is removed."""
+    import shutil
+
+    root, instance, resources, _ = materialized
+    directory = root / "linear_maps" / "smollm2-135m" / LITE1 / "seed-0"
+
+    def train(processes):
+        # Micro-batches of 2: each of the 2 processes trains one of a batch's two.
+        config = {**TINY["linear_map"]["config"], "seeds": [0], "lr": 4e-3, "micro_batch_size": 2}
+        config["processes"] = processes
+        return _metadata(
+            dg.materialize(
+                ALL_ASSETS,
+                selection=["linear_map"],
+                instance=instance,
+                resources=resources,
+                partition_key=LITE1,
+                run_config={"ops": {"linear_map": {"config": config}}},
+            )
+        )
+
+    two = train(2)
+    assert not two["reused"] and two["processes"] == 2
+    weights_two = load_file(directory / "linear_map.safetensors")
+    losses_two = json.loads((directory / "config.json").read_text())["training"]["losses"]
+    assert train(1)["reused"]
+    shutil.rmtree(directory)
+    one = train(1)
+    assert not one["reused"] and one["processes"] == 1
+    losses_one = json.loads((directory / "config.json").read_text())["training"]["losses"]
+    assert losses_one == pytest.approx(losses_two, rel=1e-4)
+    for name, value in load_file(directory / "linear_map.safetensors").items():
+        torch.testing.assert_close(weights_two[name], value, rtol=1e-3, atol=1e-4)

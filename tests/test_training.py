@@ -179,8 +179,10 @@ def test_the_fast_step_trains_the_same_map_as_the_reference_step(tiny_setup, tmp
     assert (fast_run.recompute, reference_run.recompute) == (False, True)
     assert not tiny_setup[0].is_activation_checkpointing  # switched off again after the run
     assert fast_run.losses == pytest.approx(reference_run.losses, rel=1e-5)
+    # Weights to the accumulation test's tolerance: AdamW divides by the root of the squared
+    # gradients, so a rounding difference in a near-zero gradient moves its weight by up to ~lr x 1e-4.
     for name, value in reference.state_dict().items():
-        torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("lm_fixture", ["tiny_setup", "tiny_gptj"])
