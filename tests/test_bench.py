@@ -196,3 +196,52 @@ def test_the_vqa_benchmark_runs_and_answers_as_the_old_path(prepared_lm):
     assert result["vqa_speedup"] == pytest.approx(result["answers_per_s"] / result["old_answers_per_s"])
     assert 1 <= result["tokens_per_row"] <= result["old_tokens_per_row"] == result["max_new_tokens"]
     assert [name for name, _ in vqa_bench.report_rows(result)] == ["vqa_speedup", "VQA tokens/row"]
+
+
+def test_paper_scale_at_n_gpus_adds_one_ring_all_reduce_per_step_to_a_step_split_n_ways():
+    scale = bench.sibling("paper_scale")
+    args = scale.parser().parse_args([])
+    params = scale.trained_params("nfrn50")
+    assert params["map"] == (2048 + 1) * 4096  # Linear(2048, 4096) on the pooled feature
+    # and the tuned baseline's: a LayerNorm and 28 adapters 4096 -> 1024 -> 4096
+    assert params["adapters"] - params["map"] == 2 * 4096 + 28 * (4096 * 1024 + 1024 + 1024 * 4096 + 4096)
+    grad = params["map"] * 4  # float32
+    assert scale.allreduce_s(grad, 1, args) == 0
+    assert scale.allreduce_s(grad, 8, args) == pytest.approx(50e-6 + 2 * 7 / 8 * grad / 450e9)
+    # two nodes: the ring within each node over NVLink, then between the nodes over their network
+    assert scale.allreduce_s(grad, 16, args) == pytest.approx(50e-6 + 2 * 7 / 8 * grad / 450e9 + grad / 400e9)
+    training = {"stage": "linear_map", "gpu_h": 80.0, "host_h": None, "longest_step": None, "trained_params": 1e9}
+    assert scale.stage_h(training, 1, args) == 80.0
+    allreduce_h = 15000 * scale.allreduce_s(4e9, 8, args) / 3600
+    assert scale.stage_h(training, 8, args) == pytest.approx(80.0 / 8 + allreduce_h)
+    # independent steps: the stage over the GPUs, but never less than its longest step
+    vqa = {"stage": "vqa_answers", "gpu_h": 4.0, "host_h": None, "longest_step": 0.4}
+    assert [scale.stage_h(vqa, n, args) for n in (1, 2, 8)] == pytest.approx([4.0, 2.0, 1.6])
+    extraction = {"stage": "image_features", "gpu_h": 0.5, "host_h": 16.0, "longest_step": 0.01}  # host-bound
+    assert scale.stage_h(extraction, 8, args) == pytest.approx(16.0 / 8 / 8)  # 8 workers per GPU
+    rows = [training, vqa, extraction, {**vqa, "gpu_h": 1.0}]
+    assert scale.comparison_h(rows, 1, args) == pytest.approx(80 + 4 + 2 + 1)
+    assert scale.comparison_h(rows, 8, args) == pytest.approx(80 / 8 + allreduce_h + 1.6 + 0.25)
+
+
+def test_data_parallel_benchmark_times_one_and_two_cpu_processes_on_the_same_work_per_rank(tmp_path):
+    out = tmp_path / "data_parallel.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "data_parallel.py"), "--device", "cpu", "--size", "small"]
+        + ["--steps", "2", "--warmup", "1", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "| weak | 2 |" in run.stdout and "overhead_ratio" in run.stdout
+    result = json.loads(out.read_text())
+    assert result["backend"] == "gloo" and result["processes"] == [1, 2] and result["strong"] is None
+    one, two = result["weak"]
+    assert (one["processes"], one["global_batch"], two["processes"], two["global_batch"]) == (1, 4, 2, 8)
+    assert one["rank_batch"] == two["rank_batch"] == 4  # weak scaling: the same work per rank
+    assert one["threads_per_rank"] == two["threads_per_rank"]  # and the same threads
+    for r in (one, two):
+        assert len(r["steps_s"]) == 2 and r["step_s"] > 0 and math.isfinite(r["final_loss"])
+    assert result["overhead_ratio"] == pytest.approx(two["step_s"] / one["step_s"]) and result["overhead_ratio"] > 0
