@@ -17,6 +17,7 @@ from assets.linear_map import linear_map
 from assets.partitions import CAPTIONING, ON_MISSING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
 from assets.resources import Limber
 from pipeline.captioning import caption_images
+from pipeline.datasets import dataset_caption_metrics
 from pipeline.metrics.captions import SCORING, split_caption_estimates
 from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
 from pipeline.metrics.table import out_of_range
@@ -170,7 +171,7 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
             per_run[run], scores, notes = split_caption_estimates(
                 manifest,
                 table,
-                dataset_part(part)[0],
+                functools.partial(dataset_caption_metrics, dataset_part(part)[0]),
                 clip_weights,
                 limber.torch_device(),
                 config.bootstrap_resamples,

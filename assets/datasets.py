@@ -7,7 +7,7 @@ from assets.config import DatasetConfig
 from assets.inputs import preview, stored_result
 from assets.partitions import part_partitions
 from assets.resources import Limber
-from pipeline.datasets import read_manifest
+from pipeline.datasets import read_manifest, reader
 from storage.layout import dataset_part, stored_key, table_key, write_table
 
 MANIFEST_VALID = "manifest_valid"
@@ -35,7 +35,7 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: 
     everything downstream of it is reused.
     """
     dataset, part = dataset_part(context.partition_key)
-    options = {"val_size": config.val_size, "seed": config.seed} if dataset == "easy_vqa" else {}
+    options = {name: getattr(config, name) for name in reader(dataset).OPTIONS}
     result = read_manifest(dataset, part, root=limber.data_root, **options)
     manifest = result.manifest.head(config.max_images) if config.max_images else result.manifest
     path = limber.layout.manifest(context.partition_key)

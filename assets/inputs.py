@@ -17,6 +17,7 @@ import pandas as pd
 from assets.config import PROFILE
 from assets.partitions import BLIND, system_backbone
 from assets.resources import Limber
+from pipeline.adapters import load_map
 from pipeline.linear_map import LinearMap
 from pipeline.metrics.clip_score import CLIP_VIT_B32
 from storage import FeatureArray, config_hash
@@ -126,7 +127,7 @@ class StoredMap:
         return LinearMap.stored_key(self.directory)  # read in place: no checkpoint is fetched
 
     def load(self) -> LinearMap:
-        return LinearMap.load(self.limber.mirror(self.directory).pull())
+        return load_map(self.limber.mirror(self.directory).pull())
 
 
 def stored_table(path, key: str, compute: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, bool]:

@@ -13,6 +13,7 @@ from assets.inputs import Inputs, MissingInput, stored_result
 from assets.language_model import language_model
 from assets.partitions import ON_MISSING, TRAIN, VALIDATION, backbone_partitions, registered_parts
 from assets.resources import Limber
+from pipeline.adapters import load_map
 from pipeline.decoding import greedy_captions
 from pipeline.distributed import TrainingJob, train_data_parallel
 from pipeline.encoders import backbone_spec
@@ -111,7 +112,7 @@ def _trained_seed(context, limber: Limber, system: str, seed: int, key: str, tra
     local = mirror.pull()
     if LinearMap.stored_key(local) == key:
         context.log.info(f"seed {seed}: reusing the map trained from these inputs and settings: {directory}")
-        return LinearMap.load(local), LinearMap.stored_config(local)["training"], True
+        return load_map(local), LinearMap.stored_config(local)["training"], True
     mapping, summary = train(seed, limber.layout.checkpoints(local, key), mirror.push)
     loss_png = loss_curve_png(summary["losses"], f"{system} (seed {seed}) -> {limber.language_model}")
     limber.layout.loss_curve(local).write_bytes(loss_png)

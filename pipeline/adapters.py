@@ -10,6 +10,7 @@ and batch: the one difference from the linear map is the added capacity.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -68,6 +69,19 @@ class AdaptedMap(LinearMap):
             "prefix": "dropout, LayerNorm",
             "adapters": {"layers": len(self.adapters), "reduction": self.reduction},
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "AdaptedMap":
+        shape = (config["feature_dim"], config["lm_dim"], TokenLayout(**config["layout"]), config["dropout"])
+        return cls(*shape, **config["adapters"])
+
+
+def load_map(directory: str | Path) -> LinearMap:
+    """The map saved in ``directory``: the tuned baseline's when its config has adapters, else LiMBeR's."""
+    config = LinearMap.stored_config(directory)
+    if config is None:
+        raise FileNotFoundError(f"no finished map in {directory}: materialize linear_map (or adapters) first")
+    return (AdaptedMap if "adapters" in config else LinearMap).load(directory)
 
 
 @contextmanager

@@ -67,17 +67,15 @@ class LinearMap(nn.Module):
         config = cls.stored_config(directory)
         return None if config is None else config.get("key", "")
 
-    @staticmethod
-    def load(directory: str | Path) -> "LinearMap":
-        """The map saved in ``directory``: LiMBeR's, or the tuned baseline's when it has adapters."""
-        directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text())
-        shape = (config["feature_dim"], config["lm_dim"], TokenLayout(**config["layout"]), config["dropout"])
-        if "adapters" in config:
-            from pipeline.adapters import AdaptedMap  # which imports this module
+    @classmethod
+    def from_config(cls, config: dict) -> "LinearMap":
+        """An untrained map of the shape a stored ``config`` describes."""
+        return cls(config["feature_dim"], config["lm_dim"], TokenLayout(**config["layout"]), config["dropout"])
 
-            linear_map = AdaptedMap(*shape, **config["adapters"])
-        else:
-            linear_map = LinearMap(*shape)
+    @classmethod
+    def load(cls, directory: str | Path) -> "LinearMap":
+        """The map of this class saved in ``directory`` (``pipeline.adapters.load_map``: of either kind)."""
+        directory = Path(directory)
+        linear_map = cls.from_config(json.loads((directory / "config.json").read_text()))
         linear_map.load_state_dict(load_file(directory / "linear_map.safetensors"))
         return linear_map

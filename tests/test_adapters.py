@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.adapters import AdaptedMap, adapted, feed_forward_blocks
+from pipeline.adapters import AdaptedMap, adapted, feed_forward_blocks, load_map
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import TokenLayout
 from pipeline.linear_map import LinearMap
@@ -101,7 +101,7 @@ def test_a_saved_tuned_baseline_loads_with_its_norm_and_adapters(tiny_llama, tmp
     lm, _ = tiny_llama
     mapping = perturb(tuned_map(lm))
     mapping.save(tmp_path, extra={"key": "k"})
-    loaded = LinearMap.load(tmp_path).eval()
+    loaded = load_map(tmp_path).eval()
     assert type(loaded) is AdaptedMap and loaded.config() == mapping.config()
     assert loaded.config()["adapters"] == {"layers": 2, "reduction": 4}
     assert loaded.config()["prefix"] == "dropout, LayerNorm"

@@ -204,8 +204,8 @@ def test_a_split_is_scored_by_image_id_whatever_the_order(tmp_path, empty_hf_cac
     captions = pd.DataFrame(
         {"image_id": ["1", "2", "3", "4"], "caption": ["a red circle", "a blue square", "a dog on grass", "unscored"]}
     )
-    table, per_image = split_caption_metrics(manifest, captions, "coco", clip_weights="", resamples=50)
-    shuffled = split_caption_metrics(manifest, captions.iloc[[3, 1, 0, 2]], "coco", clip_weights="", resamples=50)
+    table, per_image = split_caption_metrics(manifest, captions, None, clip_weights="", resamples=50)
+    shuffled = split_caption_metrics(manifest, captions.iloc[[3, 1, 0, 2]], None, clip_weights="", resamples=50)
     pd.testing.assert_frame_equal(table, shuffled[0])
     pd.testing.assert_frame_equal(per_image, shuffled[1])
     assert per_image["image_id"].tolist() == ["1", "2", "3"]
@@ -221,7 +221,7 @@ def test_a_split_is_scored_by_image_id_whatever_the_order(tmp_path, empty_hf_cac
     clip = table[table["metric"].isin(["CLIP-S", "RefCLIP-S"])]
     assert clip["value"].isna().all() and clip["note"].str.contains("CLIP ViT-B/32").all()
     with pytest.raises(ValueError, match="1 images of the split have no caption"):
-        split_caption_metrics(manifest, captions.iloc[1:], "coco", clip_weights="")
+        split_caption_metrics(manifest, captions.iloc[1:], None, clip_weights="")
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_clip_s_runs_the_real_scorer_pairing_each_caption_with_its_image(tmp_pat
     manifest = pd.DataFrame({"image_id": list("1234"), "image_path": paths, "captions": [REFERENCES["1"]] * 4})
     texts = ["a red circle", "a blue square", "a dog on grass", "unreadable"]
     captions = pd.DataFrame({"image_id": list("1234"), "caption": texts})
-    table, per_image = split_caption_metrics(manifest, captions, "coco", clip_weights=random_clip_weights)
+    table, per_image = split_caption_metrics(manifest, captions, None, clip_weights=random_clip_weights)
     scores = dict(zip(table["metric"], table["value"], strict=True))
     assert (table.loc[table["metric"] == "CLIP-S", "note"] == "").all()
 

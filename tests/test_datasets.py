@@ -43,6 +43,34 @@ def test_registry_names_every_reader():
     assert list_parts("easy_vqa", None) == ["test", "train", "val"]
 
 
+def test_every_reader_is_a_dataset_reader_with_its_optional_parts():
+    from assets.config import DatasetConfig
+    from pipeline.datasets import CaptionSubsets, DatasetReader, VqaGroups, how_to_get, reader
+
+    for dataset in DATASETS:
+        module = reader(dataset)
+        assert isinstance(module, DatasetReader)
+        assert set(module.OPTIONS) <= set(DatasetConfig.model_fields), dataset  # settings the asset has
+        assert how_to_get(dataset, "val")
+    assert {d for d in DATASETS if isinstance(reader(d), CaptionSubsets)} == {"easy_vqa", "nocaps"}
+    assert {d for d in DATASETS if isinstance(reader(d), VqaGroups)} == {"easy_vqa"}
+
+
+def test_a_reader_missing_a_required_part_is_named(monkeypatch):
+    import types
+
+    from pipeline import datasets
+
+    module = types.ModuleType("partial_reader")
+    module.OPTIONS, module.list_parts = (), lambda root: []
+    monkeypatch.setitem(datasets.DATASETS, "partial", "partial_reader")
+    monkeypatch.setitem(__import__("sys").modules, "partial_reader", module)
+    with pytest.raises(
+        TypeError, match=r"partial_reader is not a DatasetReader: it lacks \['read_manifest', 'how_to_get'\]"
+    ):
+        datasets.reader("partial")
+
+
 def test_the_consensus_answer_is_the_most_frequent_ties_by_first_occurrence():
     assert consensus_answer(["two", "2", "2", "two", "2"]) == "2"
     assert consensus_answer(["no", "yes", "yes", "no"]) == "no"

@@ -19,6 +19,7 @@ annotation file raises ``DatasetError`` saying where to get it and where to put 
 """
 
 import importlib
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -42,52 +43,95 @@ DATASETS = {
 }
 
 
-def _reader(dataset: str):
+@runtime_checkable
+class DatasetReader(Protocol):
+    """What every reader module (``DATASETS``) defines."""
+
+    OPTIONS: tuple[str, ...]  # the manifests asset's settings ``read_manifest`` takes (easy-vqa: val_size, seed)
+
+    def list_parts(self, root) -> list[str]:
+        """The parts present under the raw-data root, sorted."""
+
+    def read_manifest(self, part: str, *, root, **options) -> ReadResult:
+        """One part's manifest and the records skipped."""
+
+    def how_to_get(self, part: str) -> str:
+        """Where to get a part's files and where to put them under the raw-data root."""
+
+
+@runtime_checkable
+class CaptionSubsets(Protocol):
+    """Optional: caption metrics over a dataset's own subsets (NoCaps's domains, easy-vqa's colours
+    and shapes), beside the standard ones."""
+
+    def caption_metrics(
+        self, manifest: pd.DataFrame, references: dict, candidates: dict, resamples: int, seed: int
+    ) -> tuple[dict, pd.DataFrame]:
+        """``pipeline.metrics.intervals.Estimate`` by name, and per-image scores (indexed by image id)."""
+
+
+@runtime_checkable
+class VqaGroups(Protocol):
+    """Optional: image groups a dataset's VQA accuracy is also reported over (easy-vqa: colour, shape)."""
+
+    def vqa_groups(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        """One column per grouping, indexed by image id."""
+
+
+def reader(dataset: str) -> DatasetReader:
+    """The registered reader of ``dataset``, checked against ``DatasetReader``."""
     if dataset not in DATASETS:
         raise KeyError(f"unknown dataset {dataset!r}; registered: {sorted(DATASETS)}")
-    return importlib.import_module(DATASETS[dataset])
+    module = importlib.import_module(DATASETS[dataset])
+    if not isinstance(module, DatasetReader):
+        missing = [
+            name for name in ("OPTIONS", "list_parts", "read_manifest", "how_to_get") if not hasattr(module, name)
+        ]
+        raise TypeError(f"{DATASETS[dataset]} is not a DatasetReader: it lacks {missing}")
+    return module
 
 
 def list_parts(dataset: str, root, **options) -> list[str]:
     """The parts of a dataset present under the raw-data root, sorted."""
-    return _reader(dataset).list_parts(root, **options)
+    return reader(dataset).list_parts(root, **options)
 
 
 def read_manifest(dataset: str, part: str, root=None, **options) -> ReadResult:
     """Reads one part of a registered dataset: its manifest and the records skipped."""
-    return _reader(dataset).read_manifest(part, root=root, **options)
+    return reader(dataset).read_manifest(part, root=root, **options)
 
 
 def how_to_get(dataset: str, part: str) -> str:
     """Where to get a dataset part's files and where to put them under the raw-data root."""
-    reader = _reader(dataset)
-    if hasattr(reader, "how_to_get"):
-        return reader.how_to_get(part)
-    return getattr(reader, "HOW_TO_GET", f"{dataset} ships with the project")
+    return reader(dataset).how_to_get(part)
 
 
 def dataset_caption_metrics(
     dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict, resamples: int = 0, seed: int = 0
 ) -> tuple[dict, pd.DataFrame]:
-    """Caption metrics particular to a dataset (none for most), beside the standard ones: their
-    ``pipeline.metrics.intervals.Estimate`` by name, and their per-image scores (indexed by image id)."""
-    reader = _reader(dataset)
-    if not hasattr(reader, "caption_metrics"):
+    """Caption metrics particular to a dataset (``CaptionSubsets``; none for most), beside the
+    standard ones: their ``pipeline.metrics.intervals.Estimate`` by name, and their per-image scores
+    (indexed by image id)."""
+    module = reader(dataset)
+    if not isinstance(module, CaptionSubsets):
         return {}, pd.DataFrame(index=pd.Index([], name="image_id"))
-    return reader.caption_metrics(manifest, references, candidates, resamples, seed)
+    return module.caption_metrics(manifest, references, candidates, resamples, seed)
 
 
 def dataset_vqa_groups(dataset: str, manifest: pd.DataFrame) -> pd.DataFrame:
-    """Image groups a dataset's VQA accuracy is also reported over (easy-vqa: colour and shape),
-    one column per grouping, indexed by image id; no columns for most datasets."""
-    reader = _reader(dataset)
-    if not hasattr(reader, "vqa_groups"):
+    """Image groups a dataset's VQA accuracy is also reported over (``VqaGroups``), one column per
+    grouping, indexed by image id; no columns for most datasets."""
+    module = reader(dataset)
+    if not isinstance(module, VqaGroups):
         return pd.DataFrame(index=pd.Index(manifest["image_id"], name="image_id"))
-    return reader.vqa_groups(manifest)
+    return module.vqa_groups(manifest)
 
 
 __all__ = [
     "DATASETS",
+    "CaptionSubsets",
+    "DatasetReader",
+    "VqaGroups",
     "MANIFEST_COLUMNS",
     "DatasetError",
     "ReadResult",
@@ -98,6 +142,7 @@ __all__ = [
     "list_parts",
     "load_image",
     "read_manifest",
+    "reader",
     "seeded_ids",
     "split_off_validation",
     "validate_manifest",

@@ -34,6 +34,13 @@ HOW_TO_GET = (
 )
 
 
+OPTIONS = ()  # read with no settings of the manifests asset
+
+
+def how_to_get(part: str) -> str:
+    return HOW_TO_GET
+
+
 def list_parts(root, rows_per_part: int = ROWS_PER_PART) -> list[str]:
     """One part per shard, or per ``rows_per_part`` TSV lines (counting them reads the TSV once)."""
     directory = dataset_dir(root, "cc3m")

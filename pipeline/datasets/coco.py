@@ -39,6 +39,8 @@ KARPATHY_HOW_TO_GET = (
     "{train2014,val2014}.zip into <root>/coco/."
 )
 
+OPTIONS = ()  # read with no settings of the manifests asset
+
 
 def how_to_get(part: str) -> str:
     return KARPATHY_HOW_TO_GET if part in KARPATHY_PARTS else OFFICIAL_HOW_TO_GET

@@ -151,6 +151,14 @@ def _read_package_split(package_split: str) -> pd.DataFrame:
     return validate_manifest(pd.DataFrame(rows), f"easy-vqa {package_split}")
 
 
+# The manifests asset's settings this reader takes: the validation split carved from train.
+OPTIONS = ("val_size", "seed")
+
+
+def how_to_get(part: str) -> str:
+    return "easy-vqa ships inside the easy-vqa package: nothing to fetch"
+
+
 def list_parts(root=None) -> list[str]:
     """The package ships every split, so the raw-data root plays no part."""
     return sorted(SPLITS)

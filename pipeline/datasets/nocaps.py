@@ -20,6 +20,13 @@ HOW_TO_GET = (
 )
 
 
+OPTIONS = ()  # read with no settings of the manifests asset
+
+
+def how_to_get(part: str) -> str:
+    return HOW_TO_GET
+
+
 def list_parts(root) -> list[str]:
     return ["val"] if (dataset_dir(root, "nocaps") / ANNOTATIONS).is_file() else []
 

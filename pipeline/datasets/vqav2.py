@@ -39,6 +39,13 @@ def _files(directory: Path, split: str) -> tuple[Path, Path]:
     )
 
 
+OPTIONS = ()  # read with no settings of the manifests asset
+
+
+def how_to_get(part: str) -> str:
+    return HOW_TO_GET
+
+
 def list_parts(root) -> list[str]:
     """A split counts as present when either of its files is, so reading it says which one is missing."""
     directory = dataset_dir(root, "vqav2")

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -209,14 +210,23 @@ def score_caption_files(annotations_path: str, results_path: str) -> dict[str, f
 # Part of every stored caption-metrics table's key: tables scored under older rules are not reused.
 SCORING = "dataset subsets (easy-vqa colours and shapes, NoCaps domains), each counting its own images"
 
+# (manifest, references, candidates, resamples, seed) -> (Estimate by metric, per-image scores)
+SubsetMetrics = Callable[[pd.DataFrame, dict, dict, int, int], tuple[dict, pd.DataFrame]]
+
 
 def split_caption_metrics(
-    manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu", resamples: int = 0, seed: int = 0
+    manifest,
+    captions,
+    subset_metrics: SubsetMetrics | None,
+    clip_weights: str | None,
+    device: str = "cpu",
+    resamples: int = 0,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``split_caption_estimates`` as rows ``(metric, value, ci_low, ci_high, n, note, ...)``
     (``pipeline.metrics.intervals.estimates_table``), and the per-image scores."""
     scores, per_image, notes = split_caption_estimates(
-        manifest, captions, dataset, clip_weights, device, resamples, seed
+        manifest, captions, subset_metrics, clip_weights, device, resamples, seed
     )
     return estimates_table(scores, notes, n=len(per_image)), per_image
 
@@ -225,7 +235,13 @@ CLIP_METRICS = ("CLIP-S", "RefCLIP-S")
 
 
 def split_caption_estimates(
-    manifest, captions, dataset: str, clip_weights: str | None, device: str = "cpu", resamples: int = 0, seed: int = 0
+    manifest,
+    captions,
+    subset_metrics: SubsetMetrics | None,
+    clip_weights: str | None,
+    device: str = "cpu",
+    resamples: int = 0,
+    seed: int = 0,
 ) -> tuple[dict[str, Estimate], pd.DataFrame, dict[str, str]]:
     """Every caption metric of one whole split: ``Estimate`` by metric (seeded bootstrap 95%
     intervals over the images, ``resamples`` of them), the per-image scores of the metrics that are
@@ -235,9 +251,9 @@ def split_caption_estimates(
     ``manifest`` has ``image_id``, ``image_path`` and reference ``captions``; ``captions`` has
     ``image_id`` and ``caption``. They are joined by image id (a reordered table scores the same),
     over the images that have references. CLIP-S and RefCLIP-S are NaN with a note saying why when
-    the CLIP ViT-B/32 weights are not on the machine.
+    the CLIP ViT-B/32 weights are not on the machine. ``subset_metrics`` adds the dataset's own
+    (``pipeline.datasets.CaptionSubsets``: NoCaps's domains), with their per-image scores.
     """
-    from pipeline.datasets import dataset_caption_metrics
     from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_scores
 
     caption_of = dict(zip(captions["image_id"], captions["caption"], strict=True))
@@ -250,9 +266,10 @@ def split_caption_estimates(
     references = {i: list(c) for i, c in zip(scored["image_id"], scored["captions"], strict=True)}
     candidates = {i: caption_of[i] for i in scored["image_id"]}
     scores, per_image = caption_estimates(references, candidates, resamples, seed)
-    extra, extra_per_image = dataset_caption_metrics(dataset, manifest, references, candidates, resamples, seed)
-    scores.update(extra)
-    per_image = per_image.join(extra_per_image)
+    if subset_metrics:
+        extra, extra_per_image = subset_metrics(manifest, references, candidates, resamples, seed)
+        scores.update(extra)
+        per_image = per_image.join(extra_per_image)
     notes = {}
     try:
         scorer = ClipScorer(clip_weights or None, device)

@@ -90,7 +90,7 @@ def clip_scores(
 ) -> dict[str, np.ndarray]:
     """Per-image CLIP-S and RefCLIP-S, aligned with ``image_paths`` (NaN for an unreadable image),
     a batch of images at a time (memory does not grow with the split)."""
-    from pipeline.datasets import load_image
+    from pipeline.datasets.manifest import load_image
 
     clip, ref = np.full(len(image_paths), np.nan), np.full(len(image_paths), np.nan)
     for start in range(0, len(image_paths), batch_size):
