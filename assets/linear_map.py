@@ -150,28 +150,9 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
             if step % config.log_every == 0:
                 context.log.info(f"seed {seed} step {step}: loss {loss:.4f}")
 
+        # One checkpoint folder per key: a run never resumes another key's training.
         job = TrainingJob(
-            mapping,
-            limber.lm_loader(),
-            features,
-            captions,
-            rows,
-            settings=dict(
-                steps=config.steps,
-                batch_size=config.batch_size,
-                micro_batch_size=config.micro_batch_size,
-                lr=config.lr,
-                warmup_steps=config.warmup_steps,
-                weight_decay=config.weight_decay,
-                betas=(config.beta1, config.beta2),
-                grad_clip=config.grad_clip,
-                max_caption_tokens=config.max_caption_tokens,
-                buffer_chunks=config.buffer_chunks,
-                seed=seed,
-                checkpoint_every=config.checkpoint_every,
-                # One checkpoint folder per key: a run never resumes another key's training.
-                checkpoint_dir=checkpoint_dir,
-            ),
+            mapping, limber.lm_loader(), features, captions, rows, config.train_config(), seed, checkpoint_dir
         )
         result = train_data_parallel(
             job,

@@ -49,15 +49,9 @@ class Limber(dg.ConfigurableResource):
         f"({settings.PRECISION_ENV})",
     )
 
+    # The GPUs this step's process leases; they go back when the process ends, however it ends
+    # (each step of the multiprocess and Kubernetes executors is its own process).
     _leases: GpuLeases | None = PrivateAttr(default=None)
-    _log = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._log = context.log
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._leases:  # the step is over: its GPUs go back (a killed step's go back with its process)
-            self._leases.release()
 
     @property
     def layout(self) -> StorageLayout:
@@ -114,7 +108,7 @@ class Limber(dg.ConfigurableResource):
             self._leases = GpuLeases(Path(self.cache_dir).expanduser() / "gpu-leases", gpu_count())
         wanted = self._leases.count if count == 0 else count or max(1, len(self._leases.held))
         if len(self._leases.held) != wanted:
-            self._leases.acquire(wanted, on_wait=self._log.info if self._log else None)
-            if self._log:
-                self._log.info(f"this step computes on GPU(s) {self._leases.held} of {self._leases.count}")
+            log = dg.get_dagster_logger()
+            self._leases.acquire(wanted, on_wait=log.info)
+            log.info(f"this step computes on GPU(s) {self._leases.held} of {self._leases.count}")
         return [f"cuda:{index}" for index in self._leases.held]

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from transformers import GPTJConfig, GPTJForCausalLM
 
+from pipeline.config import TrainConfig
 from pipeline.encoders import backbone_spec
 from pipeline.language_models import fuse_activations
 from pipeline.linear_map import LinearMap
@@ -183,18 +184,21 @@ def timed_training(
         store.features,
         ["a caption"] * len(store.ids),
         np.arange(len(store.ids)),
-        steps=steps,
-        batch_size=batch,
-        micro_batch_size=micro,
-        lr=8e-4,
-        warmup_steps=1,
-        weight_decay=0.0,
-        betas=(0.9, 0.95),
-        grad_clip=1.0,
-        max_caption_tokens=caption_len,
-        buffer_chunks=1,
+        TrainConfig(
+            steps=steps,
+            batch_size=batch,
+            micro_batch_size=micro,
+            lr=8e-4,
+            warmup_steps=1,
+            weight_decay=0.0,
+            beta1=0.9,
+            beta2=0.95,
+            grad_clip=1.0,
+            max_caption_tokens=caption_len,
+            buffer_chunks=1,
+            checkpoint_every=steps,
+        ),
         seed=0,
-        checkpoint_every=steps,
         checkpoint_dir=f"{folder}/{len(os.listdir(folder))}",
         device=device,
         on_step=lambda step, loss: stamps.append(time.perf_counter()),  # .item() has synchronised CUDA

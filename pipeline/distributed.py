@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
+from pipeline.config import TrainConfig
 from pipeline.linear_map import LinearMap
 from pipeline.training import Rank, TrainingResult, train_linear_map
 
@@ -35,14 +36,16 @@ from pipeline.training import Rank, TrainingResult, train_linear_map
 class TrainingJob:
     """What every rank trains, picklable (sent to each spawned rank): the untrained map, how to
     load the frozen LM on a device, the cached features and captions, and ``train_linear_map``'s
-    settings (its keyword arguments but ``device``, ``rank`` and the callbacks)."""
+    config, seed and checkpoint folder."""
 
     linear_map: LinearMap
     load_lm: Callable[[str], tuple]  # device -> (lm, tokenizer, ...)
     features: object
     captions: list[str]
     rows: np.ndarray
-    settings: dict = field(default_factory=dict)
+    config: TrainConfig
+    seed: int
+    checkpoint_dir: Path
 
     def __getstate__(self) -> dict:
         # The map goes to each rank as bytes, a copy: torch.multiprocessing would otherwise send its
@@ -64,9 +67,11 @@ class TrainingJob:
             self.features,
             self.captions,
             self.rows,
+            self.config,
+            seed=self.seed,
+            checkpoint_dir=self.checkpoint_dir,
             device=device,
             rank=rank,
-            **self.settings,
             **callbacks,
         )
 
@@ -88,10 +93,8 @@ def train_data_parallel(
     world = len(devices)
     if world == 1:
         return job.train(lm, tokenizer, devices[0], Rank(), **callbacks)
-    batch = job.settings["batch_size"]
-    Rank(0, world).micro_batches(
-        batch, job.settings.get("micro_batch_size") or batch
-    )  # enough to share, before any start
+    # Enough micro-batches to share out, checked before any process starts.
+    Rank(0, world).micro_batches(job.config.batch_size, job.config.micro_batch_size or job.config.batch_size)
     with tempfile.TemporaryDirectory(prefix="limber-rendezvous-") as folder:
         rendezvous = str(Path(folder) / "store")
         ranks = mp.start_processes(
@@ -164,7 +167,7 @@ def _rank_failure(ranks: mp.ProcessContext, world: int, job: TrainingJob) -> Run
             failure = f"{rank} {how}"
         else:
             failure = f"{rank} raised:\n{error}"
-    checkpoint = Path(job.settings.get("checkpoint_dir", ".")) / "state.pt"
+    checkpoint = Path(job.checkpoint_dir) / "state.pt"
     resume = (
         f"the last checkpoint ({checkpoint}) is kept and a rerun resumes from it, under any process count"
         if checkpoint.exists()

@@ -13,6 +13,18 @@ run that sets one sees it.
 import os
 import re
 
+from pipeline.config import (
+    CaptioningConfig,
+    ExtractionConfig,
+    GalleryConfig,
+    IntervalConfig,
+    ReadoutConfig,
+    TrainConfig,
+    TrainReportConfig,
+    VqaConfig,
+    defaults,
+)
+
 DEFAULT: dict[str, dict] = {
     # adapters: the backbones that also get the tuned baseline (map + LayerNorm + adapters, MAGMA's recipe).
     "models": {
@@ -28,58 +40,21 @@ DEFAULT: dict[str, dict] = {
         "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
         "shown": "easy_vqa.test",  # a captioning part: the images the readout and the gallery show
     },
-    # workers: DataLoader processes decoding images. None: on a CPU the forward's threads fill every
-    # core, so a worker cannot hide the decoding and only adds its start and its transfers; on 2
-    # cores 0 workers matched 1 or beat it in every paired run (bench/extraction.py, BENCHMARKS.md).
-    "extraction": {"batch_size": 16, "chunk_rows": 256, "workers": 0},
-    # batch_size 8: three seeds per map fit the demo's 15 minutes with the same 120 updates (at 16,
-    # one seed per map took 37 s; three took 2.3 min of the first 21-minute three-seed run).
-    "training": {
-        "steps": 120, "batch_size": 8, "micro_batch_size": 0, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
-        "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "dropout": 0.1, "max_caption_tokens": 16,
-        "buffer_chunks": 64, "checkpoint_every": 50,
-        # Data-parallel processes training one map, one per GPU (0: every GPU the machine offers;
-        # on a CPU, 1). They do not change what is trained: the same batches, split by micro-batch.
-        # collective_timeout_s: how long a process waits on the others before the step fails.
-        "processes": 1, "collective_timeout_s": 600,
-        # One map per seed (its initial weights, dropout and batch order): the spread of training
-        # enters every metric's interval, and the ranking (docs/uncertainty.md).
-        "seeds": [0, 1, 2],
-    },
-    # How the linear_map asset reports: loss lines, the final-loss window, validation captions
-    # decoded from the paper's prompt and from none. None of these change the trained weights.
+    "extraction": defaults(ExtractionConfig),
+    # LiMBeR's map and its training loop: declared, with the demo's values, in pipeline/config.py.
+    "training": defaults(TrainConfig),
     # The tuned baseline's adapters: Down d -> d / reduction (MAGMA: 4); its own training seeds.
     "adapters": {"reduction": 4, "seeds": [0]},
-    "training_report": {
-        "log_every": 50, "final_loss_window": 20, "sample_captions": 8, "sample_caption_tokens": 12,
-        "sample_prompt": "A picture of",
-    },
-    # A 135M LM continues "A picture of" with its own prior and mostly ignores the image tokens
-    # (see the linear_map asset's validation captions, which show both prompts), so the embedded
-    # demo captions from the image tokens alone, as it was trained.
-    "captioning": {"prompt": "", "max_new_tokens": 8, "batch_size": 50},
-    # questions: about 300 (whole images until 300 are taken). The time goes where the uncertainty
-    # is largest: one map's VQA accuracy moves by more between training seeds (and few-shot draws)
-    # than the image sample's interval is wide, so 3 runs at 300 questions beat 1 at 800 (README,
-    # "How sure the demo's results are").
-    # closed_vocabulary: easy-vqa's 13 answers, all of them.
-    # batch_size: questions per LM call (their images' prefixes are prefilled together).
-    # seed: the images asked about; trial_seeds: one draw of solved examples each (1+ shots), as
-    # OpenFlamingo reports few-shot results over several trials.
-    "vqa": {
-        "questions": 300, "seed": 0, "trial_seeds": [0, 1], "batch_size": 200, "max_new_tokens": 4,
-        "support_images": 0, "closed_vocabulary": 13,
-    },
-    # image_prompt_readout: nearest vocabulary tokens of each image token, for a seeded sample of images.
-    "readout": {"images": 200, "nearest": 5, "batch_size": 50, "seed": 0},
-    # caption_gallery: a seeded sample of images (every system's caption) and of VQA questions.
-    "gallery": {"images": 6, "questions": 6, "seed": 0},
+    "training_report": defaults(TrainReportConfig),
+    "captioning": defaults(CaptioningConfig),
+    "vqa": defaults(VqaConfig),
+    "readout": defaults(ReadoutConfig),
+    "gallery": defaults(GalleryConfig),
     # GPUs a step's Kubernetes pod asks for: training (linear_map, adapters) trains one map on this
     # many GPUs of one node; every other GPU step (extraction, captions, VQA, readout) takes one, so
     # those fan out across nodes. On one machine the local executor hands out its own GPUs instead.
     "gpus": {"training": 1},
-    # Seeded bootstrap 95% intervals of every metric, over its images or questions.
-    "intervals": {"resamples": 1000, "seed": 0},
+    "intervals": defaults(IntervalConfig),
     # Rows of a table shown in an asset's metadata, and skip reasons listed there.
     "reporting": {"preview_rows": 10, "listed_skips": 100},
 }  # fmt: skip

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.adapters import adapted
+from pipeline.config import TrainConfig
 from pipeline.devices import autocast
 from pipeline.image_features import chunk_rows_of, rows_by_id
 from pipeline.linear_map import LinearMap
@@ -315,19 +316,9 @@ def train_linear_map(
     features,
     captions: list[str],
     rows: np.ndarray,
+    config: TrainConfig,
     *,
-    steps: int,
-    batch_size: int,
-    micro_batch_size: int = 0,
-    lr: float,
-    warmup_steps: int,
-    weight_decay: float,
-    betas: tuple[float, float],
-    grad_clip: float,
-    max_caption_tokens: int,
-    buffer_chunks: int,
     seed: int,
-    checkpoint_every: int,
     checkpoint_dir: str | Path,
     device: str,
     recompute: bool | None = None,
@@ -338,9 +329,9 @@ def train_linear_map(
     on_checkpoint: Callable[[], None] | None = None,
 ) -> TrainingResult:
     """Trains ``linear_map`` (and its adapters, if it has them) in place on ``features[rows]`` (any
-    array with numpy slicing, e.g. Zarr) with ``captions`` (aligned with ``features``). Resumes from
-    ``checkpoint_dir/state.pt``; ``on_checkpoint`` runs after each checkpoint is written (e.g. to
-    upload it).
+    array with numpy slicing, e.g. Zarr) with ``captions`` (aligned with ``features``), as ``config``
+    says, from ``seed`` (batch order and dropout). Resumes from ``checkpoint_dir/state.pt``;
+    ``on_checkpoint`` runs after each checkpoint is written (e.g. to upload it).
 
     ``recompute`` (gradient checkpointing) is decided from the activation memory per token
     measured on the first micro-batch when None; ``prefetch`` reads the next shuffle buffer on a
@@ -355,7 +346,9 @@ def train_linear_map(
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     with adapted(lm, linear_map):  # the tuned baseline trains its adapters inside the LM
         linear_map.to(device).train()
-        optimizer = torch.optim.AdamW(linear_map.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(
+            linear_map.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
         result = TrainingResult()
         if checkpoint.exists():
             # weights_only: a checkpoint pulled from shared storage must not be able to run code.
@@ -364,12 +357,13 @@ def train_linear_map(
             optimizer.load_state_dict(state["optimizer"])
             result.losses = state["losses"]
             result.resumed_from = len(result.losses)
-        micro = micro_batch_size or batch_size
+        steps, batch_size = config.steps, config.batch_size
+        micro = config.micro_batch_size or batch_size
         batches = training_batches(
             features,
             rows,
             batch_size=batch_size,
-            buffer_chunks=buffer_chunks,
+            buffer_chunks=config.buffer_chunks,
             seed=seed,
             start=result.resumed_from,
             stop=max(steps, result.resumed_from),
@@ -394,15 +388,15 @@ def train_linear_map(
             micro_batches = []
             for start in range(0, len(batch_rows), micro):
                 ids = caption_tokens(
-                    tokenizer, [captions[r] for r in batch_rows[start : start + micro]], max_caption_tokens
+                    tokenizer, [captions[r] for r in batch_rows[start : start + micro]], config.max_caption_tokens
                 )
                 labels = caption_labels(ids, linear_map.layout.num_tokens, tokenizer.eos_token_id)
                 micro_batches.append((batch_features[start : start + micro], ids, labels))
             if step == result.resumed_from:  # before the step's seed, so a resumed run's dropout is the same
-                longest = micro * (linear_map.layout.num_tokens + max_caption_tokens)
+                longest = micro * (linear_map.layout.num_tokens + config.max_caption_tokens)
                 result.recompute = _set_recompute(lm, linear_map, micro_batches[0], device, recompute, longest, result)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps)
+                group["lr"] = lr_at(step, lr=config.lr, warmup_steps=config.warmup_steps, total_steps=steps)
             optimizer.zero_grad(set_to_none=True)
             # Each micro-batch's mean loss weighted by its share of the predicted tokens: the full batch's mean.
             predicted = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in micro_batches)
@@ -423,7 +417,7 @@ def train_linear_map(
                 for p, summed in zip(parameters, flat[:-1].split([p.numel() for p in parameters]), strict=True):
                     p.grad = summed.view_as(p)
             loss = loss.item()
-            torch.nn.utils.clip_grad_norm_(linear_map.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(linear_map.parameters(), config.grad_clip)
             optimizer.step()
 
             result.losses.append(loss)
@@ -432,7 +426,7 @@ def train_linear_map(
             progress.set_postfix(loss=f"{result.losses[-1]:.3f}")
             if on_step:
                 on_step(step + 1, result.losses[-1])
-            if rank.index == 0 and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            if rank.index == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == steps):
                 _save_state(
                     checkpoint,
                     {

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.adapters import AdaptedMap, adapted, feed_forward_blocks, load_map
+from pipeline.config import TrainConfig
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import TokenLayout
 from pipeline.linear_map import LinearMap
@@ -61,17 +62,20 @@ def test_the_tuned_baseline_trains_its_prefix_and_adapters_not_the_lm(tiny_llama
         features,
         ["a red circle", "a blue square"] * 8,
         np.arange(16),
-        steps=4,
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=1,
-        weight_decay=0.0,
-        betas=(0.9, 0.95),
-        grad_clip=1.0,
-        max_caption_tokens=8,
-        buffer_chunks=1,
+        TrainConfig(
+            steps=4,
+            batch_size=4,
+            lr=1e-2,
+            warmup_steps=1,
+            weight_decay=0.0,
+            beta1=0.9,
+            beta2=0.95,
+            grad_clip=1.0,
+            max_caption_tokens=8,
+            buffer_chunks=1,
+            checkpoint_every=4,
+        ),
         seed=0,
-        checkpoint_every=4,
         checkpoint_dir=tmp_path,
         device="cpu",
     )

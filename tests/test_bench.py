@@ -228,7 +228,7 @@ def test_data_parallel_benchmark_times_one_and_two_cpu_processes_on_the_same_wor
     out = tmp_path / "data_parallel.json"
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "data_parallel.py"), "--device", "cpu", "--size", "small"]
-        + ["--steps", "2", "--warmup", "1", "--json", str(out)],
+        + ["--steps", "2", "--warmup", "1", "--repeats", "1", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -241,7 +241,8 @@ def test_data_parallel_benchmark_times_one_and_two_cpu_processes_on_the_same_wor
     one, two = result["weak"]
     assert (one["processes"], one["global_batch"], two["processes"], two["global_batch"]) == (1, 4, 2, 8)
     assert one["rank_batch"] == two["rank_batch"] == 4  # weak scaling: the same work per rank
-    assert one["threads_per_rank"] == two["threads_per_rank"]  # and the same threads
-    for r in (one, two):
-        assert len(r["steps_s"]) == 2 and r["step_s"] > 0 and math.isfinite(r["final_loss"])
+    assert one["threads_per_rank"] == two["threads_per_rank"]  # on the same threads per rank
+    assert [(r["kind"], r["processes"], len(r["steps_s"])) for r in result["runs"]] == [("weak", 1, 2), ("weak", 2, 2)]
+    for row in (one, two):
+        assert row["step_s"] > 0 and math.isfinite(row["final_loss"])
     assert result["overhead_ratio"] == pytest.approx(two["step_s"] / one["step_s"]) and result["overhead_ratio"] > 0

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from pipeline.adapters import AdaptedMap
+from pipeline.config import TrainConfig
 from pipeline.distributed import TrainingJob, train_data_parallel
 from pipeline.encoders import TokenLayout
 from pipeline.linear_map import LinearMap
@@ -71,21 +72,22 @@ def job(prepared_lm, tmp_path):
             features=default if features is None else features,
             captions=captions,
             rows=np.arange(ROWS),
-            settings=dict(
+            config=TrainConfig(
                 steps=8,
                 batch_size=8,
                 micro_batch_size=micro_batch_size,
                 lr=5e-2,
                 warmup_steps=2,
                 weight_decay=0.0,
-                betas=(0.9, 0.95),
+                beta1=0.9,
+                beta2=0.95,
                 grad_clip=1.0,
                 max_caption_tokens=8,
                 buffer_chunks=2,
-                seed=0,
                 checkpoint_every=3,
-                checkpoint_dir=tmp_path / directory,
             ),
+            seed=0,
+            checkpoint_dir=tmp_path / directory,
         )
 
     return make

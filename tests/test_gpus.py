@@ -68,19 +68,22 @@ def test_a_killed_step_gives_its_gpus_back(tmp_path):
     assert leases.acquire(2, timeout=10) == [0, 1]
 
 
-def test_a_failed_step_gives_its_gpus_back_at_teardown(tmp_path, monkeypatch):
+def _fail_on_gpus(cache_dir: str) -> None:
+    Limber(device="cuda", cache_dir=cache_dir).torch_devices(2)
+    raise RuntimeError("the step fails")
+
+
+def test_a_failed_step_gives_its_gpus_back(tmp_path, monkeypatch):
     monkeypatch.setenv("LIMBER_GPUS", "2")
-    failing = Limber(device="cuda", cache_dir=str(tmp_path))
-    assert failing.torch_devices(2) == ["cuda:0", "cuda:1"]
-    other = Limber(device="cuda", cache_dir=str(tmp_path))
-    with pytest.raises(TimeoutError):
-        other._leases = GpuLeases(tmp_path / "gpu-leases", 2, poll_seconds=0.05)
-        other._leases.acquire(1, timeout=0.2)
-    failing.teardown_after_execution(None)  # what Dagster runs after a step, failed or not
-    assert other.torch_device() == "cuda:0"
-    # the step's metadata names the GPU it used
+    step = PROCESSES.Process(target=_fail_on_gpus, args=(str(tmp_path),))  # a step process, as the executor runs it
+    step.start()
+    step.join(60)
+    assert step.exitcode == 1
+    limber = Limber(device="cuda", cache_dir=str(tmp_path))
+    assert limber.torch_devices(2) == ["cuda:0", "cuda:1"]
+    # the step's metadata names the GPUs it used
     monkeypatch.setattr("assets.resources.machine_record", lambda device: {"device": device})
-    assert other.machine()["devices"] == ["cuda:0"]
+    assert limber.machine()["devices"] == ["cuda:0", "cuda:1"]
 
 
 def test_a_step_asking_again_trades_its_lease_and_zero_asks_for_all(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.config import TrainConfig
 from pipeline.decoding import greedy_captions
 from pipeline.encoders import TokenLayout
 from pipeline.language_models import (
@@ -81,17 +82,20 @@ def test_tiny_gpt_j_trains_captions_and_answers(tiny_gptj, tmp_path):
         features,
         ["a red circle", "a blue square"] * 8,
         np.arange(16),
-        steps=3,
-        batch_size=4,
-        lr=1e-3,
-        warmup_steps=1,
-        weight_decay=0.0,
-        betas=(0.9, 0.95),
-        grad_clip=1.0,
-        max_caption_tokens=8,
-        buffer_chunks=1,
+        TrainConfig(
+            steps=3,
+            batch_size=4,
+            lr=1e-3,
+            warmup_steps=1,
+            weight_decay=0.0,
+            beta1=0.9,
+            beta2=0.95,
+            grad_clip=1.0,
+            max_caption_tokens=8,
+            buffer_chunks=1,
+            checkpoint_every=3,
+        ),
         seed=0,
-        checkpoint_every=3,
         checkpoint_dir=tmp_path,
         device="cpu",
     )
