@@ -84,7 +84,7 @@ class Limber(dg.ConfigurableResource):
         was chosen by."""
         device = self.torch_device()
         record = {**machine_record(device), "precision": str(self.compute_dtype()).removeprefix("torch.")}
-        if self._leases:
+        if self._leases and self._leases.held:
             record["devices"] = [f"cuda:{index}" for index in self._leases.held]
         if self.precision == "auto" and torch.device(device).type == "cpu":
             record["precision_measured"] = cpu_precision(self.cache_dir)
@@ -106,6 +106,8 @@ class Limber(dg.ConfigurableResource):
             return [device] * max(1, count or 1)  # a CPU, or a GPU named in the config: not leased
         if self._leases is None:
             self._leases = GpuLeases(Path(self.cache_dir).expanduser() / "gpu-leases", gpu_count())
+        if not self._leases.count:  # CUDA named where torch sees no GPU: as named (torch says why on first use)
+            return [device] * max(1, count or 1)
         wanted = self._leases.count if count == 0 else count or max(1, len(self._leases.held))
         if len(self._leases.held) != wanted:
             log = dg.get_dagster_logger()

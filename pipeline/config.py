@@ -29,7 +29,7 @@ class TrainConfig:
     micro-batches accumulated to the batch, shuffle buffers of cached feature chunks."""
 
     # batch_size 8: three seeds per map fit the demo's 15 minutes with the same 120 updates as one
-    # seed at batch 16 (README: the demo's time and results).
+    # seed at batch 16 (docs/results.md: the demo's time and results).
     steps: int = setting(120, "optimizer steps")
     batch_size: int = setting(8, "examples per optimizer step")
     micro_batch_size: int = setting(0, "examples per forward pass; gradients accumulate to batch_size (0: all)")

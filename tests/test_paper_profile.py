@@ -1,7 +1,7 @@
 """The paper profile, run whole: five backbones at their real architectures (random weights loaded
 through LIMBER_WEIGHTS_<NAME>), a GPT-J of tiny width from a local directory, and CC3M / COCO
 Karpathy / NoCaps / VQAv2 in their published formats; every asset and partition materialized by
-the loop `limber demo` runs. Takes about 6 minutes on 2 cores (README)."""
+the loop `limber demo` runs. Takes about 6 minutes on 2 cores (docs/paper.md)."""
 
 import json
 import os

@@ -207,7 +207,7 @@ def score_caption_files(annotations_path: str, results_path: str) -> dict[str, f
     return caption_metrics({k: references[k] for k in candidates}, candidates)
 
 
-# Part of every stored caption-metrics table's key: tables scored under older rules are not reused.
+# Part of every stored caption-metrics table's key: a table scored under other rules is not reused.
 SCORING = "dataset subsets (easy-vqa colours and shapes, NoCaps domains), each counting its own images"
 
 # (manifest, references, candidates, resamples, seed) -> (Estimate by metric, per-image scores)
