@@ -308,10 +308,16 @@ def _leasing_op_b(context) -> None:
 
 
 def _record_lease(context, name: str) -> None:
+    """Leases a GPU, then waits (up to a minute) until the other op holds one too: both ops hold
+    their GPUs at the same time only if the executor runs them side by side."""
+    folder = Path(os.environ["LIMBER_TEST_TIMES"])
     device = context.resources.limber.torch_device()
-    start = time.time()
-    time.sleep(3)  # long enough that the two step processes, started together, overlap
-    Path(os.environ["LIMBER_TEST_TIMES"], name).write_text(json.dumps([device, start, time.time()]))
+    (folder / f"{name}.leased").write_text(device)
+    other = folder / ("b.leased" if name == "a" else "a.leased")
+    deadline = time.time() + 60
+    while not other.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    (folder / name).write_text(json.dumps([device, other.exists()]))
 
 
 def _two_leasing_ops_job():
@@ -339,8 +345,8 @@ def test_local_executor_runs_a_gpu_step_per_gpu_each_on_its_own(tmp_path, monkey
         result = dg.execute_job(job, instance=instance)
         assert result.success
         logs = [event.message for event in instance.all_logs(result.run_id) if event.message]
-    (a_device, a_start, a_end), (b_device, b_start, b_end) = (json.loads((tmp_path / n).read_text()) for n in "ab")
-    assert a_start < b_end and b_start < a_end, "the two GPU steps did not run at the same time"
+    (a_device, a_met_b), (b_device, b_met_a) = (json.loads((tmp_path / n).read_text()) for n in "ab")
+    assert a_met_b and b_met_a, "the two GPU steps did not hold their GPUs at the same time"
     assert {a_device, b_device} == {"cuda:0", "cuda:1"}
     assert sum("this step computes on GPU(s)" in message for message in logs) == 2  # shown in the UI's logs
 
