@@ -21,7 +21,7 @@ The timed code is the pipeline's own: ``train_data_parallel`` with a ``TrainingJ
 is timed from rank 0's ``on_step`` calls (the median after ``--warmup`` steps; rank 0 waits at each
 all-reduce for the slowest rank). Each rank reads only the Zarr chunk that holds its rows.
 
-- CPU (gloo, default ``--size small``, processes 1 and 2, 3 repetitions): ``_process_group`` gives each of N ranks
+- CPU (gloo, default ``--size small``, processes 1 and 2, 3 repetitions): ``join_group`` gives each of N ranks
   ``os.cpu_count() // N`` threads, so the single process is given the same threads per rank as the
   largest N (1 on two cores): the same work on the same threads, one process or two.
 - CUDA (nccl, default ``--size paper``, the 6B GPT-J in bfloat16, processes 1, 2, 4, 8 up to
@@ -117,7 +117,7 @@ def timed_run(
 
     def on_step(step: int, loss: float) -> None:  # loss.item() has synchronised rank 0's device
         stamps.append(time.perf_counter())
-        threads.append(torch.get_num_threads())  # inside _process_group: what this rank was given
+        threads.append(torch.get_num_threads())  # after join_group: what this rank was given
 
     started = time.perf_counter()
     result = train_data_parallel(job, devices, lm, tokenizer, timeout_s=args.timeout, on_step=on_step)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.device(args.device).type == "cuda"
     largest = max(args.processes)
     if not cuda:
-        # The same threads per rank at every N: _process_group gives each of N ranks cpu_count // N.
+        # The same threads per rank at every N: join_group gives each of N ranks cpu_count // N.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // largest))
     spec = backbone_spec(benchmark.BACKBONE)
     result = {
