@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from pipeline.adapters import AdaptedMap
 from pipeline.config import TrainConfig
@@ -18,26 +17,9 @@ from pipeline.distributed import TrainingJob, train_data_parallel
 from pipeline.encoders import TokenLayout
 from pipeline.linear_map import LinearMap
 from pipeline.training import Rank, training_batches
+from tests.tiny_models import tiny_lm
 
 ROWS, DIM = 48, 16
-
-
-def tiny_lm(tokenizer_dir: str, device: str):
-    """The same tiny Llama (random weights, seeded) in every process, with the embedded LM's tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            initializer_range=0.2,
-        )
-        lm = LlamaForCausalLM(config).to(device).eval().requires_grad_(False)
-    return lm, tokenizer
 
 
 class DyingFeatures:

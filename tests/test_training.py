@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from pipeline.config import TrainConfig
 from pipeline.encoders import TokenLayout
@@ -22,6 +22,7 @@ from pipeline.training import (
     training_batches,
 )
 from storage.feature_store import ConcatenatedFeatures, FeatureArray
+from tests.tiny_models import tiny_lm
 
 
 def test_labels_mask_image_positions_and_everything_after_the_first_eos():
@@ -70,18 +71,7 @@ def test_batch_plan_is_seeded_covers_rows_and_stays_in_its_buffer():
 
 @pytest.fixture()
 def tiny_setup(prepared_lm):
-    tokenizer = AutoTokenizer.from_pretrained(prepared_lm / "checkpoint")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,
-    )  # large enough that input embeddings move the output
-    lm = LlamaForCausalLM(config).eval().requires_grad_(False)
+    lm, tokenizer = tiny_lm(prepared_lm / "checkpoint")
     features = np.random.default_rng(0).standard_normal((40, 1, 16)).astype(np.float16)
     captions = [f"a {c} circle" for c in ("red", "blue", "teal", "gray")] * 10
     return lm, tokenizer, features, captions
