@@ -11,19 +11,20 @@ from assets.config import CaptioningConfig, CaptionMetricsConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
-from assets.inputs import Inputs, preview, stored_result, stored_table
+from assets.inputs import Inputs, preview, stored_result
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import CAPTIONING, ON_MISSING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
 from assets.resources import Limber
+from pipeline import config as stages
 from pipeline.captioning import caption_images
 from pipeline.datasets import dataset_caption_metrics
 from pipeline.metrics.captions import SCORING, split_caption_estimates
 from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
 from pipeline.metrics.table import out_of_range
-from storage import config_hash
+from storage.artifacts import Run, Table, keyed_runs, keyed_table
 from storage.feature_store import OK
-from storage.layout import dataset_part, run_name, write_bytes, write_table
+from storage.layout import dataset_part, run_name
 
 CAPTIONS_NON_EMPTY = "captions_non_empty"
 METRICS_IN_RANGE = "metrics_in_range"
@@ -79,51 +80,48 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
     store = inputs.system_features(system, part)
     inputs.language_model()
     lm = functools.cache(limber.load_lm)  # loaded once, and only if a run is not stored
-    keys, computed, tables = {}, [], {}
-    for seed, stored_map in inputs.linear_maps(system).items():
-        run = run_name(seed)
-        key = inputs.with_map(system, seed, stored_map).key(captioning=config.model_dump())
-        path = limber.layout.captions(system, limber.language_model, part, run)
-        coco = limber.layout.coco_results(system, limber.language_model, part, run)
 
-        def caption(stored_map=stored_map, coco=coco, run=run) -> pd.DataFrame:
-            model, tokenizer, _ = lm()
-            table = caption_images(
-                stored_map.load() if stored_map else None,
-                model,
-                tokenizer,
-                manifest["image_id"].tolist(),
-                store,
-                prompt=config.prompt,
-                batch_size=config.batch_size,
-                max_new_tokens=config.max_new_tokens,
-                device=limber.torch_device(),
-                on_batch=lambda done, total: context.log.info(f"{run}: captioned {done}/{total}"),
-            )
-            write_bytes(coco, json.dumps(table[["image_id", "caption"]].to_dict("records")).encode())
-            return table
+    def caption(stored_map, run: str) -> Table:
+        model, tokenizer, _ = lm()
+        table = caption_images(
+            stored_map.load() if stored_map else None,
+            model,
+            tokenizer,
+            manifest["image_id"].tolist(),
+            store,
+            config.declared(stages.CaptioningConfig),
+            device=limber.torch_device(),
+            on_batch=lambda done, total: context.log.info(f"{run}: captioned {done}/{total}"),
+        )
+        coco = json.dumps(table[["image_id", "caption"]].to_dict("records")).encode()
+        return Table(table, {limber.layout.coco_results(system, limber.language_model, part, run): coco})
 
-        tables[run], reused = stored_table(path, key, caption)
-        keys[run] = key
-        if not reused:
-            computed.append(run)
-    first = tables[min(tables)]
+    runs = keyed_runs(
+        Run(
+            run_name(seed),
+            inputs.with_map(system, seed, stored_map).key(captioning=config.model_dump()),
+            limber.layout.captions(system, limber.language_model, part, run_name(seed)),
+            functools.partial(caption, stored_map, run_name(seed)),
+        )
+        for seed, stored_map in inputs.linear_maps(system).items()
+    )
+    first = runs.first
     readable = len(first) if store is None else int((store.status == OK).sum())
     references = dict(zip(manifest["image_id"], manifest["captions"], strict=True))
     shown = first.assign(reference=[c[0] if len(c) else "" for c in first["image_id"].map(references)])
     yield stored_result(
-        limber.layout.captions(system, limber.language_model, part, min(tables)).parent,
-        config_hash(keys),
-        not computed,
-        runs=len(tables),
-        computed_runs=computed,
+        limber.layout.captions(system, limber.language_model, part, min(runs.tables)).parent,
+        runs.key,
+        runs.reused,
+        runs=len(runs.tables),
+        computed_runs=runs.computed,
         captions=len(first),
-        empty_captions=int(sum((t["caption"].str.strip() == "").sum() for t in tables.values())),
+        empty_captions=int(sum((t["caption"].str.strip() == "").sum() for t in runs.tables.values())),
         prompt=config.prompt,
         machine=dg.MetadataValue.json(limber.machine()),
         preview=preview(shown),
     )
-    yield captions_check(pd.concat(tables.values()), readable * len(tables))
+    yield captions_check(pd.concat(runs.tables.values()), readable * len(runs.tables))
 
 
 def metrics_check(table: pd.DataFrame) -> dg.AssetCheckResult:
@@ -180,12 +178,14 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
             per_image.append(scores.assign(run=run))
         for note in set(notes.values()):
             context.log.warning(note)
-        write_table(pd.concat(per_image), limber.layout.caption_scores(system, limber.language_model, part), key)
-        write_table(runs_table(per_run), limber.layout.caption_runs(system, limber.language_model, part), key)
         combined = combine_runs(per_run, config.bootstrap_resamples, config.bootstrap_seed)
-        return estimates_table(combined, notes)  # the metrics, written last by stored_table
+        beside = {
+            limber.layout.caption_scores(system, limber.language_model, part): pd.concat(per_image),
+            limber.layout.caption_runs(system, limber.language_model, part): runs_table(per_run),
+        }
+        return Table(estimates_table(combined, notes), beside)
 
-    table, reused = stored_table(path, key, score)
+    table, reused = keyed_table(path, key, score)
     scores = zip(table["metric"], table["value"], table["note"], strict=True)
     yield stored_result(
         path,

@@ -5,6 +5,7 @@ changed per run in the Dagster launchpad (or ``run_config`` in Python).
 """
 
 import dataclasses
+from typing import TypeVar
 
 import dagster as dg
 import pydantic
@@ -15,12 +16,7 @@ from pipeline import settings
 from pipeline.config import TrainConfig, TrainReportConfig, defaults
 
 PROFILE = settings.active_profile()
-
-
-class DatasetConfig(dg.Config):
-    val_size: int = Field(PROFILE["datasets"]["val_size"], description="easy-vqa: images carved from train for choices")
-    seed: int = Field(PROFILE["datasets"]["seed"], description="easy-vqa: seed of the validation carve-out")
-    max_images: int = Field(0, description="keep only the first N images of each split (0: all); for smoke runs")
+T = TypeVar("T")
 
 
 def dagster_config(name: str, base: type[dg.Config], *declarations: tuple[type, str], doc: str = "") -> type[dg.Config]:
@@ -43,13 +39,22 @@ def dagster_config(name: str, base: type[dg.Config], *declarations: tuple[type, 
     )
 
 
-class _Training(dg.Config):
+class _Declared(dg.Config):
+    """A Dagster config built from ``pipeline.config`` declarations, which gives the core its
+    dataclass back."""
+
+    def declared(self, declaration: type[T]) -> T:
+        """The core's config: these fields' ``declaration`` part (a ``pipeline.config`` dataclass)."""
+        return declaration(**self.model_dump(include={f.name for f in dataclasses.fields(declaration)}))
+
+
+class _Training(_Declared):
     """How a map trains (``pipeline.config.TrainConfig``) and how its asset reports
     (``pipeline.config.TrainReportConfig``)."""
 
     def train_config(self) -> TrainConfig:
         """The core's config: these fields' ``TrainConfig`` part."""
-        return TrainConfig(**self.model_dump(include={f.name for f in dataclasses.fields(TrainConfig)}))
+        return self.declared(TrainConfig)
 
     def weight_settings(self, seed: int) -> dict:
         """The settings one seed's trained weights depend on."""
@@ -68,15 +73,16 @@ TrainingConfig = dagster_config(
 )
 
 
-class AdaptersConfig(TrainingConfig):
-    """The tuned baseline trains on the same data, steps and batch as the linear map (the same
-    fields and defaults), plus the adapters' bottleneck."""
+AdaptersConfig = dagster_config(
+    "AdaptersConfig",
+    TrainingConfig,
+    (stages.AdapterConfig, "adapters"),
+    doc="The tuned baseline trains on the same data, steps and batch as the linear map (the same fields and "
+    "defaults), plus the adapters' bottleneck and its own seeds.",
+)
 
-    reduction: int = Field(PROFILE["adapters"]["reduction"], description="adapter bottleneck: d -> d / reduction")
-    seeds: list[int] = Field(PROFILE["adapters"]["seeds"], description="one tuned baseline per seed")
 
-
-class _Vqa(dg.Config):
+class _Vqa(_Declared):
     """Few-shot VQA (``pipeline.config.VqaConfig``)."""
 
     def runs(self, seeds: list, shots: int) -> list[tuple]:
@@ -98,24 +104,27 @@ class _Vqa(dg.Config):
         return {**self.model_dump(exclude={"trial_seeds"}), "trial_seed": trial_seed}
 
 
-class _Intervals(dg.Config):
+class _Intervals(_Declared):
     """How the 95% intervals of a metric asset are drawn (part of its key: they are stored)."""
 
     def interval_settings(self) -> dict:
         return {"resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed}
 
 
-ExtractionConfig = dagster_config("ExtractionConfig", dg.Config, (stages.ExtractionConfig, "extraction"))
-CaptioningConfig = dagster_config("CaptioningConfig", dg.Config, (stages.CaptioningConfig, "captioning"))
+DatasetConfig = dagster_config("DatasetConfig", _Declared, (stages.ManifestConfig, "datasets"))
+ExtractionConfig = dagster_config("ExtractionConfig", _Declared, (stages.ExtractionConfig, "extraction"))
+CaptioningConfig = dagster_config("CaptioningConfig", _Declared, (stages.CaptioningConfig, "captioning"))
 VqaConfig = dagster_config("VqaConfig", _Vqa, (stages.VqaConfig, "vqa"))
 IntervalConfig = dagster_config("IntervalConfig", _Intervals, (stages.IntervalConfig, "intervals"))
 ReadoutConfig = dagster_config(
     "ReadoutConfig", _Intervals, (stages.ReadoutConfig, "readout"), (stages.IntervalConfig, "intervals")
 )
-GalleryConfig = dagster_config("GalleryConfig", dg.Config, (stages.GalleryConfig, "gallery"))
+GalleryConfig = dagster_config("GalleryConfig", _Declared, (stages.GalleryConfig, "gallery"))
 
 
-class CaptionMetricsConfig(IntervalConfig):
-    clip_weights: str = Field(
-        "", description="local file of open_clip ViT-B-32-quickgelu OpenAI weights (else HF cache)"
-    )
+CaptionMetricsConfig = dagster_config(
+    "CaptionMetricsConfig",
+    _Intervals,
+    (stages.IntervalConfig, "intervals"),
+    (stages.CaptionScoringConfig, "caption_scoring"),
+)

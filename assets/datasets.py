@@ -8,7 +8,8 @@ from assets.inputs import preview, stored_result
 from assets.partitions import part_partitions
 from assets.resources import Limber
 from pipeline.datasets import read_manifest, reader
-from storage.layout import dataset_part, stored_key, table_key, write_table
+from storage.artifacts import Table, keyed_table
+from storage.layout import dataset_part, table_key
 
 MANIFEST_VALID = "manifest_valid"
 
@@ -41,10 +42,8 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: 
     path = limber.layout.manifest(context.partition_key)
     skipped = pd.DataFrame(result.skipped, columns=["source", "record", "reason"])
     key = table_key(manifest)
-    reused = stored_key(path) == key
-    if not reused:
-        write_table(skipped, limber.layout.skipped_records(context.partition_key), key)
-        write_table(manifest, path, key)  # written last: its key marks the part done
+    skipped_path = limber.layout.skipped_records(context.partition_key)
+    _, reused = keyed_table(path, key, lambda: Table(manifest, {skipped_path: skipped}))
     if len(skipped):
         context.log.warning(f"{len(skipped)} records skipped; first: {skipped.iloc[0].to_dict()}")
     yield stored_result(

@@ -6,14 +6,15 @@ import pandas as pd
 from assets.captions import captions
 from assets.config import GalleryConfig
 from assets.datasets import manifests
-from assets.inputs import Inputs, MissingInput, stored_result, stored_table
+from assets.inputs import Inputs, MissingInput, stored_result
 from assets.partitions import SHOWN, VQA_EVAL, evaluation_manifests, registered, system_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_answers
 from pipeline.gallery import caption_samples, gallery_pngs, vqa_samples
 from pipeline.plots import markdown_image
 from pipeline.vqa import SHOTS
-from storage.layout import read_table, run_name, stored_key, stored_runs, write_bytes
+from storage.artifacts import Table, keyed_table
+from storage.layout import read_table, run_name, stored_key, stored_runs
 
 
 @dg.asset(
@@ -68,11 +69,10 @@ def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, li
             ignore_index=True,
         )
         paths = {row.image_id: row.image_path for manifest in (shown, asked) for row in manifest.itertuples()}
-        for task, png in gallery_pngs(gallery, paths).items():
-            write_bytes(layout.gallery(lm, task), png)
-        return gallery  # written last by stored_table
+        pngs = gallery_pngs(gallery, paths)
+        return Table(gallery, {layout.gallery(lm, task): png for task, png in pngs.items()})
 
-    gallery, reused = stored_table(path, key, show)
+    gallery, reused = keyed_table(path, key, show)
     pictures = {
         f"{task}_gallery": dg.MetadataValue.md(markdown_image(layout.gallery(lm, task).read_bytes(), task))
         for task in gallery["task"].unique()

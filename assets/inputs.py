@@ -8,7 +8,6 @@ LM changes the key of exactly the results that read it, and those are recomputed
 """
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -21,7 +20,7 @@ from pipeline.adapters import load_map
 from pipeline.linear_map import LinearMap
 from pipeline.metrics.clip_score import CLIP_VIT_B32
 from storage import FeatureArray, config_hash
-from storage.layout import read_table, run_name, stored_key, stored_runs, write_table
+from storage.layout import read_table, run_name, stored_key, stored_runs
 
 
 class MissingInput(FileNotFoundError):
@@ -128,15 +127,6 @@ class StoredMap:
 
     def load(self) -> LinearMap:
         return load_map(self.limber.mirror(self.directory).pull())
-
-
-def stored_table(path, key: str, compute: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, bool]:
-    """The table stored at ``path`` under ``key``: computed and written only when the stored key
-    differs; returns it and whether it was reused."""
-    reused = stored_key(path) == key
-    if not reused:
-        write_table(compute(), path, key)  # the key, written with the table, marks it complete
-    return read_table(path), reused
 
 
 def stored_result(path, key: str, reused: bool, **metadata) -> dg.MaterializeResult:

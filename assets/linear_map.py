@@ -1,5 +1,7 @@
 """The linear map per backbone, trained on cached train features into the frozen LM."""
 
+import functools
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -13,15 +15,15 @@ from assets.inputs import Inputs, MissingInput, stored_result
 from assets.language_model import language_model
 from assets.partitions import ON_MISSING, TRAIN, VALIDATION, backbone_partitions, registered_parts
 from assets.resources import Limber
-from pipeline.adapters import load_map
 from pipeline.decoding import greedy_captions
 from pipeline.distributed import TrainingJob, train_data_parallel
 from pipeline.encoders import backbone_spec
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
 from pipeline.plots import loss_curve_png, markdown_image
-from pipeline.training import training_set
+from pipeline.training import final_loss, training_set
 from storage import config_hash
+from storage.artifacts import TrainedMap, keyed_map
 from storage.layout import write_index
 
 LOSS_DECREASED = "loss_decreased"
@@ -104,23 +106,42 @@ def validation_captions(context, limber: Limber, config: TrainingConfig, backbon
     return table
 
 
-def _trained_seed(context, limber: Limber, system: str, seed: int, key: str, train):
-    """One seed's map: reused when stored under ``key``, else trained by ``train(seed,
-    checkpoint_dir, on_checkpoint)`` and saved; returns (map, training summary, reused)."""
-    directory = limber.layout.trained_map(system, limber.language_model, seed)
-    mirror = limber.mirror(directory)
-    local = mirror.pull()
-    if LinearMap.stored_key(local) == key:
-        context.log.info(f"seed {seed}: reusing the map trained from these inputs and settings: {directory}")
-        return load_map(local), LinearMap.stored_config(local)["training"], True
-    mapping, summary = train(seed, limber.layout.checkpoints(local, key), mirror.push)
-    loss_png = loss_curve_png(summary["losses"], f"{system} (seed {seed}) -> {limber.language_model}")
-    limber.layout.loss_curve(local).write_bytes(loss_png)
-    mapping.save(
-        local, extra={"key": key, "system": system, "language_model": limber.language_model, "training": summary}
+def _maps_result(limber: Limber, config: TrainingConfig, system: str, maps: dict, keys: dict, trained_seeds, samples):
+    """The materialization of a system's maps: per seed, its first and final loss, speed and key;
+    the first seed's loss curve and validation captions."""
+    per_seed = pd.DataFrame(
+        [
+            {
+                "seed": seed,
+                "first_loss": round(trained.summary["losses"][0], 4),
+                "final_loss": round(final_loss(trained.summary["losses"], config.final_loss_window), 4),
+                "samples_per_second": trained.summary["samples_per_second"],
+                "key": keys[seed],
+            }
+            for seed, trained in maps.items()
+        ]
     )
-    mirror.push()
-    return mapping, summary, False
+    first = min(maps)
+    summary = maps[first].summary
+    loss_curve = limber.layout.loss_curve(limber.layout.trained_map(system, limber.language_model, first))
+    return stored_result(
+        limber.layout.linear_map(system, limber.language_model),
+        config_hash(keys),
+        not trained_seeds,
+        seeds=len(maps),
+        trained_seeds=trained_seeds,
+        train_parts=len(summary["train_parts"]),
+        trained_parameters=summary.get("trained_parameters", 0),
+        steps=len(summary["losses"]),
+        final_loss=float(per_seed["final_loss"].mean()),
+        final_loss_by_seed=dg.MetadataValue.md(per_seed.to_markdown(index=False)),
+        shuffle_buffers=summary["shuffle_buffers"],
+        recompute=summary.get("recompute", False),
+        processes=summary.get("processes", 1),
+        machine=dg.MetadataValue.json(summary.get("machine", {})),
+        loss_curve=dg.MetadataValue.md(markdown_image(loss_curve.read_bytes(), f"loss curve, seed {first}")),
+        validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
+    )
 
 
 def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str, system: str, new_map):
@@ -132,12 +153,10 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
     inputs.language_model()
     devices = limber.torch_devices(config.processes)  # leased first: the LM goes on the first
     lm, tokenizer, lm_description = limber.load_lm()
-    train_set = []  # loaded once, by the first seed that trains
+    train_set = functools.cache(lambda: training_set(read))  # loaded once, by the first seed that trains
 
-    def train(seed: int, checkpoint_dir, on_checkpoint):
-        if not train_set:
-            train_set.extend(training_set(read))
-        features, captions, rows = train_set
+    def train(seed: int, checkpoint_dir, on_checkpoint) -> TrainedMap:
+        features, captions, rows = train_set()
         torch.manual_seed(seed)  # the initial weights, too, come from the seed
         mapping = new_map(lm_description["hidden_size"], lm)
         trained = sum(p.numel() for p in mapping.parameters())
@@ -150,7 +169,6 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
             if step % config.log_every == 0:
                 context.log.info(f"seed {seed} step {step}: loss {loss:.4f}")
 
-        # One checkpoint folder per key: a run never resumes another key's training.
         job = TrainingJob(
             mapping, limber.lm_loader(), features, captions, rows, config.train_config(), seed, checkpoint_dir
         )
@@ -168,68 +186,34 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
             f"gradient checkpointing {'on' if result.recompute else 'off'}"
             + (f": {per_token / 2**20:.2f} MiB of activations per token measured" if per_token else " (CPU)")
         )
-        return mapping, {
-            "settings": config.weight_settings(seed),
-            "trained_parameters": trained,
-            "losses": result.losses,
-            "train_rows": len(rows),
-            "train_parts": parts,
-            "resumed_from_step": result.resumed_from,
-            "samples_per_second": round(result.samples_per_second, 2),
-            "shuffle_buffers": result.buffers,
-            "recompute": result.recompute,
-            "activation_bytes_per_token": per_token,
-            "processes": len(devices),
-            "machine": limber.machine(),
-        }
+        summary = result.summary(
+            settings=config.weight_settings(seed),
+            trained_parameters=trained,
+            train_rows=len(rows),
+            train_parts=parts,
+            processes=len(devices),
+            machine=limber.machine(),
+        )
+        loss_png = loss_curve_png(result.losses, f"{system} (seed {seed}) -> {limber.language_model}")
+        return TrainedMap(mapping, summary, loss_png)
 
     # The architecture (the untrained map's config: dropout, LayerNorm order, adapters) is in the key.
     architecture = new_map(lm_description["hidden_size"], lm).config()
-    maps, summaries, keys, trained_seeds = {}, {}, {}, []
+    maps, keys, trained_seeds = {}, {}, []
     for seed in config.seed_list():
-        key = inputs.key(training=config.weight_settings(seed), backbone=backbone, architecture=architecture)
-        maps[seed], summaries[seed], reused = _trained_seed(context, limber, system, seed, key, train)
-        keys[seed] = key
-        if not reused:
+        keys[seed] = inputs.key(training=config.weight_settings(seed), backbone=backbone, architecture=architecture)
+        directory = limber.layout.trained_map(system, limber.language_model, seed)
+        about = {"system": system, "language_model": limber.language_model}
+        maps[seed], reused = keyed_map(limber.mirror(directory), keys[seed], functools.partial(train, seed), about)
+        if reused:
+            context.log.info(f"seed {seed}: reusing the map trained from these inputs and settings: {directory}")
+        else:
             trained_seeds.append(seed)
-    directory = limber.layout.linear_map(system, limber.language_model)
     write_index(limber.layout.map_index(system, limber.language_model), {"seeds": keys})
 
-    first = min(maps)
-    samples = validation_captions(context, limber, config, backbone, maps[first], lm, tokenizer)
-    per_seed = pd.DataFrame(
-        [
-            {
-                "seed": seed,
-                "first_loss": round(summary["losses"][0], 4),
-                "final_loss": round(float(np.mean(summary["losses"][-config.final_loss_window :])), 4),
-                "samples_per_second": summary["samples_per_second"],
-                "key": keys[seed],
-            }
-            for seed, summary in summaries.items()
-        ]
-    )
-    summary = summaries[first]
-    loss_curve = limber.layout.loss_curve(limber.layout.trained_map(system, limber.language_model, first))
-    yield stored_result(
-        directory,
-        config_hash(keys),
-        not trained_seeds,
-        seeds=len(maps),
-        trained_seeds=trained_seeds,
-        train_parts=len(summary["train_parts"]),
-        trained_parameters=summary.get("trained_parameters", 0),
-        steps=len(summary["losses"]),
-        final_loss=float(per_seed["final_loss"].mean()),
-        final_loss_by_seed=dg.MetadataValue.md(per_seed.to_markdown(index=False)),
-        shuffle_buffers=summary["shuffle_buffers"],
-        recompute=summary.get("recompute", False),
-        processes=summary.get("processes", 1),
-        machine=dg.MetadataValue.json(summary.get("machine", {})),
-        loss_curve=dg.MetadataValue.md(markdown_image(loss_curve.read_bytes(), f"loss curve, seed {first}")),
-        validation_captions=dg.MetadataValue.md(samples.to_markdown(index=False)),
-    )
-    yield loss_check([summary["losses"] for summary in summaries.values()])
+    samples = validation_captions(context, limber, config, backbone, maps[min(maps)].linear_map, lm, tokenizer)
+    yield _maps_result(limber, config, system, maps, keys, trained_seeds, samples)
+    yield loss_check([trained.summary["losses"] for trained in maps.values()])
 
 
 @dg.asset(

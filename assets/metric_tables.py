@@ -6,7 +6,7 @@ import pandas as pd
 
 from assets.captions import caption_metrics
 from assets.config import IntervalConfig
-from assets.inputs import Inputs, stored_result, stored_table
+from assets.inputs import Inputs, stored_result
 from assets.partitions import BLIND, VQA_EVAL, caption_partitions, system_backbone, vqa_partitions
 from assets.resources import Limber
 from assets.vqa import vqa_metrics
@@ -24,7 +24,8 @@ from pipeline.metrics.table import (
     tidy_metrics,
 )
 from pipeline.plots import markdown_image
-from storage.layout import dataset_part, read_table, stored_key, write_bytes, write_table
+from storage.artifacts import Table, keyed_table
+from storage.layout import dataset_part, read_table, stored_key
 
 TABLE_COMPLETE = "table_complete"
 
@@ -115,13 +116,15 @@ def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, lim
         systems = {labels["system"] for labels, *_ in results}
         pairs = [(system, baseline) for baseline in baselines(systems) for system in sorted(systems)]
         differences = paired_differences(items, pairs, config.bootstrap_resamples, config.bootstrap_seed)
-        write_table(differences, layout.differences_table(), key)
-        write_table(runs, layout.metric_runs_table(), key)
-        write_table(comparison_table(tidy), layout.comparison_table(), key)
-        write_bytes(layout.metrics_chart(), metrics_bar_chart(tidy, runs))
-        return tidy  # the tidy table, written last by stored_table
+        beside = {
+            layout.differences_table(): differences,
+            layout.metric_runs_table(): runs,
+            layout.comparison_table(): comparison_table(tidy),
+            layout.metrics_chart(): metrics_bar_chart(tidy, runs),
+        }
+        return Table(tidy, beside)
 
-    tidy, reused = stored_table(path, key, tables)
+    tidy, reused = keyed_table(path, key, tables)
     wide = read_table(layout.comparison_table())
     yield stored_result(
         path,
@@ -171,7 +174,7 @@ def rankings(context: dg.AssetExecutionContext, config: IntervalConfig, limber: 
         differences = paired_differences(items, pairs, config.bootstrap_resamples, config.bootstrap_seed, shown)
         return ranked_systems(tidy, differences)
 
-    table, reused = stored_table(path, key, rank)
+    table, reused = keyed_table(path, key, rank)
     yield stored_result(
         path,
         key,

@@ -6,14 +6,16 @@ from assets.adapters import adapters
 from assets.config import ReadoutConfig
 from assets.datasets import manifests
 from assets.image_features import image_features
-from assets.inputs import Inputs, preview, stored_result, stored_table
+from assets.inputs import Inputs, preview, stored_result
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import ON_MISSING, SHOWN, evaluation_manifests, image_system_partitions
 from assets.resources import Limber
+from pipeline import config as stages
 from pipeline.datasets import dataset_vqa_groups
 from pipeline.readout import prompt_readout, top_tokens
-from storage.layout import dataset_part, read_table, write_table
+from storage.artifacts import Table, keyed_table
+from storage.layout import dataset_part, read_table
 
 
 @dg.asset(
@@ -54,17 +56,13 @@ def image_prompt_readout(context: dg.AssetExecutionContext, config: ReadoutConfi
             manifest,
             store,
             dataset_vqa_groups(dataset_part(SHOWN)[0], manifest),
-            images=config.images,
-            nearest=config.nearest,
-            seed=config.seed,
+            config.declared(stages.ReadoutConfig),
             resamples=config.bootstrap_resamples,
-            batch_size=config.batch_size,
             device=limber.torch_device(),
         )
-        write_table(tokens, tokens_path, key)
-        return shares  # written last by stored_table
+        return Table(shares, {tokens_path: tokens})
 
-    shares, reused = stored_table(path, key, read_out)
+    shares, reused = keyed_table(path, key, read_out)
     tokens = read_table(tokens_path)
     shown = top_tokens(tokens).rename("most frequent nearest tokens (rank 1)").reset_index()
     yield stored_result(

@@ -11,17 +11,18 @@ from assets.config import IntervalConfig, VqaConfig
 from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.image_features import image_features
-from assets.inputs import Inputs, preview, stored_result, stored_table
+from assets.inputs import Inputs, preview, stored_result
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import ON_MISSING, SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
 from assets.resources import Limber
+from pipeline import config as stages
 from pipeline.datasets import dataset_vqa_groups
 from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
 from pipeline.metrics.vqa import vqa_estimates
 from pipeline.vqa import PROTOCOL, evaluate_vqa
-from storage import config_hash
-from storage.layout import dataset_part, run_name, write_index, write_table
+from storage.artifacts import Run, Table, keyed_runs, keyed_table
+from storage.layout import dataset_part, run_name
 
 ACCURACY_IN_RANGE = "accuracy_in_range"
 
@@ -63,52 +64,48 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     support_store = inputs.system_features(system, VQA_SUPPORT) if shots else None
     inputs.language_model()
     lm = functools.cache(limber.load_lm)  # loaded once, and only if a run is not stored
-    keys, computed, tables = {}, [], {}
+
+    def answer(stored_map, trial: int | None, run: str) -> pd.DataFrame:
+        model, tokenizer, _ = lm()
+        return evaluate_vqa(
+            model,
+            tokenizer,
+            manifest,
+            support_manifest,
+            config.declared(stages.VqaConfig),
+            shots=shots,
+            trial_seed=trial,
+            linear_map=stored_map.load() if stored_map else None,
+            store=store,
+            support_store=support_store,
+            device=limber.torch_device(),
+            on_batch=lambda done, total: context.log.info(f"{run}: answered {done}/{total}"),
+        )
+
     maps = inputs.linear_maps(system)
-    for seed, trial in config.runs(list(maps), shots):
-        stored_map = maps[seed]
-        run = run_name(seed, trial)
-        settings = {"vqa": config.answer_settings(trial), "shots": shots, "protocol": PROTOCOL}
-        key = inputs.with_map(system, seed, stored_map).key(**settings)
-        path = limber.layout.vqa_answers(system, limber.language_model, shots, run)
-
-        def answer(stored_map=stored_map, trial=trial, run=run) -> pd.DataFrame:
-            model, tokenizer, _ = lm()
-            return evaluate_vqa(
-                model,
-                tokenizer,
-                manifest,
-                support_manifest,
-                shots=shots,
-                questions=config.questions,
-                seed=config.seed,
-                trial_seed=trial,
-                support_images=config.support_images,
-                closed_vocabulary=config.closed_vocabulary,
-                linear_map=stored_map.load() if stored_map else None,
-                store=store,
-                support_store=support_store,
-                batch_size=config.batch_size,
-                max_new_tokens=config.max_new_tokens,
-                device=limber.torch_device(),
-                on_batch=lambda done, total: context.log.info(f"{run}: answered {done}/{total}"),
+    runs = keyed_runs(
+        (
+            Run(
+                run_name(seed, trial),
+                inputs.with_map(system, seed, maps[seed]).key(
+                    vqa=config.answer_settings(trial), shots=shots, protocol=PROTOCOL
+                ),
+                limber.layout.vqa_answers(system, limber.language_model, shots, run_name(seed, trial)),
+                functools.partial(answer, maps[seed], trial, run_name(seed, trial)),
             )
-
-        tables[run], reused = stored_table(path, key, answer)
-        keys[run] = key
-        if not reused:
-            computed.append(run)
-    write_index(limber.layout.vqa_answer_runs(system, limber.language_model, shots), {"runs": keys})
-    first = tables[min(tables)]
+            for seed, trial in config.runs(list(maps), shots)
+        ),
+        index=limber.layout.vqa_answer_runs(system, limber.language_model, shots),
+    )
     return stored_result(
-        limber.layout.vqa_answers(system, limber.language_model, shots, min(tables)).parent,
-        config_hash(keys),
-        not computed,
-        runs=len(tables),
-        computed_runs=computed,
-        questions=len(first),
+        limber.layout.vqa_answers(system, limber.language_model, shots, min(runs.tables)).parent,
+        runs.key,
+        runs.reused,
+        runs=len(runs.tables),
+        computed_runs=runs.computed,
+        questions=len(runs.first),
         machine=dg.MetadataValue.json(limber.machine()),
-        preview=preview(first),
+        preview=preview(runs.first),
     )
 
 
@@ -151,12 +148,14 @@ def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limbe
         for run, table in answers.items():
             per_run[run], scores = vqa_estimates(table, config.bootstrap_resamples, config.bootstrap_seed, groups)
             per_question.append(scores.assign(run=run))
-        write_table(pd.concat(per_question), limber.layout.vqa_scores(system, limber.language_model, shots), key)
-        write_table(runs_table(per_run), limber.layout.vqa_runs(system, limber.language_model, shots), key)
         combined = combine_runs(per_run, config.bootstrap_resamples, config.bootstrap_seed)
-        return estimates_table(combined)  # the metrics, written last by stored_table
+        beside = {
+            limber.layout.vqa_scores(system, limber.language_model, shots): pd.concat(per_question),
+            limber.layout.vqa_runs(system, limber.language_model, shots): runs_table(per_run),
+        }
+        return Table(estimates_table(combined), beside)
 
-    table, reused = stored_table(path, key, score)
+    table, reused = keyed_table(path, key, score)
     accuracies = zip(table["metric"], table["value"], strict=True)
     questions = len(next(iter(answers.values())))
     yield stored_result(

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.config import CaptioningConfig
 from pipeline.decoding import greedy_captions
 from pipeline.image_features import ChunkedRows, rows_by_id
 from pipeline.linear_map import LinearMap
@@ -28,19 +29,20 @@ def caption_rows(
     tokenizer,
     features,
     rows: np.ndarray,
+    config: CaptioningConfig,
     *,
-    prompt: str,
-    batch_size: int,
-    max_new_tokens: int,
     device: str,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Captions of the given rows (ascending) of a cached feature array (Zarr or any chunked array).
+    """Captions of the given rows (ascending) of a cached feature array (Zarr or any chunked array),
+    decoded as ``config`` says: ``max_new_tokens`` greedy tokens after the image tokens and
+    ``prompt``. ``on_batch(done, total)`` is called after each batch.
 
-    At most ``batch_size`` rows are read, projected and decoded at a time, and each stored chunk is
-    read once, so memory does not grow with the split. With no linear map (the blind baseline)
-    ``features`` is not read.
+    At most ``config.batch_size`` rows are read, projected and decoded at a time, and each stored
+    chunk is read once, so memory does not grow with the split. With no linear map (the blind
+    baseline) ``features`` is not read.
     """
+    prompt, batch_size, max_new_tokens = config.prompt, config.batch_size, config.max_new_tokens
     rows = np.asarray(rows, dtype=np.int64)
     if linear_map is None:
         # Every blind prompt is the same and decoding is greedy: one generation serves all.
@@ -72,12 +74,15 @@ def caption_images(
     tokenizer,
     image_ids: list,
     store,
+    config: CaptioningConfig,
+    *,
+    device: str,
     on_batch: Callable[[int, int], None] | None = None,
-    **decoding,
 ) -> pd.DataFrame:
     """Captions of the given images, joined to their feature rows by id: ``(image_id, caption)`` in
-    the order of ``image_ids``. ``store`` has ``ids``, ``status`` and ``features`` (a FeatureArray),
-    or is None for the blind system; an image the encoder could not read gets ``""``."""
+    the order of ``image_ids``, decoded as ``caption_rows`` does under ``config``. ``store`` has
+    ``ids``, ``status`` and ``features`` (a FeatureArray), or is None for the blind system; an image
+    the encoder could not read gets ``""``."""
     captions = np.full(len(image_ids), "", dtype=object)
     if store is None:
         readable, rows = np.arange(len(image_ids)), np.arange(len(image_ids))
@@ -87,5 +92,7 @@ def caption_images(
         readable = np.flatnonzero(store.status[all_rows] == OK)
         order = np.argsort(all_rows[readable], kind="stable")  # ascending rows: each chunk read once
         readable, rows, features = readable[order], all_rows[readable][order], store.features
-    captions[readable] = caption_rows(linear_map, lm, tokenizer, features, rows, on_batch=on_batch, **decoding)
+    captions[readable] = caption_rows(
+        linear_map, lm, tokenizer, features, rows, config, device=device, on_batch=on_batch
+    )
     return pd.DataFrame({"image_id": list(image_ids), "caption": captions.astype(str)})

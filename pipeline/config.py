@@ -62,6 +62,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AdapterConfig:
+    """The tuned baseline (MAGMA's recipe): a bottleneck adapter after each feed-forward block of
+    the frozen LM, trained with the map on ``TrainConfig``'s data, steps and batch."""
+
+    reduction: int = setting(4, "adapter bottleneck: d -> d / reduction (MAGMA: 4)")
+    seeds: list[int] = setting([0], "one tuned baseline per seed")
+
+
+@dataclass(frozen=True)
 class TrainReportConfig:
     """How the training assets report: loss lines, the final-loss window, and validation captions
     decoded from the paper's prompt and from none. None of these change the trained weights."""
@@ -71,6 +80,16 @@ class TrainReportConfig:
     sample_captions: int = setting(8, "validation captions in metadata")
     sample_caption_tokens: int = setting(12, "their length in tokens")
     sample_prompt: str = setting("A picture of", "prompt of the validation captions")
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    """How a dataset part's manifest is read: the settings a reader takes (its ``OPTIONS``), and a
+    cap on the images for smoke runs."""
+
+    val_size: int = setting(500, "easy-vqa: images carved from train for choices")
+    seed: int = setting(0, "easy-vqa: seed of the validation carve-out")
+    max_images: int = setting(0, "keep only the first N images of each split (0: all); for smoke runs")
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,13 @@ class CaptioningConfig:
     prompt: str = setting("", "text after the image tokens")
     max_new_tokens: int = setting(8, "tokens decoded per caption")
     batch_size: int = setting(50, "images captioned per LM call")
+
+
+@dataclass(frozen=True)
+class CaptionScoringConfig:
+    """Where CLIP-S finds its weights; the other caption metrics take no settings."""
+
+    clip_weights: str = setting("", "local file of open_clip ViT-B-32-quickgelu OpenAI weights (else HF cache)")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.config import ReadoutConfig
 from pipeline.datasets.manifest import seeded_ids
 from pipeline.decoding import image_tokens
 from pipeline.image_features import ChunkedRows, rows_by_id
@@ -95,17 +96,17 @@ def prompt_readout(
     manifest: pd.DataFrame,
     store,
     labels: pd.DataFrame,
+    config: ReadoutConfig,
     *,
-    images: int,
-    nearest: int,
-    seed: int,
     resamples: int,
-    batch_size: int,
     device: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The readout of a seeded sample of ``images`` readable images of ``manifest`` (joined to their
-    feature rows in ``store`` by id): the shares of ``lexical_shares`` over ``labels`` (indexed by
-    image id; no columns, no shares), and the nearest-token table."""
+    """The readout of a sample of ``config.images`` readable images of ``manifest``, drawn by
+    ``config.seed`` (joined to their feature rows in ``store`` by id): the shares of
+    ``lexical_shares`` over ``labels`` (indexed by image id; no columns, no shares) with
+    ``resamples`` bootstrap resamples, and the table of each image token's ``config.nearest``
+    nearest tokens, ``config.batch_size`` images per forward pass."""
+    images, nearest, seed, batch_size = config.images, config.nearest, config.seed, config.batch_size
     all_rows = rows_by_id(store.ids, manifest["image_id"].tolist(), "readout")
     readable = store.status[all_rows] == OK
     row_of = dict(zip(manifest["image_id"][readable], all_rows[readable], strict=True))

@@ -14,10 +14,13 @@ import os
 import re
 
 from pipeline.config import (
+    AdapterConfig,
     CaptioningConfig,
+    CaptionScoringConfig,
     ExtractionConfig,
     GalleryConfig,
     IntervalConfig,
+    ManifestConfig,
     ReadoutConfig,
     TrainConfig,
     TrainReportConfig,
@@ -37,16 +40,18 @@ DEFAULT: dict[str, dict] = {
         # Captioning scores the test split only: the val split's captions cost a minute of the
         # demo's 15 with three seeds per map, and nothing is chosen on them.
         "train": "easy_vqa.train", "validation": "easy_vqa.val", "captioning": ["easy_vqa.test"],
-        "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train", "val_size": 500, "seed": 0,
+        "vqa": "easy_vqa.test", "vqa_support": "easy_vqa.train",
         "shown": "easy_vqa.test",  # a captioning part: the images the readout and the gallery show
+        **defaults(ManifestConfig),  # how a part's manifest is read
     },
     "extraction": defaults(ExtractionConfig),
     # LiMBeR's map and its training loop: declared, with the demo's values, in pipeline/config.py.
     "training": defaults(TrainConfig),
-    # The tuned baseline's adapters: Down d -> d / reduction (MAGMA: 4); its own training seeds.
-    "adapters": {"reduction": 4, "seeds": [0]},
+    # The tuned baseline's adapters and its own training seeds.
+    "adapters": defaults(AdapterConfig),
     "training_report": defaults(TrainReportConfig),
     "captioning": defaults(CaptioningConfig),
+    "caption_scoring": defaults(CaptionScoringConfig),
     "vqa": defaults(VqaConfig),
     "readout": defaults(ReadoutConfig),
     "gallery": defaults(GalleryConfig),

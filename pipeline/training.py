@@ -240,6 +240,24 @@ class TrainingResult:
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
+    def summary(self, **about) -> dict:
+        """What the run reports, stored beside its map (JSON): ``about`` (its settings, data and
+        machine) and its own measurements."""
+        return {
+            **about,
+            "losses": self.losses,
+            "resumed_from_step": self.resumed_from,
+            "samples_per_second": round(self.samples_per_second, 2),
+            "shuffle_buffers": self.buffers,
+            "recompute": self.recompute,
+            "activation_bytes_per_token": self.activation_bytes_per_token,
+        }
+
+
+def final_loss(losses: list[float], window: int) -> float:
+    """The mean loss of the last ``window`` steps: a single step's loss is one batch's."""
+    return float(np.mean(losses[-window:]))
+
 
 @dataclass(frozen=True)
 class Rank:

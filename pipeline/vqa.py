@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from pipeline.adapters import adapted
+from pipeline.config import VqaConfig
 from pipeline.datasets.manifest import consensus_answer
 from pipeline.decoding import Segment, candidate_log_likelihoods, greedy_continue, image_tokens, prefill_shared
 from pipeline.image_features import ChunkedRows, rows_by_id
@@ -231,29 +232,32 @@ def evaluate_vqa(
     tokenizer,
     manifest: pd.DataFrame,
     support_manifest: pd.DataFrame | None,
+    config: VqaConfig,
     *,
     shots: int,
-    questions: int,
-    seed: int,
     trial_seed: int,
-    support_images: int,
-    closed_vocabulary: int = 0,
     linear_map: LinearMap | None = None,
     store=None,
     support_store=None,
-    **decoding,
+    device: str,
+    on_batch=None,
 ) -> pd.DataFrame:
-    """Answers to a seeded sample of ``questions`` questions of ``manifest`` at ``shots`` shots, as a
-    table ``(question_id, image_id, question, answers, answer_type, prediction)``, and
-    ``closed_prediction`` among the ``closed_vocabulary`` most frequent answers of
-    ``support_manifest`` when that is not 0.
+    """Answers to a seeded sample of ``config.questions`` questions of ``manifest`` at ``shots``
+    shots, as a table ``(question_id, image_id, question, answers, answer_type, prediction)``, and
+    ``closed_prediction`` among the ``config.closed_vocabulary`` most frequent answers of
+    ``support_manifest`` when that is not 0. Answers are decoded ``config.batch_size`` questions
+    per LM call, for at most ``config.max_new_tokens`` tokens; ``on_batch(done, total)`` is called
+    after each batch.
 
-    ``seed`` draws the images asked about. Solved examples come from a pool of ``support_images``
-    images of ``support_manifest`` (needed only when ``shots`` > 0 or a closed vocabulary is asked
-    for) drawn by ``trial_seed``: the same for every system, different for each few-shot trial.
+    ``config.seed`` draws the images asked about. Solved examples come from a pool of
+    ``config.support_images`` images of ``support_manifest`` (needed only when ``shots`` > 0 or a
+    closed vocabulary is asked for) drawn by ``trial_seed``: the same for every system, different
+    for each few-shot trial (``config.trial_seeds`` is not read: the trial is ``trial_seed``).
     Feature rows are found by image id in ``store`` / ``support_store`` (FeatureArrays), never by
     position; with no linear map (the blind system) no features are read.
     """
+    questions, seed, support_images = config.questions, config.seed, config.support_images
+    closed_vocabulary = config.closed_vocabulary
     # Images sampled by id, their questions in question-id order, examples drawn per sampled image
     # and pooled in image-id order, so a reordered manifest asks the same questions with the same
     # solved examples.
@@ -294,7 +298,10 @@ def evaluate_vqa(
         features=features,
         support_features=support_features,
         vocabulary=vocabulary,
-        **decoding,
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        device=device,
+        on_batch=on_batch,
     )
     columns = ["question_id", "image_id", "question", "answers", "answer_type"]
     return pd.concat([sample[columns], predictions], axis=1)

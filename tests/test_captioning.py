@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 from pipeline.captioning import caption_images, caption_rows
+from pipeline.config import CaptioningConfig
 from pipeline.decoding import greedy_captions
 from storage import FeatureArray
 from storage.feature_store import SKIPPED
@@ -22,9 +23,7 @@ def test_captioning_projects_one_batch_at_a_time(stored_features, counting_map, 
         tokenizer,
         stored_features,
         rows,
-        prompt="A picture of",
-        batch_size=6,
-        max_new_tokens=3,
+        CaptioningConfig(prompt="A picture of", batch_size=6, max_new_tokens=3),
         device="cpu",
     )
     assert len(captions) == len(rows)
@@ -53,10 +52,10 @@ def test_a_reordered_manifest_gets_the_same_caption_per_image(tmp_path, counting
     for chunk in range(3):
         store.write_chunk(chunk, rng.standard_normal((4, 3, 16)), {5: "unreadable"} if chunk == 1 else {})
     assert store.status[5] == SKIPPED
-    decoding = {"prompt": "", "batch_size": 5, "max_new_tokens": 3, "device": "cpu"}
-    forward = caption_images(counting_map, lm, tokenizer, ids, store, **decoding)
+    config = CaptioningConfig(batch_size=5, max_new_tokens=3)
+    forward = caption_images(counting_map, lm, tokenizer, ids, store, config, device="cpu")
     shuffled = list(rng.permutation(ids))
-    backward = caption_images(counting_map, lm, tokenizer, shuffled, store, **decoding)
+    backward = caption_images(counting_map, lm, tokenizer, shuffled, store, config, device="cpu")
     assert backward["image_id"].tolist() == shuffled
     pd.testing.assert_frame_equal(backward.set_index("image_id").loc[ids], forward.set_index("image_id"))
     assert forward.set_index("image_id").loc["img5", "caption"] == ""
@@ -73,7 +72,7 @@ def test_different_images_get_different_captions_and_the_same_image_the_same(tmp
     features[7] = features[0]  # the same image twice
     store.write_chunk(0, features, {})
     captions = caption_images(
-        counting_map, lm, tokenizer, ids, store, prompt="", batch_size=8, max_new_tokens=4, device="cpu"
+        counting_map, lm, tokenizer, ids, store, CaptioningConfig(batch_size=8, max_new_tokens=4), device="cpu"
     )["caption"].tolist()
     assert len(set(captions[:7])) >= 5, captions
     assert captions[7] == captions[0]

@@ -115,7 +115,7 @@ def test_a_table_cut_short_has_no_key_and_is_recomputed(tmp_path):
     """A write killed midway leaves part of a Parquet file: it reads as absent, never as a result."""
     import pandas as pd
 
-    from assets.inputs import stored_table
+    from storage.artifacts import keyed_table
     from storage.layout import storage_path, stored_key, write_table
 
     path = storage_path(tmp_path / "t.parquet")
@@ -123,5 +123,5 @@ def test_a_table_cut_short_has_no_key_and_is_recomputed(tmp_path):
     assert stored_key(path) == "k1"
     path.write_bytes(path.read_bytes()[:-20])
     assert stored_key(path) is None
-    table, reused = stored_table(path, "k1", lambda: pd.DataFrame({"a": [4]}))
+    table, reused = keyed_table(path, "k1", lambda: pd.DataFrame({"a": [4]}))
     assert not reused and table["a"].tolist() == [4] and stored_key(path) == "k1"

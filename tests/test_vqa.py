@@ -2,6 +2,7 @@
 images) and solved examples (per image), streaming a question set batch by batch, answers equal to
 decoding every whole prompt, and answers joined to questions and features by id."""
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import pipeline.vqa
+from pipeline.config import VqaConfig
 from pipeline.decoding import image_tokens
 from pipeline.vqa import (
     SHOTS,
@@ -171,13 +173,10 @@ def test_the_questions_of_an_image_share_its_solved_examples_for_every_system_an
             None,
             manifest,
             support,
+            VqaConfig(questions=9, support_images=8, batch_size=4, max_new_tokens=1, closed_vocabulary=0),
             shots=key[1],
-            questions=9,
-            seed=0,
             trial_seed=0,
-            support_images=8,
-            batch_size=4,
-            max_new_tokens=1,
+            device="cpu",
             **linear_map,
         )
     for key, by_question in prompts.items():
@@ -330,20 +329,14 @@ def test_a_reordered_manifest_asks_and_answers_the_same(tmp_path, counting_map, 
     manifest, support = _manifest(12, "q"), _manifest(20, "s")
     rng = np.random.default_rng(0)
     values, support_values = rng.standard_normal((12, 3, EVAL_DIM)), rng.standard_normal((20, 3, EVAL_DIM))
-    settings = {
-        "shots": 2,
-        "questions": 9,
-        "seed": 0,
-        "trial_seed": 0,
-        "support_images": 8,
-        "batch_size": 4,
-        "max_new_tokens": 2,
-    }
+    config = VqaConfig(questions=9, support_images=8, batch_size=4, max_new_tokens=2, closed_vocabulary=0)
+    settings = {"shots": 2, "trial_seed": 0, "device": "cpu"}
     first = evaluate_vqa(
         lm,
         tokenizer,
         manifest,
         support,
+        config,
         linear_map=counting_map,
         store=_store(tmp_path / "eval", manifest, values),
         support_store=_store(tmp_path / "support", support, support_values),
@@ -357,6 +350,7 @@ def test_a_reordered_manifest_asks_and_answers_the_same(tmp_path, counting_map, 
         tokenizer,
         manifest2,
         support2,
+        config,
         linear_map=counting_map,
         store=_store(tmp_path / "eval2", manifest2, values[order]),
         support_store=_store(tmp_path / "support2", support2, support_values[support_order]),
@@ -383,22 +377,22 @@ def test_closed_vocabulary_answers_leave_the_open_answers_as_they_were(tmp_path,
         for questions, answer in zip(support["questions"], ["teal", "red", "blue", "red", "yes"] * 2, strict=True)
     ]
     rng = np.random.default_rng(0)
-    settings = {
-        "shots": shots,
-        "questions": 0,
-        "seed": 0,
-        "trial_seed": 0,
-        "support_images": 0,
-        "batch_size": 4,
-        "max_new_tokens": 2,
-    }
+    config = VqaConfig(questions=0, batch_size=4, max_new_tokens=2, closed_vocabulary=0)
+    settings = {"shots": shots, "trial_seed": 0, "device": "cpu"}
     stores = {
         "store": _store(tmp_path / "eval", manifest, rng.standard_normal((6, 3, EVAL_DIM))),
         "support_store": _store(tmp_path / "support", support, rng.standard_normal((10, 3, EVAL_DIM))),
     }
-    open_only = evaluate_vqa(lm, tokenizer, manifest, support, linear_map=counting_map, **stores, **settings)
+    open_only = evaluate_vqa(lm, tokenizer, manifest, support, config, linear_map=counting_map, **stores, **settings)
     both = evaluate_vqa(
-        lm, tokenizer, manifest, support, linear_map=counting_map, closed_vocabulary=3, **stores, **settings
+        lm,
+        tokenizer,
+        manifest,
+        support,
+        dataclasses.replace(config, closed_vocabulary=3),
+        linear_map=counting_map,
+        **stores,
+        **settings,
     )
     pd.testing.assert_frame_equal(both.drop(columns="closed_prediction"), open_only)
     assert "closed_prediction" not in open_only
