@@ -9,7 +9,7 @@ from assets.image_features import image_features
 from assets.language_model import language_model
 from assets.linear_map import loss_check_spec, trained_maps
 from assets.partitions import adapted_system, adapter_partitions
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline.adapters import AdaptedMap, feed_forward_blocks
 from pipeline.encoders import backbone_spec
 
@@ -29,7 +29,7 @@ from pipeline.encoders import backbone_spec
     op_tags=TRAINING_GPU_TAGS,
     check_specs=[loss_check_spec("adapters")],
 )
-def adapters(context: dg.AssetExecutionContext, config: AdaptersConfig, limber: Limber):
+def adapters(context: dg.AssetExecutionContext, config: AdaptersConfig, runtime: Runtime):
     """MAGMA's recipe on the cached features of one backbone (system ``{backbone}+adapters``): an
     image prefix (linear, dropout, LayerNorm) and a bottleneck adapter after each feed-forward block
     of the frozen LM, trained together with the linear map's loss, data, steps and batch."""
@@ -38,7 +38,7 @@ def adapters(context: dg.AssetExecutionContext, config: AdaptersConfig, limber: 
     yield from trained_maps(
         context,
         config,
-        limber,
+        runtime,
         backbone,
         system=adapted_system(backbone),
         new_map=lambda lm_dim, lm: AdaptedMap(

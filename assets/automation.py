@@ -29,7 +29,7 @@ from assets.partitions import (
     vqa_partitions,
     wanted_backbones,
 )
-from assets.resources import Limber
+from assets.resources import Runtime
 from assets.vqa import vqa_answers, vqa_metrics
 from pipeline import settings
 
@@ -48,9 +48,9 @@ vqa_evaluation_job = dg.define_asset_job(
 
 
 @dg.sensor(job_name="manifests_job", minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
-def new_data(context: dg.SensorEvaluationContext, limber: Limber) -> dg.SensorResult:
+def new_data(context: dg.SensorEvaluationContext, runtime: Runtime) -> dg.SensorResult:
     """Registers new dataset parts found under the raw-data folder and reads their manifests."""
-    new = register_dataset_parts(context.instance, limber.data_root)
+    new = register_dataset_parts(context.instance, runtime.data_root)
     if new:
         context.log.info(f"new dataset parts: {new}")
     return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=k, run_key=f"manifest:{k}") for k in new])
@@ -71,9 +71,9 @@ def backbone_sweep(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     )
 
 
-def _inputs_key(limber: Limber, system: str, parts: list[str]) -> str | None:
+def _inputs_key(runtime: Runtime, system: str, parts: list[str]) -> str | None:
     """The key of what an evaluation of ``system`` on ``parts`` reads, or None if one is not stored yet."""
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     try:
         inputs.language_model()
         for seed, stored in inputs.linear_maps(system).items():
@@ -86,10 +86,10 @@ def _inputs_key(limber: Limber, system: str, parts: list[str]) -> str | None:
     return inputs.key()
 
 
-def _evaluation_requests(instance, limber: Limber, partitions_def, parts_of) -> list[dg.RunRequest]:
+def _evaluation_requests(instance, runtime: Runtime, partitions_def, parts_of) -> list[dg.RunRequest]:
     requests = []
     for key in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
-        inputs_key = _inputs_key(limber, key.keys_by_dimension["system"], parts_of(key))
+        inputs_key = _inputs_key(runtime, key.keys_by_dimension["system"], parts_of(key))
         if inputs_key is not None:
             requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}@{inputs_key}"))
     return requests
@@ -100,10 +100,10 @@ def _evaluation_requests(instance, limber: Limber, partitions_def, parts_of) -> 
     cron_schedule=settings.evaluation_cron(),
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
-def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
+def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext, runtime: Runtime):
     """Captions and caption metrics for every system x captioning part whose inputs exist."""
     requests = _evaluation_requests(
-        context.instance, limber, caption_partitions, lambda key: [key.keys_by_dimension["part"]]
+        context.instance, runtime, caption_partitions, lambda key: [key.keys_by_dimension["part"]]
     )
     return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
 
@@ -111,9 +111,9 @@ def caption_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: L
 @dg.schedule(
     job=vqa_evaluation_job, cron_schedule=settings.evaluation_cron(), default_status=dg.DefaultScheduleStatus.STOPPED
 )
-def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext, limber: Limber):
+def vqa_evaluation_schedule(context: dg.ScheduleEvaluationContext, runtime: Runtime):
     """Few-shot VQA for every system x shot count whose inputs exist."""
-    requests = _evaluation_requests(context.instance, limber, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
+    requests = _evaluation_requests(context.instance, runtime, vqa_partitions, lambda key: [VQA_EVAL, VQA_SUPPORT])
     return requests or dg.SkipReason("no system has its features, map and manifests materialized yet")
 
 

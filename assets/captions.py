@@ -15,10 +15,10 @@ from assets.inputs import Inputs, preview, stored_result
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import CAPTIONING, ON_MISSING, SYSTEM_FEATURES, caption_partitions, evaluation_manifests
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline import config as stages
 from pipeline.captioning import caption_images
-from pipeline.datasets import dataset_caption_metrics
+from pipeline.datasets import dataset_subset_metrics
 from pipeline.metrics.captions import SCORING, split_caption_estimates
 from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
 from pipeline.metrics.table import out_of_range
@@ -68,18 +68,18 @@ def captions_check(table: pd.DataFrame, readable: int) -> dg.AssetCheckResult:
         )
     ],
 )
-def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber: Limber):
+def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, runtime: Runtime):
     """Greedy captions from [image tokens, prompt], one table per training seed of the system's
     map; the blind system gets the prompt alone, once.
 
     Each seed's table is keyed by the part's manifest, the system's features, that seed's map, the
     LM and this asset's config, so an added seed captions only itself."""
     system, part = _system_and_part(context)
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     manifest = inputs.manifest(part)
     store = inputs.system_features(system, part)
     inputs.language_model()
-    lm = functools.cache(limber.load_lm)  # loaded once, and only if a run is not stored
+    lm = functools.cache(runtime.load_lm)  # loaded once, and only if a run is not stored
 
     def caption(stored_map, run: str) -> Table:
         model, tokenizer, _ = lm()
@@ -90,17 +90,17 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
             manifest["image_id"].tolist(),
             store,
             config.declared(stages.CaptioningConfig),
-            device=limber.torch_device(),
+            device=runtime.torch_device(),
             on_batch=lambda done, total: context.log.info(f"{run}: captioned {done}/{total}"),
         )
         coco = json.dumps(table[["image_id", "caption"]].to_dict("records")).encode()
-        return Table(table, {limber.layout.coco_results(system, limber.language_model, part, run): coco})
+        return Table(table, {runtime.layout.coco_results(system, runtime.language_model, part, run): coco})
 
     runs = keyed_runs(
         Run(
             run_name(seed),
             inputs.with_map(system, seed, stored_map).key(captioning=config.model_dump()),
-            limber.layout.captions(system, limber.language_model, part, run_name(seed)),
+            runtime.layout.captions(system, runtime.language_model, part, run_name(seed)),
             functools.partial(caption, stored_map, run_name(seed)),
         )
         for seed, stored_map in inputs.linear_maps(system).items()
@@ -110,7 +110,7 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
     references = dict(zip(manifest["image_id"], manifest["captions"], strict=True))
     shown = first.assign(reference=[c[0] if len(c) else "" for c in first["image_id"].map(references)])
     yield stored_result(
-        limber.layout.captions(system, limber.language_model, part, min(runs.tables)).parent,
+        runtime.layout.captions(system, runtime.language_model, part, min(runs.tables)).parent,
         runs.key,
         runs.reused,
         runs=len(runs.tables),
@@ -118,7 +118,7 @@ def captions(context: dg.AssetExecutionContext, config: CaptioningConfig, limber
         captions=len(first),
         empty_captions=int(sum((t["caption"].str.strip() == "").sum() for t in runs.tables.values())),
         prompt=config.prompt,
-        machine=dg.MetadataValue.json(limber.machine()),
+        machine=dg.MetadataValue.json(runtime.machine()),
         preview=preview(shown),
     )
     yield captions_check(pd.concat(runs.tables.values()), readable * len(runs.tables))
@@ -145,23 +145,23 @@ def metrics_check(table: pd.DataFrame) -> dg.AssetCheckResult:
         )
     ],
 )
-def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsConfig, limber: Limber):
+def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsConfig, runtime: Runtime):
     """Standard caption metrics of one system on one whole part (CIDEr-D's IDF over the whole
     part): each run's (one per training seed), and their mean, spread, and 95% interval drawing
     the images and the runs."""
     system, part = _system_and_part(context)
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     manifest = inputs.manifest(part)
     runs = [run_name(seed) for seed in inputs.linear_maps(system)]
     generated = {
         run: inputs.table(
-            f"captions[{system}|{part}|{run}]", limber.layout.captions(system, limber.language_model, part, run)
+            f"captions[{system}|{part}|{run}]", runtime.layout.captions(system, runtime.language_model, part, run)
         )
         for run in runs
     }
     clip_weights = inputs.clip_weights(config.clip_weights)
     key = inputs.key(intervals=config.interval_settings(), scoring=SCORING)
-    path = limber.layout.caption_metrics(system, limber.language_model, part)
+    path = runtime.layout.caption_metrics_table(system, runtime.language_model, part)
 
     def score() -> pd.DataFrame:
         per_run, per_image, notes = {}, [], {}
@@ -169,9 +169,9 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
             per_run[run], scores, notes = split_caption_estimates(
                 manifest,
                 table,
-                functools.partial(dataset_caption_metrics, dataset_part(part)[0]),
+                functools.partial(dataset_subset_metrics, dataset_part(part)[0]),
                 clip_weights,
-                limber.torch_device(),
+                runtime.torch_device(),
                 config.bootstrap_resamples,
                 config.bootstrap_seed,
             )
@@ -180,8 +180,8 @@ def caption_metrics(context: dg.AssetExecutionContext, config: CaptionMetricsCon
             context.log.warning(note)
         combined = combine_runs(per_run, config.bootstrap_resamples, config.bootstrap_seed)
         beside = {
-            limber.layout.caption_scores(system, limber.language_model, part): pd.concat(per_image),
-            limber.layout.caption_runs(system, limber.language_model, part): runs_table(per_run),
+            runtime.layout.caption_scores(system, runtime.language_model, part): pd.concat(per_image),
+            runtime.layout.caption_runs(system, runtime.language_model, part): runs_table(per_run),
         }
         return Table(estimates_table(combined, notes), beside)
 

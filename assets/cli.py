@@ -20,7 +20,7 @@ def demo(args: argparse.Namespace) -> int:
     from assets.preflight import preflight
 
     resources = defs.resources
-    problems = preflight(resources["limber"])
+    problems = preflight(resources["runtime"])
     if problems:
         print("limber demo: the active profile cannot run on this machine yet; nothing was started:", file=sys.stderr)
         for problem in problems:

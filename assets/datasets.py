@@ -6,7 +6,7 @@ import pandas as pd
 from assets.config import DatasetConfig
 from assets.inputs import preview, stored_result
 from assets.partitions import part_partitions
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline.datasets import read_manifest, reader
 from storage.artifacts import Table, keyed_table
 from storage.layout import dataset_part, table_key
@@ -27,7 +27,7 @@ MANIFEST_VALID = "manifest_valid"
         )
     ],
 )
-def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: Limber):
+def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, runtime: Runtime):
     """The images of one dataset part, with their reference captions and questions.
 
     Records a reader cannot use (malformed, duplicate, dangling) are skipped, counted here and
@@ -37,12 +37,12 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, limber: 
     """
     dataset, part = dataset_part(context.partition_key)
     options = {name: getattr(config, name) for name in reader(dataset).OPTIONS}
-    result = read_manifest(dataset, part, root=limber.data_root, **options)
+    result = read_manifest(dataset, part, root=runtime.data_root, **options)
     manifest = result.manifest.head(config.max_images) if config.max_images else result.manifest
-    path = limber.layout.manifest(context.partition_key)
+    path = runtime.layout.manifest(context.partition_key)
     skipped = pd.DataFrame(result.skipped, columns=["source", "record", "reason"])
     key = table_key(manifest)
-    skipped_path = limber.layout.skipped_records(context.partition_key)
+    skipped_path = runtime.layout.skipped_records(context.partition_key)
     _, reused = keyed_table(path, key, lambda: Table(manifest, {skipped_path: skipped}))
     if len(skipped):
         context.log.warning(f"{len(skipped)} records skipped; first: {skipped.iloc[0].to_dict()}")

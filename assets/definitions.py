@@ -13,7 +13,7 @@ from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.metric_tables import metric_tables, rankings
 from assets.readout import image_prompt_readout
-from assets.resources import Limber
+from assets.resources import Runtime
 from assets.vqa import vqa_answers, vqa_metrics
 
 ALL_ASSETS = [
@@ -41,6 +41,6 @@ defs = dg.Definitions(
     jobs=ASSET_JOBS + automation.JOBS,
     schedules=automation.SCHEDULES,
     sensors=automation.SENSORS,
-    resources={"limber": Limber()},
+    resources={"runtime": Runtime()},
     executor=executor(),
 )

@@ -4,7 +4,7 @@
 through dagster-k8s: a training step's pod asks for the profile's ``gpus.training`` GPUs of one
 node, every other GPU step's for one, so extraction and evaluation fan out across nodes. Unset or
 ``multiprocess`` runs steps as local processes, as many GPU steps at once as the machine has GPUs
-(``pipeline.gpus.gpu_count``), each on GPUs it leases for itself (``Limber.torch_devices``). Across
+(``pipeline.gpus.gpu_count``), each on GPUs it leases for itself (``Runtime.torch_devices``). Across
 runs, GPU assets also share the instance's ``gpu`` pool (``pool=GPU_POOL``), limited in
 deploy/dagster.yaml.
 """

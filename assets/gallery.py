@@ -8,7 +8,7 @@ from assets.config import GalleryConfig
 from assets.datasets import manifests
 from assets.inputs import Inputs, MissingInput, stored_result
 from assets.partitions import SHOWN, VQA_EVAL, evaluation_manifests, registered, system_partitions
-from assets.resources import Limber
+from assets.resources import Runtime
 from assets.vqa import vqa_answers
 from pipeline.gallery import caption_samples, gallery_pngs, vqa_samples
 from pipeline.plots import markdown_image
@@ -28,13 +28,13 @@ from storage.layout import read_table, run_name, stored_key, stored_runs
     # Redrawn after any evaluation finishes, as metric_tables is, even while some systems are missing.
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
 )
-def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, limber: Limber):
+def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, runtime: Runtime):
     """A seeded sample of images of the shown part, each with its references and every system's
     caption; and of VQA questions, each with every system's answer at each shot count. As PNGs in
     this asset's metadata, and as a tidy table (task, image_id, question, system, shots, text).
 
     Shows the systems whose outputs are stored; keyed by those outputs and this config."""
-    inputs, layout, lm = Inputs(limber), limber.layout, limber.language_model
+    inputs, layout, lm = Inputs(runtime), runtime.layout, runtime.language_model
     # Only the keys are read here: the tables are loaded when the gallery is redrawn.
     inputs.manifest(SHOWN, read=False)
     inputs.manifest(VQA_EVAL, read=False)
@@ -43,7 +43,7 @@ def caption_gallery(context: dg.AssetExecutionContext, config: GalleryConfig, li
     captioned, answered = {}, {}
     for system in systems:
         try:
-            run = run_name(next(iter(Inputs(limber).linear_maps(system))))
+            run = run_name(next(iter(Inputs(runtime).linear_maps(system))))
         except MissingInput:
             continue
         if stored_key(layout.captions(system, lm, SHOWN, run)) is not None:

@@ -8,7 +8,7 @@ from assets.datasets import manifests
 from assets.execution import GPU_POOL, GPU_TAGS
 from assets.inputs import Inputs, stored_result
 from assets.partitions import feature_partitions
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline.encoders import backbone_spec, create_backbone
 from pipeline.image_features import extract_image_features
 from storage import FeatureArray
@@ -53,7 +53,7 @@ def feature_checks(features: FeatureArray, manifest_ids: list[str]) -> dg.AssetC
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
 )
-def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, limber: Limber):
+def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, runtime: Runtime):
     """One frozen backbone's features for every image of one part (float16, one Zarr array).
 
     Keyed by the manifest, the resolved encoder spec (library and version, model and tag, layer,
@@ -63,11 +63,11 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
     """
     keys = context.partition_key.keys_by_dimension
     backbone_name, part = keys["backbone"], keys["part"]
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     manifest = inputs.manifest(part)
     spec = backbone_spec(backbone_name)
-    key = inputs.key(encoder=spec.fingerprint(), precision=str(limber.compute_dtype()))
-    path = limber.layout.image_features(backbone_name, part)
+    key = inputs.key(encoder=spec.fingerprint(), precision=str(runtime.compute_dtype()))
+    path = runtime.layout.image_features(backbone_name, part)
     store = FeatureArray.open(
         str(path), manifest["image_id"].tolist(), spec.layout.positions, spec.feature_dim, config.chunk_rows, key
     )
@@ -75,15 +75,15 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
     context.log.info(f"{backbone_name} on {part}: {pending} of {store.num_chunks()} chunks to compute")
     stats = None
     if pending:
-        backbone = create_backbone(backbone_name, limber.torch_device())
+        backbone = create_backbone(backbone_name, runtime.torch_device())
         stats = extract_image_features(
             backbone,
             manifest["image_path"].tolist(),
             store,
-            device=limber.torch_device(),
+            device=runtime.torch_device(),
             batch_size=config.batch_size,
             workers=config.workers,
-            dtype=limber.compute_dtype(),
+            dtype=runtime.compute_dtype(),
             on_chunk=lambda done, total: context.log.info(f"chunk {done}/{total}"),
         )
     skipped = store.skipped
@@ -101,7 +101,7 @@ def image_features(context: dg.AssetExecutionContext, config: ExtractionConfig, 
         chunks_reused=store.num_chunks() - pending,
         images_per_second=round(stats.images_per_second, 2) if stats else 0.0,
         skipped_images=len(skipped),
-        machine=dg.MetadataValue.json(limber.machine()),
+        machine=dg.MetadataValue.json(runtime.machine()),
         skip_reasons=dg.MetadataValue.json(
             {str(k): v for k, v in list(skipped.items())[: PROFILE["reporting"]["listed_skips"]]}
         ),

@@ -15,7 +15,7 @@ import pandas as pd
 
 from assets.config import PROFILE
 from assets.partitions import BLIND, system_backbone
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline.adapters import load_map
 from pipeline.linear_map import LinearMap
 from pipeline.metrics.clip_score import CLIP_VIT_B32
@@ -29,13 +29,13 @@ class MissingInput(FileNotFoundError):
 
 @dataclass
 class Inputs:
-    limber: Limber
+    runtime: Runtime
     read: dict[str, str] = field(default_factory=dict)  # what was read -> the key it was stored under
 
     def _record(self, name: str, key: str | None) -> None:
         if key is None:
             raise MissingInput(
-                f"{name} is not materialized yet (nothing under {self.limber.storage_root}): materialize it first"
+                f"{name} is not materialized yet (nothing under {self.runtime.storage_root}): materialize it first"
             )
         self.read[name] = key
 
@@ -44,13 +44,13 @@ class Inputs:
 
     def manifest(self, part: str, read: bool = True) -> pd.DataFrame | None:
         """A part's manifest; with ``read=False`` only its key is recorded (the table is not loaded)."""
-        path = self.limber.layout.manifest(part)
+        path = self.runtime.layout.manifest(part)
         self._record(f"manifests[{part}]", stored_key(path))
         return read_table(path) if read else None
 
     def features(self, backbone: str, part: str) -> FeatureArray:
         """A backbone's finished features of one part."""
-        path = self.limber.layout.image_features(backbone, part)
+        path = self.runtime.layout.image_features(backbone, part)
         store = FeatureArray.read(str(path)) if path.exists() else None
         self._record(f"image_features[{backbone}|{part}]", store.key if store and store.is_complete() else None)
         return store
@@ -60,12 +60,12 @@ class Inputs:
         return None if system == BLIND else self.features(system_backbone(system), part)
 
     def language_model(self) -> dict:
-        """The prepared LM's description; load it with ``limber.load_lm()``."""
-        description = self.limber.prepared_lm()
+        """The prepared LM's description; load it with ``runtime.load_lm()``."""
+        description = self.runtime.prepared_lm()
         self._record(
-            f"language_model[{self.limber.language_model}]", description.get("fingerprint") if description else None
+            f"language_model[{self.runtime.language_model}]", description.get("fingerprint") if description else None
         )
-        self.read["precision"] = str(self.limber.compute_dtype())  # what the LM computes in
+        self.read["precision"] = str(self.runtime.compute_dtype())  # what the LM computes in
         return description
 
     def linear_maps(self, system: str) -> dict[int | None, "StoredMap | None"]:
@@ -75,12 +75,12 @@ class Inputs:
         reads its own map (``with_map``)."""
         if system == BLIND:
             return {None: None}
-        layout, lm = self.limber.layout, self.limber.language_model
+        layout, lm = self.runtime.layout, self.runtime.language_model
         index = layout.map_index(system, lm)
         if not index.exists():
             self._record(f"linear_map[{system}]", None)
         seeds = json.loads(index.read_text())["seeds"]
-        return {seed: StoredMap(self.limber, layout.trained_map(system, lm, seed)) for seed in sorted(map(int, seeds))}
+        return {seed: StoredMap(self.runtime, layout.trained_map(system, lm, seed)) for seed in sorted(map(int, seeds))}
 
     def runs(self, index, asset: str) -> list[str]:
         """The runs an asset's last materialization stored, from its index file (``{"runs": {run: key}}``)."""
@@ -91,7 +91,7 @@ class Inputs:
 
     def with_map(self, system: str, seed: int | None, stored: "StoredMap | None") -> "Inputs":
         """A copy of these inputs that also read one seed's map (none for the blind system)."""
-        copy = Inputs(self.limber, dict(self.read))
+        copy = Inputs(self.runtime, dict(self.read))
         if stored is not None:
             copy._record(f"linear_map[{system}|{run_name(seed)}]", stored.key())
         return copy
@@ -119,14 +119,14 @@ class Inputs:
 
 @dataclass
 class StoredMap:
-    limber: Limber
+    runtime: Runtime
     directory: object
 
     def key(self) -> str | None:
         return LinearMap.stored_key(self.directory)  # read in place: no checkpoint is fetched
 
     def load(self) -> LinearMap:
-        return load_map(self.limber.mirror(self.directory).pull())
+        return load_map(self.runtime.mirror(self.directory).pull())
 
 
 def stored_result(path, key: str, reused: bool, **metadata) -> dg.MaterializeResult:

@@ -14,7 +14,7 @@ from assets.image_features import image_features
 from assets.inputs import Inputs, MissingInput, stored_result
 from assets.language_model import language_model
 from assets.partitions import ON_MISSING, TRAIN, VALIDATION, backbone_partitions, registered_parts
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline.decoding import greedy_captions
 from pipeline.distributed import TrainingJob, train_data_parallel
 from pipeline.encoders import backbone_spec
@@ -57,9 +57,9 @@ def loss_check(losses_by_seed: list[list[float]]) -> dg.AssetCheckResult:
     )
 
 
-def _train_inputs(context, limber: Limber, backbone: str) -> tuple[Inputs, list[str], list]:
+def _train_inputs(context, runtime: Runtime, backbone: str) -> tuple[Inputs, list[str], list]:
     """The train parts whose features are extracted, read through ``Inputs`` (so they are in the key)."""
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     registered = registered_parts(context.instance, TRAIN)
     parts, read = [], []
     for part in registered:
@@ -80,11 +80,11 @@ def _train_inputs(context, limber: Limber, backbone: str) -> tuple[Inputs, list[
     return inputs, parts, read
 
 
-def validation_captions(context, limber: Limber, config: TrainingConfig, backbone: str, mapping, lm, tokenizer):
+def validation_captions(context, runtime: Runtime, config: TrainingConfig, backbone: str, mapping, lm, tokenizer):
     """A few validation images captioned from the paper's prompt and from none: a small LM's own
     continuation of the prompt can override the image tokens, and both show it. Shown in the
     metadata only: they are not part of the stored map."""
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     part = registered_parts(context.instance, VALIDATION)[0]
     manifest = inputs.manifest(part).head(config.sample_captions)
     store = inputs.features(backbone, part)
@@ -101,12 +101,12 @@ def validation_captions(context, limber: Limber, config: TrainingConfig, backbon
             sample,
             prompt=prompt,
             max_new_tokens=config.sample_caption_tokens,
-            device=limber.torch_device(),
+            device=runtime.torch_device(),
         )
     return table
 
 
-def _maps_result(limber: Limber, config: TrainingConfig, system: str, maps: dict, keys: dict, trained_seeds, samples):
+def _maps_result(runtime: Runtime, config: TrainingConfig, system: str, maps: dict, keys: dict, trained_seeds, samples):
     """The materialization of a system's maps: per seed, its first and final loss, speed and key;
     the first seed's loss curve and validation captions."""
     per_seed = pd.DataFrame(
@@ -123,9 +123,9 @@ def _maps_result(limber: Limber, config: TrainingConfig, system: str, maps: dict
     )
     first = min(maps)
     summary = maps[first].summary
-    loss_curve = limber.layout.loss_curve(limber.layout.trained_map(system, limber.language_model, first))
+    loss_curve = runtime.layout.loss_curve(runtime.layout.trained_map(system, runtime.language_model, first))
     return stored_result(
-        limber.layout.linear_map(system, limber.language_model),
+        runtime.layout.linear_map(system, runtime.language_model),
         config_hash(keys),
         not trained_seeds,
         seeds=len(maps),
@@ -144,15 +144,15 @@ def _maps_result(limber: Limber, config: TrainingConfig, system: str, maps: dict
     )
 
 
-def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str, system: str, new_map):
+def trained_maps(context, config: TrainingConfig, runtime: Runtime, backbone: str, system: str, new_map):
     """Trains (or reuses) ``system``'s map on ``backbone``'s train features, one per training seed,
     each stored under its own key (so an added seed trains only itself), and reports them, with the
     loss check over every seed. ``new_map(lm_dim, lm)`` makes the untrained map: LiMBeR's, or the
     tuned baseline's."""
-    inputs, parts, read = _train_inputs(context, limber, backbone)
+    inputs, parts, read = _train_inputs(context, runtime, backbone)
     inputs.language_model()
-    devices = limber.torch_devices(config.processes)  # leased first: the LM goes on the first
-    lm, tokenizer, lm_description = limber.load_lm()
+    devices = runtime.torch_devices(config.processes)  # leased first: the LM goes on the first
+    lm, tokenizer, lm_description = runtime.load_lm()
     train_set = functools.cache(lambda: training_set(read))  # loaded once, by the first seed that trains
 
     def train(seed: int, checkpoint_dir, on_checkpoint) -> TrainedMap:
@@ -170,7 +170,7 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
                 context.log.info(f"seed {seed} step {step}: loss {loss:.4f}")
 
         job = TrainingJob(
-            mapping, limber.lm_loader(), features, captions, rows, config.train_config(), seed, checkpoint_dir
+            mapping, runtime.lm_loader(), features, captions, rows, config.train_config(), seed, checkpoint_dir
         )
         result = train_data_parallel(
             job,
@@ -192,9 +192,9 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
             train_rows=len(rows),
             train_parts=parts,
             processes=len(devices),
-            machine=limber.machine(),
+            machine=runtime.machine(),
         )
-        loss_png = loss_curve_png(result.losses, f"{system} (seed {seed}) -> {limber.language_model}")
+        loss_png = loss_curve_png(result.losses, f"{system} (seed {seed}) -> {runtime.language_model}")
         return TrainedMap(mapping, summary, loss_png)
 
     # The architecture (the untrained map's config: dropout, LayerNorm order, adapters) is in the key.
@@ -202,17 +202,17 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
     maps, keys, trained_seeds = {}, {}, []
     for seed in config.seed_list():
         keys[seed] = inputs.key(training=config.weight_settings(seed), backbone=backbone, architecture=architecture)
-        directory = limber.layout.trained_map(system, limber.language_model, seed)
-        about = {"system": system, "language_model": limber.language_model}
-        maps[seed], reused = keyed_map(limber.mirror(directory), keys[seed], functools.partial(train, seed), about)
+        directory = runtime.layout.trained_map(system, runtime.language_model, seed)
+        about = {"system": system, "language_model": runtime.language_model}
+        maps[seed], reused = keyed_map(runtime.mirror(directory), keys[seed], functools.partial(train, seed), about)
         if reused:
             context.log.info(f"seed {seed}: reusing the map trained from these inputs and settings: {directory}")
         else:
             trained_seeds.append(seed)
-    write_index(limber.layout.map_index(system, limber.language_model), {"seeds": keys})
+    write_index(runtime.layout.map_index(system, runtime.language_model), {"seeds": keys})
 
-    samples = validation_captions(context, limber, config, backbone, maps[min(maps)].linear_map, lm, tokenizer)
-    yield _maps_result(limber, config, system, maps, keys, trained_seeds, samples)
+    samples = validation_captions(context, runtime, config, backbone, maps[min(maps)].linear_map, lm, tokenizer)
+    yield _maps_result(runtime, config, system, maps, keys, trained_seeds, samples)
     yield loss_check([trained.summary["losses"] for trained in maps.values()])
 
 
@@ -230,7 +230,7 @@ def trained_maps(context, config: TrainingConfig, limber: Limber, backbone: str,
     op_tags=TRAINING_GPU_TAGS,
     check_specs=[loss_check_spec("linear_map")],
 )
-def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber: Limber):
+def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, runtime: Runtime):
     """LiMBeR's linear layer from one backbone's features into the LM's input embeddings.
 
     Trains one map per training seed on every registered train part (all CC3M shards) whose
@@ -242,7 +242,7 @@ def linear_map(context: dg.AssetExecutionContext, config: TrainingConfig, limber
     yield from trained_maps(
         context,
         config,
-        limber,
+        runtime,
         backbone,
         system=backbone,
         new_map=lambda lm_dim, lm: LinearMap(spec.feature_dim, lm_dim, spec.layout, dropout=config.dropout),

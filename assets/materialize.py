@@ -42,7 +42,7 @@ def materialize_all(
     file's, any registered before), then materializes every asset partition that ``keep(asset,
     key)`` accepts, one run each, in graph order, with ``run_config(asset)``. Stops at the first
     failed run (its step is the last one returned)."""
-    register_dataset_parts(instance, resources["limber"].data_root)
+    register_dataset_parts(instance, resources["runtime"].data_root)
     good, bad = resolvable(wanted_backbones(instance))
     if bad:  # preflight reports the profile's; a sweep file's are named here, before anything runs
         raise ValueError("; ".join(f"backbone {name}: {problem}" for name, problem in bad.items()))

@@ -8,7 +8,7 @@ from assets.captions import caption_metrics
 from assets.config import IntervalConfig
 from assets.inputs import Inputs, stored_result
 from assets.partitions import BLIND, VQA_EVAL, caption_partitions, system_backbone, vqa_partitions
-from assets.resources import Limber
+from assets.resources import Runtime
 from assets.vqa import vqa_metrics
 from pipeline.encoders import backbone_spec
 from pipeline.metrics.rankings import TIES, ranking_markdown
@@ -30,10 +30,10 @@ from storage.layout import dataset_part, read_table, stored_key
 TABLE_COMPLETE = "table_complete"
 
 
-def _stored_metrics(instance, limber: Limber, inputs: Inputs) -> list:
+def _stored_metrics(instance, runtime: Runtime, inputs: Inputs) -> list:
     """(labels, metric rows, key, per-item path, per-run path) of every caption_metrics and
     vqa_metrics partition stored so far."""
-    lm, layout, found = limber.language_model, limber.layout, []
+    lm, layout, found = runtime.language_model, runtime.layout, []
     partitions = [("captioning", caption_metrics, caption_partitions), ("vqa", vqa_metrics, vqa_partitions)]
     for task, asset, partitions_def in partitions:
         for partition in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
@@ -41,13 +41,13 @@ def _stored_metrics(instance, limber: Limber, inputs: Inputs) -> list:
             system, part, shots = keys["system"], keys.get("part", VQA_EVAL), int(keys.get("shots", 0))
             path, items, runs = (
                 (
-                    layout.caption_metrics(system, lm, part),
+                    layout.caption_metrics_table(system, lm, part),
                     layout.caption_scores(system, lm, part),
                     layout.caption_runs(system, lm, part),
                 )
                 if task == "captioning"
                 else (
-                    layout.vqa_metrics(system, lm, shots),
+                    layout.vqa_metrics_table(system, lm, shots),
                     layout.vqa_scores(system, lm, shots),
                     layout.vqa_runs(system, lm, shots),
                 )
@@ -97,17 +97,17 @@ def baselines(systems: set[str]) -> list[str]:
         )
     ],
 )
-def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
+def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, runtime: Runtime):
     """Every stored caption and VQA metric, one row per (system, part, task, metric, shots): the
     mean over the system's runs (training seeds x few-shot trials), their spread and number, and a
     95% interval drawing the images and the runs; every run's value; and each system's paired
     differences against blind and the random encoder."""
-    inputs = Inputs(limber)
-    results = _stored_metrics(context.instance, limber, inputs)
+    inputs = Inputs(runtime)
+    results = _stored_metrics(context.instance, runtime, inputs)
     if not results:
         raise ValueError("no caption_metrics or vqa_metrics partition is materialized yet")
     key = inputs.key(intervals=config.interval_settings())
-    layout = limber.layout
+    layout = runtime.layout
     path = layout.metrics_table()
 
     def tables():
@@ -155,16 +155,16 @@ def metric_tables(context: dg.AssetExecutionContext, config: IntervalConfig, lim
     kinds={"parquet", "pandas"},
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
 )
-def rankings(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
+def rankings(context: dg.AssetExecutionContext, config: IntervalConfig, runtime: Runtime):
     """Per task, metric (the comparison's) and shot count, the systems in order of their means,
     with a shared rank where the paired difference's 95% interval (the same images and runs drawn
     for both systems) contains 0: the ranking the data supports, read with ``load_rankings()``."""
-    inputs = Inputs(limber)
-    results = _stored_metrics(context.instance, limber, inputs)
+    inputs = Inputs(runtime)
+    results = _stored_metrics(context.instance, runtime, inputs)
     if not results:
         raise ValueError("no caption_metrics or vqa_metrics partition is materialized yet")
     key = inputs.key(intervals=config.interval_settings(), ties=TIES)
-    path = limber.layout.rankings_table()
+    path = runtime.layout.rankings_table()
 
     def rank() -> pd.DataFrame:
         tidy, items = _tidy_and_items(results)

@@ -4,7 +4,7 @@ everything missing at once instead of failing midway through the graph."""
 
 from assets.config import PROFILE
 from assets.partitions import PROFILE_PARTS, discover_parts, sweep_backbones
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline import settings
 from pipeline.datasets import how_to_get
 from pipeline.encoders import BackboneNameError, backbone_spec
@@ -12,7 +12,7 @@ from pipeline.language_models import language_model_spec
 from storage.layout import dataset_part, in_prefix
 
 
-def preflight(limber: Limber) -> list[str]:
+def preflight(runtime: Runtime) -> list[str]:
     """One line per missing piece, naming it and where it goes; empty when the profile can run."""
     problems = []
     for name in dict.fromkeys([*PROFILE["models"]["backbones"], *sweep_backbones(settings.sweep_file())]):
@@ -23,14 +23,14 @@ def preflight(limber: Limber) -> list[str]:
             continue
         if missing:
             problems.append(f"backbone {name}: {missing}")
-    if missing := language_model_spec(limber.language_model).missing_weights():
-        problems.append(f"language model {limber.language_model}: {missing}")
-    present = discover_parts(limber.data_root)
+    if missing := language_model_spec(runtime.language_model).missing_weights():
+        problems.append(f"language model {runtime.language_model}: {missing}")
+    present = discover_parts(runtime.data_root)
     for entry in sorted(set(PROFILE_PARTS)):
         if not any(in_prefix(part, entry) for part in present):
             dataset, part = dataset_part(entry)
             problems.append(
-                f"dataset part {entry}: no files under {limber.data_root}/{dataset}. "
+                f"dataset part {entry}: no files under {runtime.data_root}/{dataset}. "
                 f"{how_to_get(dataset, part.split('.')[0])}"
             )
     return problems

@@ -10,7 +10,7 @@ from assets.inputs import Inputs, preview, stored_result
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import ON_MISSING, SHOWN, evaluation_manifests, image_system_partitions
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline import config as stages
 from pipeline.datasets import dataset_vqa_groups
 from pipeline.readout import prompt_readout, top_tokens
@@ -31,24 +31,24 @@ from storage.layout import dataset_part, read_table
     group_name="evaluation",
     kinds={"parquet"},
 )
-def image_prompt_readout(context: dg.AssetExecutionContext, config: ReadoutConfig, limber: Limber):
+def image_prompt_readout(context: dg.AssetExecutionContext, config: ReadoutConfig, runtime: Runtime):
     """For a seeded sample of images, the nearest LM vocabulary tokens (cosine, input-embedding
     space) of each projected image token; where the images have word labels (easy-vqa: colour and
     shape), the share of images whose nearest tokens name their own label, against chance.
 
     Keyed by the part's manifest and the system's features, its map, the LM and this config."""
     system = context.partition_key
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     manifest = inputs.manifest(SHOWN)
     store = inputs.system_features(system, SHOWN)
     stored_map = inputs.linear_map(system)
     inputs.language_model()
     key = inputs.key(readout=config.model_dump())
-    path = limber.layout.prompt_readout(system, limber.language_model)
-    tokens_path = limber.layout.prompt_nearest_tokens(system, limber.language_model)
+    path = runtime.layout.prompt_readout(system, runtime.language_model)
+    tokens_path = runtime.layout.prompt_nearest_tokens(system, runtime.language_model)
 
     def read_out():
-        lm, tokenizer, _ = limber.load_lm()
+        lm, tokenizer, _ = runtime.load_lm()
         shares, tokens = prompt_readout(
             stored_map.load(),
             lm,
@@ -58,7 +58,7 @@ def image_prompt_readout(context: dg.AssetExecutionContext, config: ReadoutConfi
             dataset_vqa_groups(dataset_part(SHOWN)[0], manifest),
             config.declared(stages.ReadoutConfig),
             resamples=config.bootstrap_resamples,
-            device=limber.torch_device(),
+            device=runtime.torch_device(),
         )
         return Table(shares, {tokens_path: tokens})
 

@@ -1,4 +1,5 @@
-"""The run-wide resource: where storage and raw data live, which LM is frozen, which device runs the models."""
+"""The run-wide resource, ``runtime``: where storage and raw data live, which LM is frozen, which
+device runs the models."""
 
 import functools
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from storage import StorageLayout
 from storage.layout import LocalMirror
 
 
-class Limber(dg.ConfigurableResource):
+class Runtime(dg.ConfigurableResource):
     storage_root: str = Field(
         default=settings.storage_root(),
         description="root of every stored artifact: a folder or an fsspec URL such as s3://bucket/prefix "

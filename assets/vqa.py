@@ -15,7 +15,7 @@ from assets.inputs import Inputs, preview, stored_result
 from assets.language_model import language_model
 from assets.linear_map import linear_map
 from assets.partitions import ON_MISSING, SYSTEM_FEATURES, VQA_EVAL, VQA_SUPPORT, evaluation_manifests, vqa_partitions
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline import config as stages
 from pipeline.datasets import dataset_vqa_groups
 from pipeline.metrics.intervals import combine_runs, estimates_table, runs_table
@@ -47,7 +47,7 @@ def _system_and_shots(context) -> tuple[str, int]:
     pool=GPU_POOL,
     op_tags=GPU_TAGS,
 )
-def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Limber) -> dg.MaterializeResult:
+def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, runtime: Runtime) -> dg.MaterializeResult:
     """Answers to a fixed subset of evaluation questions, with n solved support examples in the
     prompt: open-ended, and among a closed vocabulary when ``closed_vocabulary`` is not 0. One
     table per run: a training seed of the system's map paired with a few-shot trial (one draw of
@@ -57,13 +57,13 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
     closed vocabulary) and features (n > 0), that seed's map, the LM, this asset's config and its
     trial seed, so an added seed or trial answers only itself."""
     system, shots = _system_and_shots(context)
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     manifest = inputs.manifest(VQA_EVAL)
     store = inputs.system_features(system, VQA_EVAL)
     support_manifest = inputs.manifest(VQA_SUPPORT) if shots or config.closed_vocabulary else None
     support_store = inputs.system_features(system, VQA_SUPPORT) if shots else None
     inputs.language_model()
-    lm = functools.cache(limber.load_lm)  # loaded once, and only if a run is not stored
+    lm = functools.cache(runtime.load_lm)  # loaded once, and only if a run is not stored
 
     def answer(stored_map, trial: int | None, run: str) -> pd.DataFrame:
         model, tokenizer, _ = lm()
@@ -78,7 +78,7 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
             linear_map=stored_map.load() if stored_map else None,
             store=store,
             support_store=support_store,
-            device=limber.torch_device(),
+            device=runtime.torch_device(),
             on_batch=lambda done, total: context.log.info(f"{run}: answered {done}/{total}"),
         )
 
@@ -90,21 +90,21 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
                 inputs.with_map(system, seed, maps[seed]).key(
                     vqa=config.answer_settings(trial), shots=shots, protocol=PROTOCOL
                 ),
-                limber.layout.vqa_answers(system, limber.language_model, shots, run_name(seed, trial)),
+                runtime.layout.vqa_answers(system, runtime.language_model, shots, run_name(seed, trial)),
                 functools.partial(answer, maps[seed], trial, run_name(seed, trial)),
             )
             for seed, trial in config.runs(list(maps), shots)
         ),
-        index=limber.layout.vqa_answer_runs(system, limber.language_model, shots),
+        index=runtime.layout.vqa_answer_runs(system, runtime.language_model, shots),
     )
     return stored_result(
-        limber.layout.vqa_answers(system, limber.language_model, shots, min(runs.tables)).parent,
+        runtime.layout.vqa_answers(system, runtime.language_model, shots, min(runs.tables)).parent,
         runs.key,
         runs.reused,
         runs=len(runs.tables),
         computed_runs=runs.computed,
         questions=len(runs.first),
-        machine=dg.MetadataValue.json(limber.machine()),
+        machine=dg.MetadataValue.json(runtime.machine()),
         preview=preview(runs.first),
     )
 
@@ -124,24 +124,25 @@ def vqa_answers(context: dg.AssetExecutionContext, config: VqaConfig, limber: Li
         )
     ],
 )
-def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limber: Limber):
+def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, runtime: Runtime):
     """VQA accuracy (official evaluator's rules), overall and per answer type, x100: each run's,
     and their mean, spread, and 95% interval drawing the images (each with all its questions) and
     the runs; the same for the closed-vocabulary answers, when asked for; and over the dataset's
     image groups (easy-vqa: each colour and shape)."""
     system, shots = _system_and_shots(context)
-    inputs = Inputs(limber)
+    inputs = Inputs(runtime)
     answers = {
         run: inputs.table(
-            f"vqa_answers[{system}|{shots}|{run}]", limber.layout.vqa_answers(system, limber.language_model, shots, run)
+            f"vqa_answers[{system}|{shots}|{run}]",
+            runtime.layout.vqa_answers(system, runtime.language_model, shots, run),
         )
         for run in inputs.runs(
-            limber.layout.vqa_answer_runs(system, limber.language_model, shots), f"vqa_answers[{system}|{shots}]"
+            runtime.layout.vqa_answer_runs(system, runtime.language_model, shots), f"vqa_answers[{system}|{shots}]"
         )
     }
     groups = dataset_vqa_groups(dataset_part(VQA_EVAL)[0], inputs.manifest(VQA_EVAL))
     key = inputs.key(intervals=config.interval_settings())
-    path = limber.layout.vqa_metrics(system, limber.language_model, shots)
+    path = runtime.layout.vqa_metrics_table(system, runtime.language_model, shots)
 
     def score() -> pd.DataFrame:
         per_run, per_question = {}, []
@@ -150,8 +151,8 @@ def vqa_metrics(context: dg.AssetExecutionContext, config: IntervalConfig, limbe
             per_question.append(scores.assign(run=run))
         combined = combine_runs(per_run, config.bootstrap_resamples, config.bootstrap_seed)
         beside = {
-            limber.layout.vqa_scores(system, limber.language_model, shots): pd.concat(per_question),
-            limber.layout.vqa_runs(system, limber.language_model, shots): runs_table(per_run),
+            runtime.layout.vqa_scores(system, runtime.language_model, shots): pd.concat(per_question),
+            runtime.layout.vqa_runs(system, runtime.language_model, shots): runs_table(per_run),
         }
         return Table(estimates_table(combined), beside)
 

@@ -72,7 +72,7 @@ def load_lm(size: str, caption_len: int, device: str) -> tuple:
 
 
 def devices_for(device: str, processes: int) -> list[str]:
-    """The ranks' devices, as ``Limber.torch_devices`` gives them: the CPU N times, or GPUs 0 .. N-1."""
+    """The ranks' devices, as ``Runtime.torch_devices`` gives them: the CPU N times, or GPUs 0 .. N-1."""
     if torch.device(device).type == "cuda":
         return [f"cuda:{index}" for index in range(processes)]
     return [device] * processes

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iters", type=int, default=5, help="repetitions; the median ratio is reported")
     parser.add_argument("--peak-flops", type=float, help="the device's peak FLOP/s for MFU (default: none)")
     parser.add_argument("--quick", action="store_true", help="Lite0 on a few images: checks the code path only")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as the limber resource's")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as the runtime resource's")
     parser.add_argument("--backbone", action="append", choices=sorted(SIZES), help="only these (repeatable)")
     parser.add_argument("--images", type=int, help="images per timing, for every backbone (default: SIZES)")
     parser.add_argument("--json")

@@ -33,7 +33,7 @@ import dagster as dg  # noqa: E402
 
 from assets.automation import new_data  # noqa: E402
 from assets.partitions import register_dataset_parts, registered_parts  # noqa: E402
-from assets.resources import Limber  # noqa: E402
+from assets.resources import Runtime  # noqa: E402
 from pipeline.training import batch_plan, training_set  # noqa: E402
 from storage.feature_store import FeatureArray  # noqa: E402
 
@@ -104,7 +104,7 @@ def measure(rows: int, shard_rows: int) -> dict:
         def tick():
             new_shard.touch()
             instance.delete_dynamic_partition("dataset_parts", f"cc3m.train.{len(paths):05d}")
-            context = dg.build_sensor_context(instance=instance, resources={"limber": Limber(data_root=data_root)})
+            context = dg.build_sensor_context(instance=instance, resources={"runtime": Runtime(data_root=data_root)})
             started = time.perf_counter()
             result = new_data(context)
             return time.perf_counter() - started, result

@@ -110,17 +110,17 @@ class StorageLayout:
         """The same captions in the COCO results format, for any external scorer."""
         return self.captions(system, language_model, part_key, run).with_suffix(".coco.json")
 
-    def caption_metrics(self, system: str, language_model: str, part_key: str) -> UPath:
+    def caption_metrics_table(self, system: str, language_model: str, part_key: str) -> UPath:
         dataset, part = dataset_part(part_key)
         return self.root / "caption_metrics" / _safe(language_model) / _safe(system) / dataset / f"{part}.parquet"
 
     def caption_scores(self, system: str, language_model: str, part_key: str) -> UPath:
         """Per-image scores of every run beside the metrics, for paired differences between systems."""
-        return self.caption_metrics(system, language_model, part_key).with_suffix(".per_image.parquet")
+        return self.caption_metrics_table(system, language_model, part_key).with_suffix(".per_image.parquet")
 
     def caption_runs(self, system: str, language_model: str, part_key: str) -> UPath:
         """Each run's value of each metric, beside the metrics (their mean)."""
-        return self.caption_metrics(system, language_model, part_key).with_suffix(".runs.parquet")
+        return self.caption_metrics_table(system, language_model, part_key).with_suffix(".runs.parquet")
 
     def vqa_answers(self, system: str, language_model: str, shots: int, run: str) -> UPath:
         """One run's answers (``run_name``: a training seed's map and a few-shot trial)."""
@@ -130,16 +130,16 @@ class StorageLayout:
         """The runs the last ``vqa_answers`` materialization stored, with their keys."""
         return self.vqa_answers(system, language_model, shots, "runs").with_suffix(".json")
 
-    def vqa_metrics(self, system: str, language_model: str, shots: int) -> UPath:
+    def vqa_metrics_table(self, system: str, language_model: str, shots: int) -> UPath:
         return self.root / "vqa_metrics" / _safe(language_model) / _safe(system) / f"{shots}-shot.parquet"
 
     def vqa_scores(self, system: str, language_model: str, shots: int) -> UPath:
         """Per-question accuracy of every run beside the metrics, for paired differences between systems."""
-        return self.vqa_metrics(system, language_model, shots).with_suffix(".per_question.parquet")
+        return self.vqa_metrics_table(system, language_model, shots).with_suffix(".per_question.parquet")
 
     def vqa_runs(self, system: str, language_model: str, shots: int) -> UPath:
         """Each run's value of each metric, beside the metrics (their mean)."""
-        return self.vqa_metrics(system, language_model, shots).with_suffix(".runs.parquet")
+        return self.vqa_metrics_table(system, language_model, shots).with_suffix(".runs.parquet")
 
     def prompt_readout(self, system: str, language_model: str) -> UPath:
         """The shares of images whose prompt reads out their own words, with intervals."""

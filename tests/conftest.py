@@ -8,7 +8,7 @@ import pytest
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Nor write to the user's cache (the CPU precision measurement, object-store mirrors): a folder of
-# this session's, removed at its end. Set before any import reads it (the limber resource's default).
+# this session's, removed at its end. Set before any import reads it (the runtime resource's default).
 os.environ["LIMBER_CACHE"] = tempfile.mkdtemp(prefix="limber-test-cache-")
 atexit.register(shutil.rmtree, os.environ["LIMBER_CACHE"], ignore_errors=True)
 # Nor read a sweep file a developer left in the working directory (a test that needs one sets it).

@@ -92,15 +92,15 @@ def main(summary_path: str) -> int:
     from assets.definitions import ALL_ASSETS
     from assets.materialize import materialize_all
     from assets.preflight import preflight
-    from assets.resources import Limber
+    from assets.resources import Runtime
 
-    limber = Limber()
-    summary = {"preflight": preflight(limber), "steps": [], "partitions": {}}
+    runtime = Runtime()
+    summary = {"preflight": preflight(runtime), "steps": [], "partitions": {}}
     if not summary["preflight"]:
         instance = dg.DagsterInstance.ephemeral()
         steps = materialize_all(
             instance,
-            {"limber": limber},
+            {"runtime": runtime},
             run_config=lambda asset: {"ops": {asset: PAPER_SMALL[asset]} if asset in PAPER_SMALL else {}},
             on_start=lambda label: print(f"==> {label}", flush=True),
         )

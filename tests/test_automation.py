@@ -10,7 +10,7 @@ import assets.partitions
 from assets.automation import backbone_sweep, new_data
 from assets.definitions import ALL_ASSETS, defs
 from assets.partitions import BACKBONES, register_backbones
-from assets.resources import Limber
+from assets.resources import Runtime
 from tests.dataset_fixtures import write_cc3m_shards
 from tests.tiny_run import tiny
 
@@ -22,37 +22,37 @@ def cc3m(tmp_path, monkeypatch):
     """Raw CC3M webdataset shards, with the profile training on them (and easy-vqa for the rest)."""
     write_cc3m_shards(tmp_path / "raw")
     monkeypatch.setattr(assets.partitions, "PROFILE_PARTS", assets.partitions.PROFILE_PARTS + CC3M_PARTS)
-    limber = Limber(storage_root=str(tmp_path / "storage"), data_root=str(tmp_path / "raw"))
-    return tmp_path / "raw" / "cc3m", limber
+    runtime = Runtime(storage_root=str(tmp_path / "storage"), data_root=str(tmp_path / "raw"))
+    return tmp_path / "raw" / "cc3m", runtime
 
 
-def _tick(instance, limber):
+def _tick(instance, runtime):
     register_backbones(instance, BACKBONES)
-    result = new_data(dg.build_sensor_context(instance=instance, resources={"limber": limber}))
+    result = new_data(dg.build_sensor_context(instance=instance, resources={"runtime": runtime}))
     return sorted(r.partition_key for r in result.run_requests), [r.run_key for r in result.run_requests]
 
 
 def test_new_data_sensor_requests_only_new_parts(cc3m):
-    shards, limber = cc3m
+    shards, runtime = cc3m
     instance = dg.DagsterInstance.ephemeral()
     held_back = shutil.move(shards / "train" / "00001.tar", shards / "later.tar")
 
-    keys, run_keys = _tick(instance, limber)
+    keys, run_keys = _tick(instance, runtime)
     assert keys == ["cc3m.train.00000", "cc3m.val.00000", "easy_vqa.test", "easy_vqa.train", "easy_vqa.val"]
     assert run_keys == [f"manifest:{k}" for k in keys]
     assert set(instance.get_dynamic_partitions("dataset_parts")) == set(keys)
-    assert _tick(instance, limber) == ([], [])  # nothing new on disk: nothing requested
+    assert _tick(instance, runtime) == ([], [])  # nothing new on disk: nothing requested
 
     shutil.move(held_back, shards / "train" / "00001.tar")
-    assert _tick(instance, limber) == (["cc3m.train.00001"], ["manifest:cc3m.train.00001"])
+    assert _tick(instance, runtime) == (["cc3m.train.00001"], ["manifest:cc3m.train.00001"])
 
 
 def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypatch, prepared_lm):
-    shards, limber = cc3m
+    shards, runtime = cc3m
     instance = dg.DagsterInstance.ephemeral()
     held_back = shutil.move(shards / "train" / "00001.tar", shards / "later.tar")
-    _tick(instance, limber)
-    resources = {"limber": limber}
+    _tick(instance, runtime)
+    resources = {"runtime": runtime}
 
     def materialize(asset, key, config=None):
         result = dg.materialize(
@@ -86,7 +86,7 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
 
     # A new shard: only its own manifest and features are requested.
     shutil.move(held_back, shards / "train" / "00001.tar")
-    assert _tick(instance, limber)[0] == ["cc3m.train.00001"]
+    assert _tick(instance, runtime)[0] == ["cc3m.train.00001"]
     materialize("manifests", "cc3m.train.00001")
     evaluation = evaluate(evaluation.cursor)
     requested = evaluation.get_requested_partitions(dg.AssetKey("image_features"))
@@ -96,7 +96,7 @@ def test_a_new_shard_gets_features_and_training_reads_every_shard(cc3m, monkeypa
     assert event.materialization.metadata["skipped_images"].value == 0
 
     # Training reads both shards as one dataset.
-    shutil.copytree(prepared_lm, limber.layout.language_model(limber.language_model).path)
+    shutil.copytree(prepared_lm, runtime.layout.language_model(runtime.language_model).path)
     monkeypatch.setattr(assets.linear_map, "TRAIN", "cc3m.train")
     monkeypatch.setattr(assets.linear_map, "VALIDATION", "cc3m.val")
     trained = materialize(
@@ -137,18 +137,18 @@ def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
 
     # The schedules read the registered systems from the instance: one with a ref, as a daemon's is.
     with dg.instance_for_test() as instance:
-        limber = Limber(storage_root=str(tmp_path))
-        layout, parts = limber.layout, ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train")
+        runtime = Runtime(storage_root=str(tmp_path))
+        layout, parts = runtime.layout, ("easy_vqa.val", "easy_vqa.test", "easy_vqa.train")
         caption_evaluation_schedule = defs.get_schedule_def("caption_evaluation_schedule")
         vqa_evaluation_schedule = defs.get_schedule_def("vqa_evaluation_schedule")
         assert caption_evaluation_schedule.cron_schedule == "0 3 * * *"
-        context = dg.build_schedule_context(instance=instance, resources={"limber": limber})
+        context = dg.build_schedule_context(instance=instance, resources={"runtime": runtime})
         register_backbones(instance, BACKBONES)
         assert isinstance(caption_evaluation_schedule(context), dg.SkipReason)
 
-        lm_dir = layout.language_model(limber.language_model)
+        lm_dir = layout.language_model(runtime.language_model)
         lm_dir.mkdir(parents=True, exist_ok=True)
-        (lm_dir / "language_model.json").write_text(json.dumps({"name": limber.language_model, "fingerprint": "lm"}))
+        (lm_dir / "language_model.json").write_text(json.dumps({"name": runtime.language_model, "fingerprint": "lm"}))
         for part in parts:
             write_table(pd.DataFrame({"image_id": ["a", "b"]}), layout.manifest(part), key=f"manifest {part}")
         # Only the blind baseline has every input: no backbone has features or a map yet.
@@ -158,10 +158,10 @@ def test_evaluation_schedules_request_what_has_inputs_once(tmp_path):
         assert first_keys == {r.run_key for r in caption_evaluation_schedule(context)}  # a repeated tick: same keys
 
         def train(key):
-            directory = layout.trained_map("efficientnet_lite0", limber.language_model, 0)
+            directory = layout.trained_map("efficientnet_lite0", runtime.language_model, 0)
             LinearMap(4, 8, TokenLayout("pooled", 1, 1)).save(directory, extra={"key": key})
             index = {"seeds": {"0": key}}
-            layout.map_index("efficientnet_lite0", limber.language_model).write_text(json.dumps(index))
+            layout.map_index("efficientnet_lite0", runtime.language_model).write_text(json.dumps(index))
 
         train("first")
         for part in parts:

@@ -112,12 +112,12 @@ def test_preflight_names_a_sweep_files_backbone_without_weights_or_that_does_not
     tmp_path, monkeypatch, empty_hf_cache
 ):
     from assets.preflight import preflight
-    from assets.resources import Limber
+    from assets.resources import Runtime
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("backbones: ['timm:convnext_atto.d2_in1k', 'timm:no_such_model', 'timm:resnet18?random']\n")
     monkeypatch.setenv("LIMBER_SWEEP", str(sweep))
-    problems = preflight(Limber(storage_root=str(tmp_path / "storage"), data_root=str(tmp_path / "raw")))
+    problems = preflight(Runtime(storage_root=str(tmp_path / "storage"), data_root=str(tmp_path / "raw")))
     assert any(p.startswith("backbone timm:convnext_atto.d2_in1k: ") and "LIMBER_WEIGHTS_TIMM" in p for p in problems)
     assert any(p.startswith("backbone timm:no_such_model: timm has no model") for p in problems)
     assert not any("resnet18" in p for p in problems)  # random weights need nothing

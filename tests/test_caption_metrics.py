@@ -7,7 +7,7 @@ import pytest
 
 from assets.cli import main
 from pipeline.metrics import captions as caption_module
-from pipeline.metrics.captions import caption_metrics, ptb_tokenize
+from pipeline.metrics.captions import ptb_tokenize, score_captions
 from pipeline.metrics.clip_score import ClipScorer, ClipUnavailable, clip_s, ref_clip_s
 
 REFERENCES = {
@@ -29,8 +29,8 @@ def test_ptb_tokenizer_matches_pycocoevalcap_without_writing_into_site_packages(
 
 
 def test_perfect_captions_score_high_and_wrong_ones_low():
-    perfect = caption_metrics(REFERENCES, {k: v[0] for k, v in REFERENCES.items()})
-    wrong = caption_metrics(REFERENCES, {"1": "a dog on the grass", "2": "a red circle", "3": "a blue square"})
+    perfect = score_captions(REFERENCES, {k: v[0] for k, v in REFERENCES.items()})
+    wrong = score_captions(REFERENCES, {"1": "a dog on the grass", "2": "a red circle", "3": "a blue square"})
     assert perfect["BLEU-1"] > 0.95 and perfect["ROUGE-L"] > 0.9
     assert perfect["CIDEr-D"] > 2 * wrong["CIDEr-D"]
     assert perfect["METEOR"] > wrong["METEOR"]
@@ -99,7 +99,7 @@ def test_one_meteor_process_serves_every_split_and_a_dead_or_failed_one_is_repla
 
 def test_mismatched_images_are_rejected():
     with pytest.raises(ValueError, match="different images"):
-        caption_metrics(REFERENCES, {"1": "a red circle"})
+        score_captions(REFERENCES, {"1": "a red circle"})
 
 
 def test_missing_java_names_the_fix(monkeypatch):
@@ -213,7 +213,7 @@ def test_a_split_is_scored_by_image_id_whatever_the_order(tmp_path, empty_hf_cac
     scores = dict(zip(table["metric"], table["value"], strict=True))
     assert (
         scores["CIDEr-D"]
-        == caption_metrics(
+        == score_captions(
             {k: REFERENCES[k] for k in "123"},
             dict(zip("123", ["a red circle", "a blue square", "a dog on grass"], strict=True)),
         )["CIDEr-D"]

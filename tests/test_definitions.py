@@ -67,11 +67,11 @@ def test_paper_profile_is_one_environment_variable_away():
     import sys
 
     code = (
-        "from assets.partitions import BACKBONES; from assets.resources import Limber; "
+        "from assets.partitions import BACKBONES; from assets.resources import Runtime; "
         "from assets.config import TrainingConfig; import dagster as dg; from assets.definitions import defs; "
         "dg.Definitions.validate_loadable(defs); "
         "from assets.partitions import PROFILE_SYSTEMS; "
-        "print(BACKBONES, Limber().language_model, TrainingConfig().lr, PROFILE_SYSTEMS)"
+        "print(BACKBONES, Runtime().language_model, TrainingConfig().lr, PROFILE_SYSTEMS)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -297,12 +297,12 @@ def test_local_executor_serializes_gpu_steps_in_a_real_run(tmp_path, monkeypatch
 
 
 # A real local run on a machine with 2 (fake) GPUs: two GPU steps run at once, each on its own GPU.
-@dg.op(tags=GPU_TAGS, required_resource_keys={"limber"})
+@dg.op(tags=GPU_TAGS, required_resource_keys={"runtime"})
 def _leasing_op_a(context) -> None:
     _record_lease(context, "a")
 
 
-@dg.op(tags=GPU_TAGS, required_resource_keys={"limber"})
+@dg.op(tags=GPU_TAGS, required_resource_keys={"runtime"})
 def _leasing_op_b(context) -> None:
     _record_lease(context, "b")
 
@@ -311,7 +311,7 @@ def _record_lease(context, name: str) -> None:
     """Leases a GPU, then waits (up to a minute) until the other op holds one too: both ops hold
     their GPUs at the same time only if the executor runs them side by side."""
     folder = Path(os.environ["LIMBER_TEST_TIMES"])
-    device = context.resources.limber.torch_device()
+    device = context.resources.runtime.torch_device()
     (folder / f"{name}.leased").write_text(device)
     other = folder / ("b.leased" if name == "a" else "a.leased")
     deadline = time.time() + 60
@@ -321,10 +321,10 @@ def _record_lease(context, name: str) -> None:
 
 
 def _two_leasing_ops_job():
-    from assets.resources import Limber
+    from assets.resources import Runtime
 
     @dg.job(
-        executor_def=executor(), resource_defs={"limber": Limber(device="cuda", cache_dir=os.environ["LIMBER_CACHE"])}
+        executor_def=executor(), resource_defs={"runtime": Runtime(device="cuda", cache_dir=os.environ["LIMBER_CACHE"])}
     )
     def two_leasing_ops():
         _leasing_op_a()

@@ -108,16 +108,16 @@ def test_a_cpu_without_native_bfloat16_is_float32_unmeasured(timed, monkeypatch)
 
 
 def test_the_limber_resource_records_its_machine(timed, monkeypatch):
-    from assets.resources import Limber
+    from assets.resources import Runtime
 
-    limber = Limber(device="cpu", cache_dir=str(timed.cache))
-    record = limber.machine()
+    runtime = Runtime(device="cpu", cache_dir=str(timed.cache))
+    record = runtime.machine()
     assert record["precision"] == "bfloat16" and record["precision_measured"]["chosen"] == "bfloat16"
     assert record["processor"] == devices.cpu_name() and record["torch"] == torch.__version__
     assert timed.calls == 1
-    assert "precision_measured" not in Limber(device="cpu", precision="float32").machine()
+    assert "precision_measured" not in Runtime(device="cpu", precision="float32").machine()
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
-    cuda = Limber(device="cuda", cache_dir=str(timed.cache)).machine()
+    cuda = Runtime(device="cuda", cache_dir=str(timed.cache)).machine()
     assert cuda["processor"] == "NVIDIA H200" and cuda["precision"] == "bfloat16" and timed.calls == 1
 
 

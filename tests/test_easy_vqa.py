@@ -5,8 +5,8 @@ from pipeline.datasets import DatasetError, read_manifest, split_off_validation
 from pipeline.datasets.easy_vqa import (
     _read_package_split,
     attributes_from_pixels,
-    caption_metrics,
     derive_attributes,
+    subset_metrics,
 )
 
 
@@ -108,7 +108,7 @@ def test_caption_credit_needs_the_right_colour_and_shape_and_no_other():
         "a teal circle",  # shape only
         "",  # nothing
     ]
-    scores, per_image = caption_metrics(pd.DataFrame(), references, {str(i): c for i, c in enumerate(captions)})
+    scores, per_image = subset_metrics(pd.DataFrame(), references, {str(i): c for i, c in enumerate(captions)})
     # Every image is a red circle, so the red and the circle subsets are the whole set.
     assert per_image.loc["2"].tolist() == [0.0] * 5 and per_image.loc["0"].tolist() == [100.0] * 5
     assert {k: v.value for k, v in scores.items()} == {
@@ -123,7 +123,7 @@ def test_caption_credit_needs_the_right_colour_and_shape_and_no_other():
 def test_colour_and_shape_subsets_score_only_their_images():
     references = {"0": ["a red circle"], "1": ["a red triangle"], "2": ["a blue circle"], "3": ["a blue circle"]}
     captions = {"0": "a red circle", "1": "a red circle", "2": "a blue circle", "3": "a green circle"}
-    scores, per_image = caption_metrics(pd.DataFrame(), references, captions, resamples=100)
+    scores, per_image = subset_metrics(pd.DataFrame(), references, captions, resamples=100)
     values = {k: (v.value, v.n) for k, v in scores.items()}
     assert values["names colour+shape (%) (colour red)"] == (pytest.approx(50.0), 2)
     assert values["names colour+shape (%) (colour blue)"] == (pytest.approx(50.0), 2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline.gpus import GpuLeases, gpu_count
 
 PROCESSES = multiprocessing.get_context("fork")  # fast to start; the children use no threads
@@ -69,7 +69,7 @@ def test_a_killed_step_gives_its_gpus_back(tmp_path):
 
 
 def _fail_on_gpus(cache_dir: str) -> None:
-    Limber(device="cuda", cache_dir=cache_dir).torch_devices(2)
+    Runtime(device="cuda", cache_dir=cache_dir).torch_devices(2)
     raise RuntimeError("the step fails")
 
 
@@ -79,27 +79,27 @@ def test_a_failed_step_gives_its_gpus_back(tmp_path, monkeypatch):
     step.start()
     step.join(60)
     assert step.exitcode == 1
-    limber = Limber(device="cuda", cache_dir=str(tmp_path))
-    assert limber.torch_devices(2) == ["cuda:0", "cuda:1"]
+    runtime = Runtime(device="cuda", cache_dir=str(tmp_path))
+    assert runtime.torch_devices(2) == ["cuda:0", "cuda:1"]
     # the step's metadata names the GPUs it used
     monkeypatch.setattr("assets.resources.machine_record", lambda device: {"device": device})
-    assert limber.machine()["devices"] == ["cuda:0", "cuda:1"]
+    assert runtime.machine()["devices"] == ["cuda:0", "cuda:1"]
 
 
 def test_a_step_asking_again_trades_its_lease_and_zero_asks_for_all(tmp_path, monkeypatch):
     monkeypatch.setenv("LIMBER_GPUS", "3")
-    limber = Limber(device="cuda", cache_dir=str(tmp_path))
-    assert limber.torch_device() == "cuda:0"
-    assert limber.torch_devices(0) == ["cuda:0", "cuda:1", "cuda:2"]
-    assert limber.torch_device() == "cuda:0"  # still holds all three
-    assert limber.torch_devices(1) == ["cuda:0"]
+    runtime = Runtime(device="cuda", cache_dir=str(tmp_path))
+    assert runtime.torch_device() == "cuda:0"
+    assert runtime.torch_devices(0) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert runtime.torch_device() == "cuda:0"  # still holds all three
+    assert runtime.torch_devices(1) == ["cuda:0"]
     with pytest.raises(ValueError, match="asked for 4 GPUs and this machine offers 3.*training.processes"):
-        limber.torch_devices(4)
+        runtime.torch_devices(4)
 
 
 def test_a_cpu_is_not_leased_and_a_named_gpu_is_taken_as_named(tmp_path):
-    assert Limber(device="cpu", cache_dir=str(tmp_path)).torch_devices(2) == ["cpu", "cpu"]
-    assert Limber(device="cuda:3", cache_dir=str(tmp_path)).torch_device() == "cuda:3"
+    assert Runtime(device="cpu", cache_dir=str(tmp_path)).torch_devices(2) == ["cpu", "cpu"]
+    assert Runtime(device="cuda:3", cache_dir=str(tmp_path)).torch_device() == "cuda:3"
 
 
 def test_the_gpu_count_is_the_setting_else_what_torch_sees(monkeypatch):

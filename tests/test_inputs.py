@@ -9,7 +9,7 @@ import torch
 
 import pipeline.encoders
 from assets.materialize import materialize_all
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline.weights import PackageWeights
 from tests.tiny_run import TINY
 
@@ -36,7 +36,7 @@ class Graph:
 
     def run(self) -> dict[str, bool]:
         """{asset[partition]: reused} of every step."""
-        resources = {"limber": Limber(storage_root=str(self.root))}
+        resources = {"runtime": Runtime(storage_root=str(self.root))}
         steps = materialize_all(
             self.instance,
             resources,
@@ -189,7 +189,7 @@ def test_a_new_backbone_in_the_sweep_file_runs_only_its_own_work(graph, tmp_path
 
     from storage.layout import read_table
 
-    tidy = read_table(Limber(storage_root=str(graph.root)).layout.metrics_table())
+    tidy = read_table(Runtime(storage_root=str(graph.root)).layout.metrics_table())
     assert NEW_BACKBONE in set(tidy["system"]) and set(tidy[tidy["system"] == NEW_BACKBONE]["task"]) == {
         "captioning",
         "vqa",
@@ -226,7 +226,7 @@ def test_automation_requests_a_new_backbones_work_in_order_and_nothing_stored(gr
     assert {r for r in requested if r[0] == "image_features"} == {("image_features", f"{name}|{p}") for p in parts}
     assert not any(asset == "linear_map" for asset, _ in requested)
 
-    resources = {"limber": Limber(storage_root=str(graph.root))}
+    resources = {"runtime": Runtime(storage_root=str(graph.root))}
     for part in parts:
         key = dg.MultiPartitionKey({"backbone": name, "part": part})
         assert dg.materialize(

@@ -29,7 +29,7 @@ def test_nocaps_metrics_score_each_domain_as_a_whole(tmp_path, monkeypatch):
     references = dict(zip(manifest["image_id"], map(list, manifest["captions"]), strict=True))
     candidates = {i: c[0] for i, c in references.items()}
     candidates["1"] = "a plate of pasta on a table"  # wrong, in near-domain with the right "4"
-    scores, per_image = nocaps.caption_metrics(manifest, references, candidates)
+    scores, per_image = nocaps.subset_metrics(manifest, references, candidates)
     assert scored_sets == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
     assert {k: v.value for k, v in scores.items()} == {
         "CIDEr-D (in-domain)": 1.0,
@@ -38,4 +38,4 @@ def test_nocaps_metrics_score_each_domain_as_a_whole(tmp_path, monkeypatch):
     }
     assert per_image.loc["1", "CIDEr-D (near-domain)"] == 0.0 and per_image["CIDEr-D (in-domain)"].count() == 3
     with pytest.raises(ValueError, match="not in the NoCaps manifest"):
-        nocaps.caption_metrics(manifest, references, {**candidates, "404": "an unknown image"})
+        nocaps.subset_metrics(manifest, references, {**candidates, "404": "an unknown image"})

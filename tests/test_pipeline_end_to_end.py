@@ -21,7 +21,7 @@ from assets.partitions import (
     part_partitions,
     vqa_partitions,
 )
-from assets.resources import Limber
+from assets.resources import Runtime
 from pipeline import load_differences, load_metrics, load_rankings, load_runs
 from pipeline.metrics.vqa import CLOSED_VOCABULARY
 from storage import FeatureArray
@@ -36,7 +36,7 @@ SYSTEMS = {LITE0, LITE1, RANDOM, TUNED, "blind"}
 def materialized(tmp_path_factory):
     root = tmp_path_factory.mktemp("storage")
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"limber": Limber(storage_root=str(root))}
+    resources = {"runtime": Runtime(storage_root=str(root))}
     return root, instance, resources, materialize_tiny(instance, root)
 
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.materialize import materialize_all
-from assets.resources import Limber
+from assets.resources import Runtime
 
 # 24 steps with 12 warm-up (about 8 s) lower the loss clearly for both backbones (the blocking
 # loss_decreased check); with 4 warm-up steps the random encoder's loss did not fall.
@@ -29,9 +29,9 @@ def tiny(asset: str) -> dict:
 def materialize_tiny(instance: dg.DagsterInstance, storage_root: str, keep=lambda asset, key: True, **resource) -> dict:
     """Every asset, every partition that ``keep(asset name, key)`` accepts, in graph order, by the
     loop ``limber demo`` runs; returns {(asset name, partition key): result}. ``resource``
-    overrides fields of the Limber resource."""
+    overrides fields of the runtime resource."""
     steps = materialize_all(
-        instance, {"limber": Limber(storage_root=str(storage_root), **resource)}, run_config=tiny, keep=keep
+        instance, {"runtime": Runtime(storage_root=str(storage_root), **resource)}, run_config=tiny, keep=keep
     )
     failed = [step for step in steps if not step.success]
     assert not failed, f"{failed[0].label} failed: " + "; ".join(

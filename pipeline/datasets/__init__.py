@@ -64,7 +64,7 @@ class CaptionSubsets(Protocol):
     """Optional: caption metrics over a dataset's own subsets (NoCaps's domains, easy-vqa's colours
     and shapes), beside the standard ones."""
 
-    def caption_metrics(
+    def subset_metrics(
         self, manifest: pd.DataFrame, references: dict, candidates: dict, resamples: int, seed: int
     ) -> tuple[dict, pd.DataFrame]:
         """``pipeline.metrics.intervals.Estimate`` by name, and per-image scores (indexed by image id)."""
@@ -106,7 +106,7 @@ def how_to_get(dataset: str, part: str) -> str:
     return reader(dataset).how_to_get(part)
 
 
-def dataset_caption_metrics(
+def dataset_subset_metrics(
     dataset: str, manifest: pd.DataFrame, references: dict, candidates: dict, resamples: int = 0, seed: int = 0
 ) -> tuple[dict, pd.DataFrame]:
     """Caption metrics particular to a dataset (``CaptionSubsets``; none for most), beside the
@@ -115,7 +115,7 @@ def dataset_caption_metrics(
     module = reader(dataset)
     if not isinstance(module, CaptionSubsets):
         return {}, pd.DataFrame(index=pd.Index([], name="image_id"))
-    return module.caption_metrics(manifest, references, candidates, resamples, seed)
+    return module.subset_metrics(manifest, references, candidates, resamples, seed)
 
 
 def dataset_vqa_groups(dataset: str, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +136,7 @@ __all__ = [
     "DatasetError",
     "ReadResult",
     "consensus_answer",
-    "dataset_caption_metrics",
+    "dataset_subset_metrics",
     "dataset_vqa_groups",
     "how_to_get",
     "list_parts",

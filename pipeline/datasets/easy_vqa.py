@@ -191,7 +191,7 @@ def caption_hits(caption: str, reference: str) -> dict[str, bool]:
     return {"colour": colour_ok, "shape": shape_ok, "colour+shape": colour_ok and shape_ok}
 
 
-def caption_metrics(
+def subset_metrics(
     manifest: pd.DataFrame,
     references: dict[str, list[str]],
     candidates: dict[str, str],

@@ -3,7 +3,7 @@ far their objects are from COCO's classes: in-domain, near-domain, out-domain.
 
 ``nocaps/nocaps_val_4500_captions.json`` is in the COCO caption format plus each image's
 ``domain``; images at ``nocaps/images/{file_name}``. One part, "val"; the manifest has a
-``domain`` column, and ``caption_metrics`` scores each domain on its own.
+``domain`` column, and ``subset_metrics`` scores each domain on its own.
 """
 
 import pandas as pd
@@ -38,7 +38,7 @@ def read_manifest(part: str, *, root) -> ReadResult:
     return read_coco_format(directory / ANNOTATIONS, directory / "images", HOW_TO_GET, columns={"domain": DOMAINS})
 
 
-def caption_metrics(
+def subset_metrics(
     manifest: pd.DataFrame,
     references: dict[str, list[str]],
     candidates: dict[str, str],

@@ -80,7 +80,7 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     return tokenized
 
 
-def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
+def score_captions(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
     """Corpus scores for one whole split; keys are image ids, every candidate needs references."""
     estimates, _ = caption_estimates(references, candidates)
     return {metric: estimate.value for metric, estimate in estimates.items()}
@@ -89,7 +89,7 @@ def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]
 def caption_estimates(
     references: dict[str, list[str]], candidates: dict[str, str], resamples: int = 0, seed: int = 0
 ) -> tuple[dict[str, Estimate], pd.DataFrame]:
-    """``caption_metrics`` with a seeded bootstrap interval over the images (``resamples`` of them;
+    """``score_captions`` with a seeded bootstrap interval over the images (``resamples`` of them;
     none when 0), and the per-image scores of the metrics that are means over images (indexed by
     image id). BLEU and METEOR are resampled from per-image statistics (n-grams; alignments),
     ROUGE-L and CIDEr-D (the split's IDF kept) as per-image means."""
@@ -204,7 +204,7 @@ def score_caption_files(annotations_path: str, results_path: str) -> dict[str, f
         candidates[record["image_id"]] = record["caption"]
     if not candidates:
         raise DatasetError(f"{results_path}: no captions to score")
-    return caption_metrics({k: references[k] for k in candidates}, candidates)
+    return score_captions({k: references[k] for k in candidates}, candidates)
 
 
 # Part of every stored caption-metrics table's key: a table scored under other rules is not reused.
