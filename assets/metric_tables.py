@@ -39,19 +39,7 @@ def _stored_metrics(instance, runtime: Runtime, inputs: Inputs) -> list:
         for partition in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
             keys = partition.keys_by_dimension
             system, part, shots = keys["system"], keys.get("part", VQA_EVAL), int(keys.get("shots", 0))
-            path, items, runs = (
-                (
-                    layout.caption_metrics_table(system, lm, part),
-                    layout.caption_scores(system, lm, part),
-                    layout.caption_runs(system, lm, part),
-                )
-                if task == "captioning"
-                else (
-                    layout.vqa_metrics_table(system, lm, shots),
-                    layout.vqa_scores(system, lm, shots),
-                    layout.vqa_runs(system, lm, shots),
-                )
-            )
+            path, items, runs = layout.metric_tables(task, system, lm, part, shots)
             label = f"{asset.key.to_user_string()}[{partition}]"
             if stored_key(path) is None:
                 continue

@@ -141,6 +141,15 @@ class StorageLayout:
         """Each run's value of each metric, beside the metrics (their mean)."""
         return self.vqa_metrics_table(system, language_model, shots).with_suffix(".runs.parquet")
 
+    def metric_tables(self, task: str, system: str, language_model: str, part_key: str, shots: int) -> tuple:
+        """A metric asset partition's tables: the metrics, the per-item scores and the per-run
+        values; of ``caption_metrics`` (``part_key``) or ``vqa_metrics`` (``shots``)."""
+        if task == "captioning":
+            paths = (self.caption_metrics_table, self.caption_scores, self.caption_runs)
+            return tuple(path(system, language_model, part_key) for path in paths)
+        paths = (self.vqa_metrics_table, self.vqa_scores, self.vqa_runs)
+        return tuple(path(system, language_model, shots) for path in paths)
+
     def prompt_readout(self, system: str, language_model: str) -> UPath:
         """The shares of images whose prompt reads out their own words, with intervals."""
         return self.root / "image_prompt_readout" / _safe(language_model) / _safe(system) / "lexical.parquet"
