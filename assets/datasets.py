@@ -43,7 +43,7 @@ def manifests(context: dg.AssetExecutionContext, config: DatasetConfig, runtime:
     skipped = pd.DataFrame(result.skipped, columns=["source", "record", "reason"])
     key = table_key(manifest)
     skipped_path = runtime.layout.skipped_records(context.partition_key)
-    _, reused = keyed_table(path, key, lambda: Table(manifest, {skipped_path: skipped}))
+    _, reused = keyed_table(path, key, lambda: Table(manifest, {skipped_path: skipped}), read=False)
     if len(skipped):
         context.log.warning(f"{len(skipped)} records skipped; first: {skipped.iloc[0].to_dict()}")
     yield stored_result(

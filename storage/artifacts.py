@@ -37,9 +37,12 @@ class Table:
     beside: dict[UPath, pd.DataFrame | bytes] = field(default_factory=dict)
 
 
-def keyed_table(path: UPath, key: str, compute: Callable[[], "Table | pd.DataFrame"]) -> tuple[pd.DataFrame, bool]:
+def keyed_table(
+    path: UPath, key: str, compute: Callable[[], "Table | pd.DataFrame"], read: bool = True
+) -> tuple[pd.DataFrame | None, bool]:
     """The table stored at ``path`` under ``key``: reused, or computed and written with what it
-    puts beside it; returns the table and whether it was reused."""
+    puts beside it; returns the table (None with ``read=False``: the caller holds it already) and
+    whether it was reused."""
     reused = stored_key(path) == key
     if not reused:
         result = compute()
@@ -50,7 +53,7 @@ def keyed_table(path: UPath, key: str, compute: Callable[[], "Table | pd.DataFra
             else:
                 write_table(content, side, key)
         write_table(result.table, path, key)  # last: the key marks the result complete
-    return read_table(path), reused
+    return (read_table(path) if read else None), reused
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,24 @@ def test_a_table_is_computed_once_per_key_with_its_side_files(root):
     assert not reused and len(calls) == 2 and stored_key(path) == "k2"
 
 
-def test_a_computation_that_fails_leaves_no_result(root):
+def test_a_write_that_fails_midway_leaves_no_result_and_is_recomputed(root):
+    """Side files go first and the result last: a result that cannot be written leaves its side
+    file but no key, and the next call computes again."""
     path, side = root / "t.parquet", root / "t.side.parquet"
+    unwritable = pd.DataFrame({"a": [object()]})  # pyarrow cannot store an arbitrary object
+    with pytest.raises(Exception, match="object"):
+        keyed_table(path, "k1", lambda: Table(unwritable, {side: pd.DataFrame({"b": [1]})}))
+    assert stored_key(side) == "k1" and stored_key(path) is None
+    calls = []
+    table, reused = keyed_table(path, "k1", counting(pd.DataFrame({"a": [1]}), calls))
+    assert not reused and calls == [1] and table["a"].tolist() == [1]
 
-    def failing():
-        raise RuntimeError("killed")
 
-    with pytest.raises(RuntimeError):
-        keyed_table(path, "k1", failing)
-    assert stored_key(path) is None and not side.exists()
+def test_a_table_not_read_back_is_still_stored_under_its_key(root):
+    path = root / "t.parquet"
+    table, reused = keyed_table(path, "k1", lambda: pd.DataFrame({"a": [1]}), read=False)
+    assert table is None and not reused and stored_key(path) == "k1"
+    assert keyed_table(path, "k1", lambda: pd.DataFrame({"a": [2]}))[0]["a"].tolist() == [1]
 
 
 def test_an_added_run_computes_only_itself_and_the_index_lists_every_run(root):
